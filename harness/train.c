@@ -1,0 +1,316 @@
+/* train.c: the training loop and evaluation (see train.h).
+ *
+ * Data: example i of the training set is generated on demand from
+ * (seed, SPLIT_TRAIN, i); each epoch visits the train_examples indices in a
+ * fresh permutation drawn from (seed, epoch). With train_examples = 0 every
+ * step draws new examples. The test stream is (seed, SPLIT_TEST, i), disjoint
+ * by construction. Everything the run does is a function of the config, so
+ * the same config and seed give the same numbers on the same build. */
+#include "train.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <time.h>
+#include <unistd.h>
+#ifdef __SSE__
+#include <xmmintrin.h>
+#endif
+
+#include "kernels.h"
+#include "model.h"
+#include "rng.h"
+#include "spec.h"
+#include "task.h"
+#include "version.h"
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+double peak_rss_mib(void) {
+    struct rusage ru;
+    if (getrusage(RUSAGE_SELF, &ru)) return 0.0;
+    return (double)ru.ru_maxrss / 1024.0; /* ru_maxrss is in KiB on Linux */
+}
+
+void machine_describe(char *buf, size_t cap) {
+    char host[128] = "unknown", cpu[160] = "unknown";
+    gethostname(host, sizeof host - 1);
+    FILE *f = fopen("/proc/cpuinfo", "r");
+    if (f) {
+        char line[512];
+        while (fgets(line, sizeof line, f)) {
+            if (!strncmp(line, "model name", 10)) {
+                char *colon = strchr(line, ':');
+                if (colon) {
+                    snprintf(cpu, sizeof cpu, "%s", colon + 2);
+                    cpu[strcspn(cpu, "\n")] = '\0';
+                }
+                break;
+            }
+        }
+        fclose(f);
+    }
+    snprintf(buf, cap, "%s; %s; %ld cpus; OpenBLAS %s", host, cpu, sysconf(_SC_NPROCESSORS_ONLN),
+             openblas_get_config());
+}
+
+/* Fill input/target for `count` examples of split starting at the given
+ * example indices. */
+static void make_batch(const ml_task *task, const void *tcfg, long seed, int split,
+                       const long *index, int count, int T, int *input, int *target) {
+    for (int i = 0; i < count; i++)
+        task->generate(tcfg, (uint64_t)seed, split, index[i], input + (size_t)i * T,
+                       target + (size_t)i * T);
+}
+
+int train_evaluate(ml_model *m, const ml_task *task, const void *task_cfg, long seed,
+                   int split, int examples, int batch, double *accuracy, double *loss,
+                   ml_error *e) {
+    int T = task->seq_len(task_cfg);
+    if (batch > m->maxB) batch = m->maxB;
+    int *in = malloc(sizeof(int) * (size_t)batch * T);
+    int *tg = malloc(sizeof(int) * (size_t)batch * T);
+    int *pred = malloc(sizeof(int) * (size_t)batch * T);
+    long *idx = malloc(sizeof(long) * (size_t)batch);
+    if (!in || !tg || !pred || !idx) {
+        free(in), free(tg), free(pred), free(idx);
+        return ML_FAIL(e, "out of memory in evaluation");
+    }
+    double acc_sum = 0.0, loss_sum = 0.0;
+    long positions = 0;
+    int counted = 0;
+    for (int start = 0; start < examples; start += batch) {
+        int n = examples - start < batch ? examples - start : batch;
+        for (int i = 0; i < n; i++) idx[i] = start + i;
+        make_batch(task, task_cfg, seed, split, idx, n, T, in, tg);
+        double l = model_forward(m, in, tg, n, T, pred);
+        loss_sum += l * m->count;
+        positions += m->count;
+        for (int i = 0; i < n; i++) {
+            int sup = 0, right = 0;
+            for (int t = 0; t < T; t++) {
+                size_t k = (size_t)i * T + t;
+                if (tg[k] < 0) continue;
+                sup++;
+                right += pred[k] == tg[k];
+            }
+            if (sup > 0) {
+                acc_sum += (double)right / sup;
+                counted++;
+            }
+        }
+    }
+    *accuracy = counted ? acc_sum / counted : 0.0;
+    *loss = positions ? loss_sum / (double)positions : 0.0;
+    free(in), free(tg), free(pred), free(idx);
+    return 0;
+}
+
+/* Record a metric when there is a database. */
+static int put(ml_db *db, long long run, long step, const char *split, const char *name,
+               double value, ml_error *e) {
+    return db ? db_metric(db, run, step, split, name, value, e) : 0;
+}
+
+static int finite_all(const real *x, size_t n) {
+    for (size_t i = 0; i < n; i++)
+        if (!isfinite(x[i])) return 0;
+    return 1;
+}
+
+/* Live progress on a terminal: one rewritten line. */
+static void progress_line(const run_config *cfg, long step, double loss, double acc,
+                          double elapsed) {
+    long total = cfg->train.steps;
+    double eta = step > 0 ? elapsed / (double)step * (double)(total - step) : 0.0;
+    char acc_text[32] = "-";
+    if (acc >= 0) snprintf(acc_text, sizeof acc_text, "%.4f", acc);
+    fprintf(stderr, "\r  %s/%s step %ld/%ld  loss %.4f  test acc %s  %.0fs elapsed  ETA %.0fs   ",
+            cfg->model.mixer, cfg->task, step, total, loss, acc_text, elapsed, eta);
+    fflush(stderr);
+}
+
+int train_run(const run_config *cfg, ml_db *db, const train_opts *o, train_outcome *out,
+              ml_error *e) {
+    memset(out, 0, sizeof *out);
+    snprintf(out->status, sizeof out->status, "failed");
+#ifdef __SSE__
+    /* Flush denormals to zero: tiny logits otherwise slow steps several-fold. */
+    _mm_setcsr(_mm_getcsr() | 0x8040);
+#endif
+    const ml_task *task = task_find(cfg->task);
+    if (!task) return ML_FAIL(e, "task: unknown task '%s'", cfg->task);
+    if (spec_validate(cfg, e)) return -1;
+    const void *tcfg = cfg->task_cfg.bytes;
+    int V = task->vocab_size(tcfg), T = task->seq_len(tcfg);
+    int B = cfg->train.batch_size;
+    int maxB = B > cfg->eval.batch_size ? B : cfg->eval.batch_size;
+    const train_config *tc = &cfg->train;
+
+    char *json = malloc(1 << 16);
+    if (!json) return ML_FAIL(e, "out of memory");
+    if (config_to_json(cfg, json, 1 << 16) < 0) {
+        free(json);
+        return ML_FAIL(e, "config too large to serialise");
+    }
+    char hash[65], machine[512];
+    config_hash(cfg, hash);
+    machine_describe(machine, sizeof machine);
+
+    ml_model m;
+    if (model_build(&m, &cfg->model, V, T, maxB, e)) {
+        free(json);
+        return -1;
+    }
+    m.full_head = tc->full_head;
+    model_init_weights(&m, (uint64_t)tc->seed);
+    out->n_params = (long)m.n_params;
+    out->state_size = model_state_size(&m, T);
+
+    long long run = 0;
+    if (db && db_run_begin(db, json, hash, memlab_code_version(), machine, &run, e)) {
+        model_free(&m);
+        free(json);
+        return -1;
+    }
+    free(json);
+    out->run_id = run;
+
+    int *in = malloc(sizeof(int) * (size_t)B * T);
+    int *tg = malloc(sizeof(int) * (size_t)B * T);
+    long *idx = malloc(sizeof(long) * (size_t)B);
+    long n_train = tc->train_examples;
+    long *perm = n_train > 0 ? malloc(sizeof(long) * (size_t)n_train) : NULL;
+    int rc = -1;
+    long step = 0;
+    char err_text[1200] = "";
+    if (!in || !tg || !idx || (n_train > 0 && !perm)) {
+        ML_FAIL(e, "out of memory for batches");
+        goto done;
+    }
+    if (db && (db_begin(db, e) || put(db, run, 0, "model", "params", (double)m.n_params, e) ||
+               put(db, run, 0, "model", "state_size", (double)out->state_size, e) ||
+               db_commit(db, e)))
+        goto done;
+
+    long epoch = -1, pos = n_train; /* position in the current permutation */
+    double t_start = now_s(), t_train = 0.0, win_loss = 0.0;
+    long win_n = 0;
+    double last_acc = -1.0;
+    const char *status = "finished";
+    char diverged_what[64] = "";
+    for (step = 0; step < tc->steps; step++) {
+        if (o && o->stop && *o->stop) {
+            status = "interrupted";
+            break;
+        }
+        for (int i = 0; i < B; i++) {
+            if (n_train > 0) {
+                if (pos >= n_train) {
+                    epoch++;
+                    pos = 0;
+                    ml_rng r;
+                    rng_seed3(&r, (uint64_t)tc->seed, 0x65706f6368ull, (uint64_t)epoch);
+                    for (long k = 0; k < n_train; k++) perm[k] = k;
+                    for (long k = n_train - 1; k > 0; k--) {
+                        long j = (long)rng_below(&r, (uint64_t)k + 1);
+                        long t = perm[k];
+                        perm[k] = perm[j];
+                        perm[j] = t;
+                    }
+                }
+                idx[i] = perm[pos++];
+            } else {
+                idx[i] = step * (long)B + i;
+            }
+        }
+        make_batch(task, tcfg, tc->seed, SPLIT_TRAIN, idx, B, T, in, tg);
+        double t0 = now_s();
+        double loss = model_forward(&m, in, tg, B, T, NULL);
+        if (!isfinite(loss)) {
+            status = "diverged";
+            snprintf(diverged_what, sizeof diverged_what, "loss is %g", loss);
+            break;
+        }
+        model_zero_grad(&m);
+        model_backward(&m);
+        double gnorm = grad_clip(m.g, m.n_params, tc->grad_clip);
+        if (!isfinite(gnorm)) {
+            status = "diverged";
+            snprintf(diverged_what, sizeof diverged_what, "gradient norm is %g", gnorm);
+            break;
+        }
+        double lr = lr_schedule((int)step, (int)tc->steps, tc->warmup, tc->lr, tc->lr_min);
+        for (int p = 0; p < m.n_tensors; p++) {
+            const ml_param *pp = &m.params[p];
+            adamw_step(m.w + pp->offset, m.g + pp->offset, m.m + pp->offset, m.v + pp->offset,
+                       pp->n, (real)lr, (real)tc->beta1, (real)tc->beta2, (real)tc->adam_eps,
+                       pp->decay ? (real)tc->weight_decay : 0, (int)step + 1);
+        }
+        t_train += now_s() - t0;
+        win_loss += loss;
+        win_n++;
+        long done_steps = step + 1;
+        int last = done_steps == tc->steps;
+        int log_now = cfg->eval.every > 0 ? done_steps % cfg->eval.every == 0 : 0;
+        if (log_now || last) {
+            if (!finite_all(m.w, m.n_params)) {
+                status = "diverged";
+                snprintf(diverged_what, sizeof diverged_what, "weights not finite");
+                step = done_steps;
+                break;
+            }
+            double acc, tloss;
+            if (train_evaluate(&m, task, tcfg, tc->seed, SPLIT_TEST, cfg->eval.examples,
+                               cfg->eval.batch_size, &acc, &tloss, e))
+                goto done;
+            out->train_loss = win_loss / (double)win_n;
+            out->test_accuracy = acc;
+            out->test_loss = tloss;
+            last_acc = acc;
+            if (db && (db_begin(db, e) ||
+                       put(db, run, done_steps, "train", "loss", out->train_loss, e) ||
+                       put(db, run, done_steps, "train", "lr", lr, e) ||
+                       put(db, run, done_steps, "train", "grad_norm", gnorm, e) ||
+                       put(db, run, done_steps, "test", "accuracy", acc, e) ||
+                       put(db, run, done_steps, "test", "loss", tloss, e) || db_commit(db, e)))
+                goto done;
+            win_loss = 0.0;
+            win_n = 0;
+        }
+        if (o && o->progress && (done_steps % 10 == 0 || last || log_now))
+            progress_line(cfg, done_steps, loss, last_acc, now_s() - t_start);
+    }
+    if (o && o->progress) fprintf(stderr, "\n");
+    out->step = step;
+    out->wall_s = now_s() - t_start;
+    out->tokens_per_s = t_train > 0 ? (double)step * B * T / t_train : 0.0;
+    if (!strcmp(status, "diverged"))
+        snprintf(err_text, sizeof err_text, "diverged at step %ld: %s", step, diverged_what);
+    if (db && (db_begin(db, e) ||
+               put(db, run, step, "train", "tokens_per_s", out->tokens_per_s, e) ||
+               put(db, run, step, "train", "wall_time_s", out->wall_s, e) ||
+               put(db, run, step, "train", "train_time_s", t_train, e) ||
+               put(db, run, step, "model", "peak_rss_mib", peak_rss_mib(), e) ||
+               db_commit(db, e) ||
+               db_run_end(db, run, status, step, err_text[0] ? err_text : NULL, e)))
+        goto done;
+    snprintf(out->status, sizeof out->status, "%s", status);
+    rc = 0;
+done:
+    if (rc && db && run) {
+        char msg[1200];
+        ml_error_format(e, msg, sizeof msg);
+        ml_error ignore;
+        db_run_end(db, run, "failed", step, msg, &ignore);
+    }
+    free(in), free(tg), free(idx), free(perm);
+    model_free(&m);
+    return rc;
+}

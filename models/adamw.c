@@ -1,0 +1,70 @@
+/* adamw.c: the optimiser step, the learning-rate schedule and gradient
+ * clipping.
+ *
+ * All three work on flat arrays, because the model keeps parameters,
+ * gradients and both moments each in one allocation: one call covers the whole
+ * model. Which tensors get weight decay (the model passes wd = 0 for the
+ * others) and when to skip a step after a NaN are the trainer's decisions. */
+#include <math.h>
+#include <stddef.h>
+
+#include "kernels.h"
+
+/* One AdamW step at step t >= 1 over n parameters, as torch.optim.AdamW:
+ * m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2; mhat = m/(1-b1^t);
+ * vhat = v/(1-b2^t); p -= lr (mhat / (sqrt(vhat) + eps) + wd p).
+ * The decay uses p before this step's update. */
+void adamw_step(real *p, const real *g, real *m, real *v, size_t n, real lr, real beta1,
+                real beta2, real eps, real wd, int t) {
+    /* bias corrections in double: 1 - b2^t is tiny for small t and float pow
+     * would lose most of its digits */
+    real c1 = (real)(1.0 / (1.0 - pow((double)beta1, t)));
+    real c2 = (real)(1.0 / (1.0 - pow((double)beta2, t)));
+    for (size_t i = 0; i < n; i++) {
+        real gi = g[i];
+        real mi = beta1 * m[i] + (1 - beta1) * gi;
+        real vi = beta2 * v[i] + (1 - beta2) * gi * gi;
+        m[i] = mi;
+        v[i] = vi;
+        real mhat = mi * c1, vhat = vi * c2;
+        p[i] -= lr * (mhat / (RSQRTF(vhat) + eps) + wd * p[i]);
+    }
+}
+
+/* Learning rate at 0-based step of total steps. Warmup: step s < warmup gets
+ * lr_max (s+1)/warmup, so the first step is lr_max/warmup and step warmup-1
+ * is the peak lr_max. Afterwards a half cosine from lr_max at the peak step
+ * (step 0 when warmup = 0) down to lr_min at step total-1; steps past the end
+ * stay at lr_min. If the warmup does not end before the last step, there is no
+ * decay phase. */
+double lr_schedule(int step, int total, int warmup, double lr_max, double lr_min) {
+    if (step < 0) step = 0;
+    if (warmup > 0 && step < warmup) return lr_max * (double)(step + 1) / warmup;
+    int peak = warmup > 0 ? warmup - 1 : 0;
+    int span = total - 1 - peak;
+    if (span <= 0) return lr_max;
+    double frac = (double)(step - peak) / span;
+    if (frac > 1.0) frac = 1.0;
+    return lr_min + 0.5 * (lr_max - lr_min) * (1.0 + cos(M_PI * frac));
+}
+
+/* sqrt(sum g^2) over n elements, accumulated in double (a float sum over
+ * millions of parameters would drift). NaN if any element is NaN. */
+double grad_norm(const real *g, size_t n) {
+    double s = 0.0;
+    for (size_t i = 0; i < n; i++) s += (double)g[i] * g[i];
+    return sqrt(s);
+}
+
+/* Rescale g[n] to norm max_norm when its norm exceeds max_norm > 0; returns
+ * the norm before clipping. A non-finite norm is returned but not applied:
+ * scaling by 0 or NaN would erase the evidence of the divergence the caller
+ * is about to record. */
+double grad_clip(real *g, size_t n, double max_norm) {
+    double norm = grad_norm(g, n);
+    if (max_norm > 0 && isfinite(norm) && norm > max_norm) {
+        real s = (real)(max_norm / norm);
+        for (size_t i = 0; i < n; i++) g[i] *= s;
+    }
+    return norm;
+}

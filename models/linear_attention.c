@@ -1,0 +1,473 @@
+/* linear_attention.c: feature maps and the causal linear-attention core in its
+ * three equivalent forms, forward and backward.
+ *
+ * Dimension letters: B batch, T time, H heads, Dk key width, Dv value width,
+ * C chunk length, NC number of chunks. Per (b, h):
+ *   S_t = S_{t-1} + k_t v_t^T [Dk,Dv],  z_t = z_{t-1} + k_t [Dk],
+ *   num_t = S_t^T q_t,  o_t = num_t / (q_t.z_t + eps) or num_t.
+ *   LA_RECURRENT  token by token: the reference, and the generation form.
+ *   LA_PARALLEL   A = tril(Q K^T) [T,T]; O = A V, den = A 1 + eps.
+ *   LA_CHUNKWISE  O_c = Q_c S_{c-1} + tril(Q_c K_c^T) V_c; S_c = S_{c-1} + K_c^T V_c.
+ * q, k, v are read in place through their row strides (so a packed [B,T,3,H,D]
+ * projection needs no copy); only the T x T or C x C score blocks, the
+ * per-chunk states and dO / den live in save or scratch.
+ *
+ * Saved by forward (save), in this order:
+ *   den [B,T,H]                   when normalize (all forms);
+ *   S_{c-1} (+ z_{c-1}) per chunk [B,H,NC,Dk*Dv (+Dk)]   chunkwise only.
+ * The feature map, projections, output norm and gating belong to the mixer. */
+#include <assert.h>
+#include <math.h>
+#include <string.h>
+
+#include "kernels.h"
+
+/* ---- feature maps ------------------------------------------------------- */
+
+/* phi(x): identity, elu(x)+1 (= x+1 above 0, e^x below), relu. */
+void featuremap_forward(real *out, const real *x, size_t n, fmap_kind f) {
+    for (size_t i = 0; i < n; i++) {
+        real v = x[i];
+        switch (f) {
+        case FMAP_ELU1: out[i] = v > 0 ? v + 1 : REXP(v); break;
+        case FMAP_RELU: out[i] = v > 0 ? v : 0; break;
+        case FMAP_IDENTITY:
+        default: out[i] = v; break;
+        }
+    }
+}
+
+/* dx += dout * phi'(x). At the kink of relu, phi'(0) = 0 (as PyTorch); elu+1
+ * is C^1 at 0 so either side gives 1. */
+void featuremap_backward(real *dx, const real *dout, const real *x, size_t n, fmap_kind f) {
+    if (!dx) return;
+    for (size_t i = 0; i < n; i++) {
+        real v = x[i];
+        switch (f) {
+        case FMAP_ELU1: dx[i] += dout[i] * (v > 0 ? 1 : REXP(v)); break;
+        case FMAP_RELU: dx[i] += v > 0 ? dout[i] : 0; break;
+        case FMAP_IDENTITY:
+        default: dx[i] += dout[i]; break;
+        }
+    }
+}
+
+/* ---- shared pieces -------------------------------------------------------- */
+
+/* Row-major C[M,N] = alpha op(A) op(B) + beta C; ta/tb nonzero transpose. */
+static void gemm(int ta, int tb, int M, int N, int K, real alpha, const real *A, int lda,
+                 const real *Bm, int ldb, real beta, real *C, int ldc) {
+    cblas_gemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans,
+               M, N, K, alpha, A, lda, Bm, ldb, beta, C, ldc);
+}
+
+/* Chunk length actually used: chunks longer than T are one chunk of T. */
+static int la_chunk(const linattn_dims *d) {
+    assert(d->chunk >= 1);
+    return d->chunk < d->T ? d->chunk : d->T;
+}
+
+/* Number of chunks, the last one possibly shorter; 0 when T = 0. */
+static int la_nchunks(const linattn_dims *d) {
+    int C = la_chunk(d);
+    return C > 0 ? (d->T + C - 1) / C : 0;
+}
+
+/* Reals of one saved chunk state: S [Dk,Dv], then z [Dk] when normalising. */
+static size_t la_state_size(const linattn_dims *d) {
+    return (size_t)d->Dk * d->Dv + (d->normalize ? (size_t)d->Dk : 0);
+}
+
+/* Length of the den [B,T,H] block that opens save. */
+static size_t la_den_size(const linattn_dims *d) {
+    return d->normalize ? (size_t)d->B * d->T * d->H : 0;
+}
+
+/* Zero the upper triangle (j > i) of A[L,L] with leading dimension lda. */
+static void tril_mask(real *A, int L, int lda) {
+    for (int i = 0; i < L; i++)
+        memset(A + (size_t)i * lda + i + 1, 0, (size_t)(L - i - 1) * sizeof(real));
+}
+
+/* For n rows of one head (dout/out rows H*Dv apart, den entries H apart):
+ * dn[n,Dv] = d num = dout / den and g[n] = d den = -(dout . o) / den; without
+ * normalize dn = dout and g is left alone (callers do not read it). */
+static void la_dnum(real *dn, real *g, const real *dout, const real *out, const real *den,
+                    int n, const linattn_dims *d) {
+    const int ldo = d->H * d->Dv, Dv = d->Dv;
+    for (int t = 0; t < n; t++) {
+        const real *dot = dout + (size_t)t * ldo;
+        real *dnt = dn + (size_t)t * Dv;
+        if (!d->normalize) {
+            memcpy(dnt, dot, (size_t)Dv * sizeof(real));
+            continue;
+        }
+        const real *ot = out + (size_t)t * ldo;
+        real inv = 1 / den[(size_t)t * d->H], s = 0;
+        for (int j = 0; j < Dv; j++) {
+            dnt[j] = dot[j] * inv;
+            s += dot[j] * ot[j];
+        }
+        g[t] = -s * inv;
+    }
+}
+
+/* Reals forward saves: den when normalising (every form rebuilds the rest
+ * from q, k, v), plus the prefix state of every chunk for the chunkwise form,
+ * whose backward walks the chunks in reverse and cannot rebuild them cheaply. */
+size_t linattn_save_size(const linattn_dims *d) {
+    size_t n = la_den_size(d);
+    if (d->form == LA_CHUNKWISE)
+        n += (size_t)d->B * d->H * la_nchunks(d) * la_state_size(d);
+    return n;
+}
+
+/* Scratch shared by forward and backward (the larger of the two):
+ *   recurrent  S, dS [Dk,Dv], z, dz [Dk], dn [Dv];
+ *   parallel   A, dA [T,T], dn [T,Dv], g [T];
+ *   chunkwise  A, dA [C,C], dn [C,Dv], g [C], dS [Dk,Dv], dz [Dk]; a forward
+ *              called without save keeps its running state where dS, dz go. */
+size_t linattn_scratch_size(const linattn_dims *d) {
+    size_t Dk = (size_t)d->Dk, Dv = (size_t)d->Dv, T = (size_t)d->T;
+    switch (d->form) {
+    case LA_PARALLEL: return 2 * T * T + T * Dv + T;
+    case LA_CHUNKWISE: {
+        size_t C = (size_t)la_chunk(d);
+        return 2 * C * C + C * Dv + C + Dk * Dv + Dk;
+    }
+    case LA_RECURRENT:
+    default: return 2 * (Dk * Dv + Dk) + Dv;
+    }
+}
+
+/* ---- recurrent form --------------------------------------------------------- */
+
+/* Token-by-token recurrence, straight from the definition. */
+static void la_recurrent_forward(real *out, real *den, const real *q, const real *k,
+                                 const real *v, const linattn_dims *d, real *scratch) {
+    const int T = d->T, H = d->H, Dk = d->Dk, Dv = d->Dv;
+    real *S = scratch, *z = S + (size_t)Dk * Dv;
+    for (int b = 0; b < d->B; b++)
+        for (int h = 0; h < H; h++) {
+            memset(S, 0, (size_t)Dk * Dv * sizeof(real));
+            memset(z, 0, (size_t)Dk * sizeof(real));
+            for (int t = 0; t < T; t++) {
+                size_t bt = (size_t)b * T + t;
+                const real *qt = q + bt * d->q_stride + (size_t)h * Dk;
+                const real *kt = k + bt * d->k_stride + (size_t)h * Dk;
+                const real *vt = v + bt * d->v_stride + (size_t)h * Dv;
+                real *ot = out + (bt * H + h) * Dv;
+                for (int i = 0; i < Dk; i++) {
+                    for (int j = 0; j < Dv; j++) S[(size_t)i * Dv + j] += kt[i] * vt[j];
+                    z[i] += kt[i];
+                }
+                for (int j = 0; j < Dv; j++) ot[j] = 0;
+                for (int i = 0; i < Dk; i++)
+                    for (int j = 0; j < Dv; j++) ot[j] += S[(size_t)i * Dv + j] * qt[i];
+                if (!d->normalize) continue;
+                real dn = d->eps;
+                for (int i = 0; i < Dk; i++) dn += qt[i] * z[i];
+                for (int j = 0; j < Dv; j++) ot[j] /= dn;
+                if (den) den[bt * H + h] = dn;
+            }
+        }
+}
+
+/* Two sweeps per head: forward in time for dq_t = S_t dn_t + g_t z_t (which
+ * needs the prefix states), then backward in time accumulating
+ * dS_t = sum_{s>=t} q_s dn_s^T and dz_t = sum_{s>=t} g_s q_s for
+ * dk_t = dS_t v_t + dz_t and dv_t = dS_t^T k_t. Rebuilding S_t in order avoids
+ * storing T states or subtracting k v^T back out (which drifts). */
+static void la_recurrent_backward(real *dq, real *dk, real *dv, const real *dout,
+                                  const real *out, const real *den, const real *q,
+                                  const real *k, const real *v, const linattn_dims *d,
+                                  real *scratch) {
+    const int T = d->T, H = d->H, Dk = d->Dk, Dv = d->Dv;
+    real *S = scratch, *dS = S + (size_t)Dk * Dv, *z = dS + (size_t)Dk * Dv;
+    real *dz = z + Dk, *dn = dz + Dk;
+    real g = 0;
+    for (int b = 0; b < d->B; b++)
+        for (int h = 0; h < H; h++) {
+            const real *db = den ? den + (size_t)b * T * H + h : NULL;
+            const real *dob = dout + ((size_t)b * T * H + h) * Dv;
+            const real *ob = out + ((size_t)b * T * H + h) * Dv;
+            if (dq) {
+                memset(S, 0, (size_t)Dk * Dv * sizeof(real));
+                memset(z, 0, (size_t)Dk * sizeof(real));
+                for (int t = 0; t < T; t++) {
+                    size_t bt = (size_t)b * T + t, to = (size_t)t * H * Dv;
+                    const real *kt = k + bt * d->k_stride + (size_t)h * Dk;
+                    const real *vt = v + bt * d->v_stride + (size_t)h * Dv;
+                    real *dqt = dq + bt * d->q_stride + (size_t)h * Dk;
+                    la_dnum(dn, &g, dob + to, ob + to, db ? db + (size_t)t * H : NULL, 1, d);
+                    for (int i = 0; i < Dk; i++) {
+                        real s = 0;
+                        for (int j = 0; j < Dv; j++) {
+                            S[(size_t)i * Dv + j] += kt[i] * vt[j];
+                            s += S[(size_t)i * Dv + j] * dn[j];
+                        }
+                        z[i] += kt[i];
+                        dqt[i] += d->normalize ? s + g * z[i] : s;
+                    }
+                }
+            }
+            if (!dk && !dv) continue;
+            memset(dS, 0, (size_t)Dk * Dv * sizeof(real));
+            memset(dz, 0, (size_t)Dk * sizeof(real));
+            for (int t = T - 1; t >= 0; t--) {
+                size_t bt = (size_t)b * T + t, to = (size_t)t * H * Dv;
+                const real *qt = q + bt * d->q_stride + (size_t)h * Dk;
+                const real *kt = k + bt * d->k_stride + (size_t)h * Dk;
+                const real *vt = v + bt * d->v_stride + (size_t)h * Dv;
+                la_dnum(dn, &g, dob + to, ob + to, db ? db + (size_t)t * H : NULL, 1, d);
+                for (int i = 0; i < Dk; i++) {
+                    for (int j = 0; j < Dv; j++) dS[(size_t)i * Dv + j] += qt[i] * dn[j];
+                    if (d->normalize) dz[i] += g * qt[i];
+                }
+                if (dk) {
+                    real *dkt = dk + bt * d->k_stride + (size_t)h * Dk;
+                    for (int i = 0; i < Dk; i++) {
+                        real s = d->normalize ? dz[i] : 0;
+                        for (int j = 0; j < Dv; j++) s += dS[(size_t)i * Dv + j] * vt[j];
+                        dkt[i] += s;
+                    }
+                }
+                if (dv) {
+                    real *dvt = dv + bt * d->v_stride + (size_t)h * Dv;
+                    for (int i = 0; i < Dk; i++)
+                        for (int j = 0; j < Dv; j++) dvt[j] += dS[(size_t)i * Dv + j] * kt[i];
+                }
+            }
+        }
+}
+
+/* ---- parallel form ------------------------------------------------------------ */
+
+/* A[L,L] = tril(Q K^T) for L rows of one head starting at qb, kb (row
+ * strides from d), leading dimension lda. */
+static void la_scores(real *A, const real *qb, const real *kb, int L, int lda,
+                      const linattn_dims *d) {
+    gemm(0, 1, L, L, d->Dk, 1, qb, d->q_stride, kb, d->k_stride, 0, A, lda);
+    tril_mask(A, L, lda);
+}
+
+/* O = A V with A = tril(Q K^T); den_t = sum_j A_tj + eps = q_t.z_t + eps. */
+static void la_parallel_forward(real *out, real *den, const real *q, const real *k,
+                                const real *v, const linattn_dims *d, real *scratch) {
+    const int T = d->T, H = d->H, Dk = d->Dk, Dv = d->Dv, ldo = H * Dv;
+    real *A = scratch;
+    for (int b = 0; b < d->B; b++)
+        for (int h = 0; h < H; h++) {
+            const real *qb = q + (size_t)b * T * d->q_stride + (size_t)h * Dk;
+            const real *kb = k + (size_t)b * T * d->k_stride + (size_t)h * Dk;
+            const real *vb = v + (size_t)b * T * d->v_stride + (size_t)h * Dv;
+            real *ob = out + ((size_t)b * T * H + h) * Dv;
+            la_scores(A, qb, kb, T, T, d);
+            gemm(0, 0, T, Dv, T, 1, A, T, vb, d->v_stride, 0, ob, ldo);
+            if (!d->normalize) continue;
+            for (int t = 0; t < T; t++) {
+                real s = d->eps;
+                for (int j = 0; j <= t; j++) s += A[(size_t)t * T + j];
+                real inv = 1 / s;
+                for (int j = 0; j < Dv; j++) ob[(size_t)t * ldo + j] *= inv;
+                if (den) den[((size_t)b * T + t) * H + h] = s;
+            }
+        }
+}
+
+/* dA = tril(dn V^T + g 1^T); dQ += dA K, dK += dA^T Q, dV += A^T dn. */
+static void la_parallel_backward(real *dq, real *dk, real *dv, const real *dout,
+                                 const real *out, const real *den, const real *q,
+                                 const real *k, const real *v, const linattn_dims *d,
+                                 real *scratch) {
+    const int T = d->T, H = d->H, Dk = d->Dk, Dv = d->Dv;
+    real *A = scratch, *dA = A + (size_t)T * T, *dn = dA + (size_t)T * T;
+    real *g = dn + (size_t)T * Dv;
+    for (int b = 0; b < d->B; b++)
+        for (int h = 0; h < H; h++) {
+            const real *qb = q + (size_t)b * T * d->q_stride + (size_t)h * Dk;
+            const real *kb = k + (size_t)b * T * d->k_stride + (size_t)h * Dk;
+            const real *vb = v + (size_t)b * T * d->v_stride + (size_t)h * Dv;
+            size_t ob = ((size_t)b * T * H + h) * Dv;
+            la_dnum(dn, g, dout + ob, out + ob, den ? den + (size_t)b * T * H + h : NULL, T, d);
+            la_scores(A, qb, kb, T, T, d);
+            gemm(0, 1, T, T, Dv, 1, dn, Dv, vb, d->v_stride, 0, dA, T);
+            if (d->normalize)
+                for (int t = 0; t < T; t++)
+                    for (int j = 0; j <= t; j++) dA[(size_t)t * T + j] += g[t];
+            tril_mask(dA, T, T);
+            if (dq)
+                gemm(0, 0, T, Dk, T, 1, dA, T, kb, d->k_stride, 1,
+                     dq + (size_t)b * T * d->q_stride + (size_t)h * Dk, d->q_stride);
+            if (dk)
+                gemm(1, 0, T, Dk, T, 1, dA, T, qb, d->q_stride, 1,
+                     dk + (size_t)b * T * d->k_stride + (size_t)h * Dk, d->k_stride);
+            if (dv)
+                gemm(1, 0, T, Dv, T, 1, A, T, dn, Dv, 1,
+                     dv + (size_t)b * T * d->v_stride + (size_t)h * Dv, d->v_stride);
+        }
+}
+
+/* ---- chunkwise form ------------------------------------------------------------- */
+
+/* Per head, chunk by chunk: the output of chunk c reads the prefix state
+ * (S, z) of the chunks before it plus the masked intra-chunk scores. With save,
+ * each chunk's prefix state is kept in its own slot (the next slot starts as
+ * a copy and takes the chunk's update), which is what backward reads; without
+ * save one running state in scratch is updated in place. */
+static void la_chunk_forward(real *out, real *den, real *states, const real *q,
+                             const real *k, const real *v, const linattn_dims *d,
+                             real *scratch) {
+    const int T = d->T, H = d->H, Dk = d->Dk, Dv = d->Dv, ldo = H * Dv;
+    const int C = la_chunk(d), NC = la_nchunks(d);
+    const size_t ss = la_state_size(d), SS = (size_t)Dk * Dv;
+    real *A = scratch, *run = A + 2 * (size_t)C * C + (size_t)C * Dv + C;
+    for (int b = 0; b < d->B; b++)
+        for (int h = 0; h < H; h++) {
+            const real *qb = q + (size_t)b * T * d->q_stride + (size_t)h * Dk;
+            const real *kb = k + (size_t)b * T * d->k_stride + (size_t)h * Dk;
+            const real *vb = v + (size_t)b * T * d->v_stride + (size_t)h * Dv;
+            real *ob = out + ((size_t)b * T * H + h) * Dv;
+            real *cur = states ? states + ((size_t)b * H + h) * NC * ss : run;
+            memset(cur, 0, ss * sizeof(real));
+            for (int c = 0; c < NC; c++) {
+                const int t0 = c * C, L = T - t0 < C ? T - t0 : C;
+                const real *qc = qb + (size_t)t0 * d->q_stride;
+                const real *kc = kb + (size_t)t0 * d->k_stride;
+                const real *vc = vb + (size_t)t0 * d->v_stride;
+                real *oc = ob + (size_t)t0 * ldo;
+                la_scores(A, qc, kc, L, L, d);
+                gemm(0, 0, L, Dv, Dk, 1, qc, d->q_stride, cur, Dv, 0, oc, ldo);
+                gemm(0, 0, L, Dv, L, 1, A, L, vc, d->v_stride, 1, oc, ldo);
+                if (d->normalize) {
+                    const real *z = cur + SS;
+                    for (int i = 0; i < L; i++) {
+                        const real *qi = qc + (size_t)i * d->q_stride;
+                        real s = d->eps;
+                        for (int j = 0; j < Dk; j++) s += qi[j] * z[j];
+                        for (int j = 0; j <= i; j++) s += A[(size_t)i * L + j];
+                        real inv = 1 / s;
+                        for (int j = 0; j < Dv; j++) oc[(size_t)i * ldo + j] *= inv;
+                        if (den) den[((size_t)b * T + t0 + i) * H + h] = s;
+                    }
+                }
+                if (c + 1 == NC) break;
+                if (states) {
+                    memcpy(cur + ss, cur, ss * sizeof(real));
+                    cur += ss;
+                }
+                gemm(1, 0, Dk, Dv, L, 1, kc, d->k_stride, vc, d->v_stride, 1, cur, Dv);
+                if (d->normalize)
+                    for (int i = 0; i < L; i++)
+                        for (int j = 0; j < Dk; j++) cur[SS + j] += kc[(size_t)i * d->k_stride + j];
+            }
+        }
+}
+
+/* Reverse pass over chunks with dS = sum over later chunks of Q_c^T dn_c and
+ * dz = sum of Q_c^T g_c (what the prefix state feeds forward):
+ *   intra:  dA = tril(dn V^T + g 1^T); dQ += dA K, dK += dA^T Q, dV += A^T dn;
+ *   inter:  dQ += dn S_{c-1}^T + g z_{c-1}^T; dK += V dS^T + 1 dz^T; dV += K dS. */
+static void la_chunk_backward(real *dq, real *dk, real *dv, const real *dout,
+                              const real *out, const real *den, const real *states,
+                              const real *q, const real *k, const real *v,
+                              const linattn_dims *d, real *scratch) {
+    const int T = d->T, H = d->H, Dk = d->Dk, Dv = d->Dv, ldo = H * Dv;
+    const int C = la_chunk(d), NC = la_nchunks(d);
+    const size_t ss = la_state_size(d), SS = (size_t)Dk * Dv;
+    real *A = scratch, *dA = A + (size_t)C * C, *dn = dA + (size_t)C * C;
+    real *g = dn + (size_t)C * Dv, *dS = g + C, *dz = dS + SS;
+    for (int b = 0; b < d->B; b++)
+        for (int h = 0; h < H; h++) {
+            const size_t qo = (size_t)b * T * d->q_stride + (size_t)h * Dk;
+            const size_t ko = (size_t)b * T * d->k_stride + (size_t)h * Dk;
+            const size_t vo = (size_t)b * T * d->v_stride + (size_t)h * Dv;
+            const size_t oo = ((size_t)b * T * H + h) * Dv;
+            const real *sb = states + ((size_t)b * H + h) * NC * ss;
+            memset(dS, 0, SS * sizeof(real));
+            memset(dz, 0, (size_t)Dk * sizeof(real));
+            for (int c = NC - 1; c >= 0; c--) {
+                const int t0 = c * C, L = T - t0 < C ? T - t0 : C;
+                const real *qc = q + qo + (size_t)t0 * d->q_stride;
+                const real *kc = k + ko + (size_t)t0 * d->k_stride;
+                const real *vc = v + vo + (size_t)t0 * d->v_stride;
+                const real *Sp = sb + (size_t)c * ss, *zp = Sp + SS;
+                la_dnum(dn, g, dout + oo + (size_t)t0 * ldo, out + oo + (size_t)t0 * ldo,
+                        den ? den + ((size_t)b * T + t0) * H + h : NULL, L, d);
+                la_scores(A, qc, kc, L, L, d);
+                gemm(0, 1, L, L, Dv, 1, dn, Dv, vc, d->v_stride, 0, dA, L);
+                if (d->normalize)
+                    for (int i = 0; i < L; i++)
+                        for (int j = 0; j <= i; j++) dA[(size_t)i * L + j] += g[i];
+                tril_mask(dA, L, L);
+                if (dq) {
+                    real *dqc = dq + qo + (size_t)t0 * d->q_stride;
+                    gemm(0, 0, L, Dk, L, 1, dA, L, kc, d->k_stride, 1, dqc, d->q_stride);
+                    gemm(0, 1, L, Dk, Dv, 1, dn, Dv, Sp, Dv, 1, dqc, d->q_stride);
+                    if (d->normalize)
+                        for (int i = 0; i < L; i++)
+                            for (int j = 0; j < Dk; j++)
+                                dqc[(size_t)i * d->q_stride + j] += g[i] * zp[j];
+                }
+                if (dk) {
+                    real *dkc = dk + ko + (size_t)t0 * d->k_stride;
+                    gemm(1, 0, L, Dk, L, 1, dA, L, qc, d->q_stride, 1, dkc, d->k_stride);
+                    gemm(0, 1, L, Dk, Dv, 1, vc, d->v_stride, dS, Dv, 1, dkc, d->k_stride);
+                    if (d->normalize)
+                        for (int i = 0; i < L; i++)
+                            for (int j = 0; j < Dk; j++) dkc[(size_t)i * d->k_stride + j] += dz[j];
+                }
+                if (dv) {
+                    real *dvc = dv + vo + (size_t)t0 * d->v_stride;
+                    gemm(1, 0, L, Dv, L, 1, A, L, dn, Dv, 1, dvc, d->v_stride);
+                    gemm(0, 0, L, Dv, Dk, 1, kc, d->k_stride, dS, Dv, 1, dvc, d->v_stride);
+                }
+                if (c == 0) break;
+                gemm(1, 0, Dk, Dv, L, 1, qc, d->q_stride, dn, Dv, 1, dS, Dv);
+                if (d->normalize)
+                    for (int i = 0; i < L; i++)
+                        for (int j = 0; j < Dk; j++)
+                            dz[j] += g[i] * qc[(size_t)i * d->q_stride + j];
+            }
+        }
+}
+
+/* ---- dispatch -------------------------------------------------------------------- */
+
+/* Forward: contract in kernels.h. save may be NULL when no backward follows;
+ * otherwise it receives linattn_save_size(d) reals laid out as described at
+ * the top of this file. */
+void linattn_forward(real *out, real *save, const real *q, const real *k, const real *v,
+                     const linattn_dims *d, real *scratch) {
+    real *den = save && d->normalize ? save : NULL;
+    switch (d->form) {
+    case LA_PARALLEL: la_parallel_forward(out, den, q, k, v, d, scratch); break;
+    case LA_CHUNKWISE:
+        la_chunk_forward(out, den, save ? save + la_den_size(d) : NULL, q, k, v, d, scratch);
+        break;
+    case LA_RECURRENT:
+    default: la_recurrent_forward(out, den, q, k, v, d, scratch); break;
+    }
+}
+
+/* Backward: contract in kernels.h; out and save are what forward produced
+ * for the same inputs and dims. */
+void linattn_backward(real *dq, real *dk, real *dv, const real *dout, const real *out,
+                      const real *save, const real *q, const real *k, const real *v,
+                      const linattn_dims *d, real *scratch) {
+    if (!dq && !dk && !dv) return;
+    const real *den = d->normalize ? save : NULL;
+    switch (d->form) {
+    case LA_PARALLEL:
+        la_parallel_backward(dq, dk, dv, dout, out, den, q, k, v, d, scratch);
+        break;
+    case LA_CHUNKWISE:
+        la_chunk_backward(dq, dk, dv, dout, out, den, save + la_den_size(d), q, k, v, d,
+                          scratch);
+        break;
+    case LA_RECURRENT:
+    default:
+        la_recurrent_backward(dq, dk, dv, dout, out, den, q, k, v, d, scratch);
+        break;
+    }
+}

@@ -1,0 +1,58 @@
+/* mixer.h: the mixer table.
+ *
+ * A sequence mixer is one file that fills one ml_mixer: its config keys (a
+ * schema table over its own struct), validation against d_model, the
+ * parameters it owns (declared in order, allocated by the model), the sizes of
+ * what its forward saves and of its scratch, forward and backward, and its
+ * exact state size. The model calls it once per layer; the mixer never
+ * allocates. Adding a mixer is one file plus one line in mixers.c. */
+#ifndef MEMLAB_MIXER_H
+#define MEMLAB_MIXER_H
+
+#include <stddef.h>
+
+#include "error.h"
+#include "real.h"
+#include "schema.h"
+
+typedef enum { INIT_NORMAL = 0, INIT_ZEROS, INIT_ONES, INIT_CONV } ml_init;
+
+/* Collects parameter declarations (model.c implements it). */
+typedef struct ml_param_sink ml_param_sink;
+/* Declare the next parameter: name (relative, e.g. "wqkv"), shape rows x cols
+ * (cols = 1 for vectors), initialisation, and whether weight decay applies. */
+void param_declare(ml_param_sink *s, const char *name, int rows, int cols, ml_init init,
+                   int decay);
+
+/* One call of a mixer on one layer. */
+typedef struct mixer_call {
+    const void *cfg;  /* the mixer's config struct */
+    int B, T, C;
+    real *const *p;   /* this layer's parameters, in declaration order */
+    real *const *dp;  /* their gradients (backward accumulates into them) */
+    real *act;        /* act_size reals: written by forward, read by backward */
+    real *scratch;    /* scratch_size reals, free for either pass */
+} mixer_call;
+
+typedef struct ml_mixer {
+    const char *name;
+    const char *help;
+    const ml_field *fields; /* keys of the model section this mixer adds */
+    size_t cfg_size;
+    int (*validate)(const void *cfg, int C, ml_error *e);
+    void (*declare)(const void *cfg, int C, ml_param_sink *s);
+    size_t (*act_size)(const void *cfg, int B, int T, int C);
+    size_t (*scratch_size)(const void *cfg, int B, int T, int C);
+    /* out[B,T,C] = mixer(x[B,T,C]); out is overwritten. */
+    void (*forward)(const mixer_call *c, real *out, const real *x);
+    /* dx[B,T,C] += d out/d x ^T dout; parameter gradients into c->dp. */
+    void (*backward)(const mixer_call *c, real *dx, const real *dout, const real *x);
+    /* Floats per sequence kept to generate the next token after T tokens
+     * (per layer). */
+    long (*state_size)(const void *cfg, int C, int T);
+} ml_mixer;
+
+extern const ml_mixer *const ml_mixers[]; /* NULL-terminated (mixers.c) */
+const ml_mixer *mixer_find(const char *name);
+
+#endif

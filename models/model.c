@@ -1,0 +1,527 @@
+/* model.c: the sequence model around a mixer (see model.h for the maths).
+ *
+ * What is here: the parameter table (built by asking each part to declare its
+ * tensors), the one-time allocation of weights, gradients, moments and
+ * activations, and the forward/backward that chain the kernels. What is not:
+ * the kernels (kernels.h), the mixers (mixer_*.c), the optimiser loop and
+ * everything about data (harness/train.c). */
+#include "model.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels.h"
+#include "rng.h"
+
+#define MAX_MIXER_PARAMS 32
+
+/* Per-layer pointers into the flat buffers. Weights (w_) point into m->w,
+ * gradients (g_) into m->g, activations into m->acts. */
+struct ml_layer {
+    real *w_n1w, *w_n1b, *g_n1w, *g_n1b;       /* norm1 */
+    real *w_convw, *w_convb, *g_convw, *g_convb; /* conv (NULL when off) */
+    real *mp[MAX_MIXER_PARAMS], *mdp[MAX_MIXER_PARAMS];
+    real *w_n2w, *w_n2b, *g_n2w, *g_n2b;       /* norm2 (mlp only) */
+    real *w_fc1, *w_fc1b, *w_fc2, *w_fc2b;     /* mlp */
+    real *g_fc1, *g_fc1b, *g_fc2, *g_fc2b;
+    /* activations, sized for maxB*maxT rows */
+    real *x;        /* [N,C] input of the layer (residual stream) */
+    real *n1, *n1_mean, *n1_rstd; /* [N,C], [N], [N] */
+    real *conv;     /* [N,C] conv output (when conv) */
+    real *mix_act;  /* mixer's saved activations */
+    real *xmid;     /* [N,C] x + mixer output */
+    real *n2, *n2_mean, *n2_rstd;
+    real *fc1;      /* [N,RC] pre-activation */
+    real *gelu;     /* [N,RC] */
+};
+
+struct ml_param_sink {
+    ml_model *m;
+    char prefix[64];
+    int count;      /* tensors declared through this sink */
+    int first;      /* index of the first of them */
+};
+
+/* Growable table while declaring; offsets are assigned in order. */
+static int sink_error;
+
+void param_declare(ml_param_sink *s, const char *name, int rows, int cols, ml_init init,
+                   int decay) {
+    ml_model *m = s->m;
+    ml_param *np = realloc(m->params, sizeof(ml_param) * (size_t)(m->n_tensors + 1));
+    if (!np) {
+        sink_error = 1;
+        return;
+    }
+    m->params = np;
+    ml_param *p = &m->params[m->n_tensors++];
+    memset(p, 0, sizeof *p);
+    snprintf(p->name, sizeof p->name, "%s%s", s->prefix, name);
+    p->rows = rows;
+    p->cols = cols;
+    p->n = (size_t)rows * (size_t)cols;
+    p->offset = m->n_params;
+    p->init = init;
+    p->decay = decay;
+    m->n_params += p->n;
+    s->count++;
+}
+
+static ml_param_sink sink_at(ml_model *m, const char *prefix) {
+    ml_param_sink s;
+    memset(&s, 0, sizeof s);
+    s.m = m;
+    snprintf(s.prefix, sizeof s.prefix, "%s", prefix);
+    s.first = m->n_tensors;
+    return s;
+}
+
+static int has_bias_norm(const ml_model *m) { return m->cfg.norm == NORM_LAYER; }
+
+/* Declare the whole table in a fixed order. The order is part of nothing
+ * external: parameters are addressed by name (fixtures, checkpoints). */
+static void declare_all(ml_model *m, int *mixer_first, int *mixer_count) {
+    const model_config *c = &m->cfg;
+    int C = c->d_model, R = c->mlp_ratio * c->d_model;
+    ml_param_sink s = sink_at(m, "");
+    param_declare(&s, "wte", m->V, C, INIT_NORMAL, 1);
+    if (c->position == POS_LEARNED) param_declare(&s, "wpe", m->maxT, C, INIT_NORMAL, 1);
+    for (int l = 0; l < c->n_layers; l++) {
+        char pre[64];
+        snprintf(pre, sizeof pre, "layers.%d.", l);
+        s = sink_at(m, pre);
+        param_declare(&s, "norm1.w", C, 1, INIT_ONES, 0);
+        if (has_bias_norm(m)) param_declare(&s, "norm1.b", C, 1, INIT_ZEROS, 0);
+        if (c->conv > 0) {
+            param_declare(&s, "conv.w", C, c->conv, INIT_CONV, 0);
+            param_declare(&s, "conv.b", C, 1, INIT_ZEROS, 0);
+        }
+        snprintf(pre, sizeof pre, "layers.%d.mixer.", l);
+        ml_param_sink ms = sink_at(m, pre);
+        m->mixer->declare(c->mixer_cfg.bytes, C, &ms);
+        mixer_first[l] = ms.first;
+        mixer_count[l] = ms.count;
+        if (c->mlp) {
+            snprintf(pre, sizeof pre, "layers.%d.", l);
+            s = sink_at(m, pre);
+            param_declare(&s, "norm2.w", C, 1, INIT_ONES, 0);
+            if (has_bias_norm(m)) param_declare(&s, "norm2.b", C, 1, INIT_ZEROS, 0);
+            param_declare(&s, "mlp.w1", R, C, INIT_NORMAL, 1);
+            param_declare(&s, "mlp.b1", R, 1, INIT_ZEROS, 0);
+            param_declare(&s, "mlp.w2", C, R, INIT_NORMAL, 1);
+            param_declare(&s, "mlp.b2", C, 1, INIT_ZEROS, 0);
+        }
+    }
+    s = sink_at(m, "");
+    param_declare(&s, "norm_f.w", C, 1, INIT_ONES, 0);
+    if (has_bias_norm(m)) param_declare(&s, "norm_f.b", C, 1, INIT_ZEROS, 0);
+    if (!c->tie_embeddings) param_declare(&s, "lm_head", m->V, C, INIT_NORMAL, 1);
+}
+
+const ml_param *model_param(const ml_model *m, const char *name) {
+    for (int i = 0; i < m->n_tensors; i++)
+        if (!strcmp(m->params[i].name, name)) return &m->params[i];
+    return NULL;
+}
+
+/* Pointer to the weights (or, with grad, the gradients) of tensor name. */
+static real *tensor(ml_model *m, const char *name, int grad) {
+    const ml_param *p = model_param(m, name);
+    if (!p) return NULL;
+    return (grad ? m->g : m->w) + p->offset;
+}
+
+static real *layer_tensor(ml_model *m, int l, const char *name, int grad) {
+    char full[96];
+    snprintf(full, sizeof full, "layers.%d.%s", l, name);
+    return tensor(m, full, grad);
+}
+
+/* Carves consecutive regions out of one allocation (two passes: measure,
+ * then assign). */
+typedef struct carver {
+    real *base;
+    size_t used;
+} carver;
+
+static real *carve(carver *cv, size_t n) {
+    real *p = cv->base ? cv->base + cv->used : NULL;
+    cv->used += (n + 15) & ~(size_t)15; /* keep 64-byte alignment of each region */
+    return p;
+}
+
+/* Model-level scratch and the head, shared by all layers. */
+typedef struct head_bufs {
+    real *xf;            /* [N,C] final residual stream */
+    real *nf, *nf_mean, *nf_rstd;
+    real *rows;          /* [N,C] gathered supervised rows of nf */
+    real *logits;        /* [N,V] logits, then probabilities, then d logits */
+    real *mix_out;       /* [N,C] mixer output / MLP output */
+    real *mix_scratch;   /* mixer scratch */
+    real *d_res;         /* [N,C] gradient of the residual stream */
+    real *d_a, *d_b;     /* [N,C] gradient temporaries */
+    real *d_h;           /* [N,RC] gradient temporaries of the MLP */
+    real *d_h2;
+    int *targets;        /* [N] targets of the gathered rows */
+} head_bufs;
+
+static head_bufs *head_of(ml_model *m) {
+    return (head_bufs *)(void *)(m->layers + m->cfg.n_layers);
+}
+
+static size_t layout_acts(ml_model *m, real *base) {
+    const model_config *c = &m->cfg;
+    size_t N = (size_t)m->maxB * m->maxT, C = (size_t)c->d_model;
+    size_t RC = (size_t)c->mlp_ratio * C;
+    carver cv = {base, 0};
+    const void *mcfg = c->mixer_cfg.bytes;
+    for (int l = 0; l < c->n_layers; l++) {
+        ml_layer *L = &m->layers[l];
+        L->x = carve(&cv, N * C);
+        L->n1 = carve(&cv, N * C);
+        L->n1_mean = carve(&cv, N);
+        L->n1_rstd = carve(&cv, N);
+        L->conv = c->conv > 0 ? carve(&cv, N * C) : NULL;
+        L->mix_act = carve(&cv, m->mixer->act_size(mcfg, m->maxB, m->maxT, c->d_model));
+        L->xmid = carve(&cv, N * C);
+        if (c->mlp) {
+            L->n2 = carve(&cv, N * C);
+            L->n2_mean = carve(&cv, N);
+            L->n2_rstd = carve(&cv, N);
+            L->fc1 = carve(&cv, N * RC);
+            L->gelu = carve(&cv, N * RC);
+        }
+    }
+    head_bufs *h = head_of(m);
+    h->xf = carve(&cv, N * C);
+    h->nf = carve(&cv, N * C);
+    h->nf_mean = carve(&cv, N);
+    h->nf_rstd = carve(&cv, N);
+    h->rows = carve(&cv, N * C);
+    h->logits = carve(&cv, N * (size_t)m->V);
+    h->mix_out = carve(&cv, N * C);
+    h->mix_scratch = carve(&cv, m->mixer->scratch_size(mcfg, m->maxB, m->maxT, c->d_model));
+    h->d_res = carve(&cv, N * C);
+    h->d_a = carve(&cv, N * C);
+    h->d_b = carve(&cv, N * C);
+    h->d_h = carve(&cv, N * RC);
+    h->d_h2 = carve(&cv, N * RC);
+    return cv.used;
+}
+
+int model_build(ml_model *m, const model_config *cfg, int vocab, int maxT, int maxB,
+                ml_error *e) {
+    memset(m, 0, sizeof *m);
+    m->cfg = *cfg;
+    m->V = vocab;
+    m->maxT = maxT;
+    m->maxB = maxB;
+    m->mixer = mixer_find(cfg->mixer);
+    if (!m->mixer) return ML_FAIL(e, "mixer: unknown mixer '%s'", cfg->mixer);
+    if (cfg->d_model < 1 || cfg->n_layers < 1 || vocab < 2 || maxT < 1 || maxB < 1)
+        return ML_FAIL(e, "model: impossible sizes (d_model %d, n_layers %d, vocab %d, T %d, B %d)",
+                       cfg->d_model, cfg->n_layers, vocab, maxT, maxB);
+    if (m->mixer->validate(cfg->mixer_cfg.bytes, cfg->d_model, e)) return -1;
+    if (cfg->n_layers > 0 && cfg->mlp_ratio < 1 && cfg->mlp)
+        return ML_FAIL(e, "mlp_ratio: must be >= 1");
+
+    int *mfirst = calloc((size_t)cfg->n_layers, sizeof(int));
+    int *mcount = calloc((size_t)cfg->n_layers, sizeof(int));
+    m->layers = calloc(1, sizeof(ml_layer) * (size_t)cfg->n_layers + sizeof(head_bufs));
+    if (!mfirst || !mcount || !m->layers) goto oom;
+    sink_error = 0;
+    declare_all(m, mfirst, mcount);
+    if (sink_error) goto oom;
+
+    size_t P = m->n_params;
+    m->w = calloc(P, sizeof(real));
+    m->g = calloc(P, sizeof(real));
+    m->m = calloc(P, sizeof(real));
+    m->v = calloc(P, sizeof(real));
+    if (!m->w || !m->g || !m->m || !m->v) goto oom;
+
+    for (int l = 0; l < cfg->n_layers; l++) {
+        ml_layer *L = &m->layers[l];
+        if (mcount[l] > MAX_MIXER_PARAMS) {
+            int n = mcount[l];
+            free(mfirst);
+            free(mcount);
+            model_free(m);
+            return ML_FAIL(e, "mixer %s declares %d tensors (max %d)", cfg->mixer, n,
+                           MAX_MIXER_PARAMS);
+        }
+        for (int i = 0; i < mcount[l]; i++) {
+            const ml_param *p = &m->params[mfirst[l] + i];
+            L->mp[i] = m->w + p->offset;
+            L->mdp[i] = m->g + p->offset;
+        }
+        L->w_n1w = layer_tensor(m, l, "norm1.w", 0);
+        L->g_n1w = layer_tensor(m, l, "norm1.w", 1);
+        L->w_n1b = layer_tensor(m, l, "norm1.b", 0);
+        L->g_n1b = layer_tensor(m, l, "norm1.b", 1);
+        L->w_convw = layer_tensor(m, l, "conv.w", 0);
+        L->g_convw = layer_tensor(m, l, "conv.w", 1);
+        L->w_convb = layer_tensor(m, l, "conv.b", 0);
+        L->g_convb = layer_tensor(m, l, "conv.b", 1);
+        L->w_n2w = layer_tensor(m, l, "norm2.w", 0);
+        L->g_n2w = layer_tensor(m, l, "norm2.w", 1);
+        L->w_n2b = layer_tensor(m, l, "norm2.b", 0);
+        L->g_n2b = layer_tensor(m, l, "norm2.b", 1);
+        L->w_fc1 = layer_tensor(m, l, "mlp.w1", 0);
+        L->g_fc1 = layer_tensor(m, l, "mlp.w1", 1);
+        L->w_fc1b = layer_tensor(m, l, "mlp.b1", 0);
+        L->g_fc1b = layer_tensor(m, l, "mlp.b1", 1);
+        L->w_fc2 = layer_tensor(m, l, "mlp.w2", 0);
+        L->g_fc2 = layer_tensor(m, l, "mlp.w2", 1);
+        L->w_fc2b = layer_tensor(m, l, "mlp.b2", 0);
+        L->g_fc2b = layer_tensor(m, l, "mlp.b2", 1);
+    }
+    free(mfirst);
+    free(mcount);
+    mfirst = mcount = NULL;
+
+    m->n_acts = layout_acts(m, NULL);
+    m->acts = aligned_alloc(64, ((m->n_acts * sizeof(real)) + 63) & ~(size_t)63);
+    m->rows = malloc(sizeof(int) * (size_t)maxB * (size_t)maxT);
+    head_of(m)->targets = malloc(sizeof(int) * (size_t)maxB * (size_t)maxT);
+    if (!m->acts || !m->rows || !head_of(m)->targets) goto oom;
+    memset(m->acts, 0, m->n_acts * sizeof(real));
+    layout_acts(m, m->acts);
+    return 0;
+oom:
+    free(mfirst);
+    free(mcount);
+    model_free(m);
+    return ML_FAIL(e, "out of memory building the model (%zu parameters)", m->n_params);
+}
+
+void model_free(ml_model *m) {
+    if (m->layers) free(head_of(m)->targets);
+    free(m->params);
+    free(m->w);
+    free(m->g);
+    free(m->m);
+    free(m->v);
+    free(m->layers);
+    free(m->acts);
+    free(m->rows);
+    memset(m, 0, sizeof *m);
+}
+
+void model_init_weights(ml_model *m, uint64_t seed) {
+    for (int i = 0; i < m->n_tensors; i++) {
+        const ml_param *p = &m->params[i];
+        real *w = m->w + p->offset;
+        ml_rng r;
+        /* One stream per tensor name position: adding a tensor elsewhere does
+         * not change how the others are drawn. */
+        rng_seed3(&r, seed, 0x6d6f64656cull, (uint64_t)i);
+        for (size_t k = 0; k < p->n; k++) {
+            switch (p->init) {
+            case INIT_NORMAL: w[k] = (real)(m->cfg.init_std * rng_normal(&r)); break;
+            case INIT_ZEROS: w[k] = 0; break;
+            case INIT_ONES: w[k] = 1; break;
+            case INIT_CONV: {
+                double bound = 1.0 / sqrt((double)p->cols);
+                w[k] = (real)(bound * (2.0 * rng_uniform(&r) - 1.0));
+                break;
+            }
+            }
+        }
+    }
+    memset(m->m, 0, sizeof(real) * m->n_params);
+    memset(m->v, 0, sizeof(real) * m->n_params);
+}
+
+void model_zero_grad(ml_model *m) { memset(m->g, 0, sizeof(real) * m->n_params); }
+
+static void norm_fwd(const ml_model *m, real *out, real *mean, real *rstd, const real *x,
+                     const real *w, const real *b, int N) {
+    int C = m->cfg.d_model;
+    if (m->cfg.norm == NORM_LAYER)
+        layernorm_forward(out, mean, rstd, x, w, b, N, C, (real)m->cfg.norm_eps);
+    else
+        rmsnorm_forward(out, rstd, x, w, N, C, (real)m->cfg.norm_eps);
+}
+
+static void norm_bwd(const ml_model *m, real *dx, real *dw, real *db, const real *dout,
+                     const real *x, const real *w, const real *mean, const real *rstd, int N) {
+    int C = m->cfg.d_model;
+    if (m->cfg.norm == NORM_LAYER)
+        layernorm_backward(dx, dw, db, dout, x, w, mean, rstd, N, C);
+    else
+        rmsnorm_backward(dx, dw, dout, x, w, rstd, N, C);
+}
+
+static mixer_call mixer_call_of(ml_model *m, int l, int B, int T) {
+    mixer_call mc;
+    mc.cfg = m->cfg.mixer_cfg.bytes;
+    mc.B = B;
+    mc.T = T;
+    mc.C = m->cfg.d_model;
+    mc.p = m->layers[l].mp;
+    mc.dp = m->layers[l].mdp;
+    mc.act = m->layers[l].mix_act;
+    mc.scratch = head_of(m)->mix_scratch;
+    return mc;
+}
+
+double model_forward(ml_model *m, const int *input, const int *target, int B, int T,
+                     int *pred) {
+    const model_config *c = &m->cfg;
+    int C = c->d_model, N = B * T, RC = c->mlp_ratio * C, V = m->V;
+    head_bufs *h = head_of(m);
+    m->B = B;
+    m->T = T;
+    m->input = input;
+    m->target = target;
+
+    real *x0 = c->n_layers > 0 ? m->layers[0].x : h->xf;
+    embedding_forward(x0, input, tensor(m, "wte", 0), tensor(m, "wpe", 0), B, T, C);
+    for (int l = 0; l < c->n_layers; l++) {
+        ml_layer *L = &m->layers[l];
+        real *xnext = l + 1 < c->n_layers ? m->layers[l + 1].x : h->xf;
+        norm_fwd(m, L->n1, L->n1_mean, L->n1_rstd, L->x, L->w_n1w, L->w_n1b, N);
+        const real *hin = L->n1;
+        if (c->conv > 0) {
+            conv1d_causal_forward(L->conv, L->n1, L->w_convw, L->w_convb, B, T, C, c->conv);
+            hin = L->conv;
+        }
+        mixer_call mc = mixer_call_of(m, l, B, T);
+        m->mixer->forward(&mc, h->mix_out, hin);
+        real *xm = c->mlp ? L->xmid : xnext;
+        for (size_t i = 0; i < (size_t)N * C; i++) xm[i] = L->x[i] + h->mix_out[i];
+        if (c->mlp) {
+            norm_fwd(m, L->n2, L->n2_mean, L->n2_rstd, L->xmid, L->w_n2w, L->w_n2b, N);
+            linear_forward(L->fc1, L->n2, L->w_fc1, L->w_fc1b, N, C, RC);
+            gelu_forward(L->gelu, L->fc1, (size_t)N * RC);
+            linear_forward(h->mix_out, L->gelu, L->w_fc2, L->w_fc2b, N, RC, C);
+            for (size_t i = 0; i < (size_t)N * C; i++) xnext[i] = L->xmid[i] + h->mix_out[i];
+        }
+    }
+    norm_fwd(m, h->nf, h->nf_mean, h->nf_rstd, h->xf, tensor(m, "norm_f.w", 0),
+             tensor(m, "norm_f.b", 0), N);
+
+    /* The head: every row (full_head) or only rows with a target. */
+    int S = 0;
+    const real *rows;
+    if (m->full_head) {
+        for (int i = 0; i < N; i++) {
+            m->rows[i] = i;
+            h->targets[i] = target[i];
+        }
+        S = N;
+        rows = h->nf;
+    } else {
+        for (int i = 0; i < N; i++) {
+            if (target[i] < 0) continue;
+            m->rows[S] = i;
+            h->targets[S] = target[i];
+            memcpy(h->rows + (size_t)S * C, h->nf + (size_t)i * C, sizeof(real) * (size_t)C);
+            S++;
+        }
+        rows = h->rows;
+    }
+    m->S = S;
+    const real *head = c->tie_embeddings ? tensor(m, "wte", 0) : tensor(m, "lm_head", 0);
+    int count = 0;
+    double sum = 0.0;
+    if (S > 0) {
+        linear_forward(h->logits, rows, head, NULL, S, C, V);
+        if (pred) {
+            for (int i = 0; i < N; i++) pred[i] = -1;
+            for (int s = 0; s < S; s++) {
+                if (h->targets[s] < 0) continue;
+                const real *lg = h->logits + (size_t)s * V;
+                int best = 0;
+                for (int v = 1; v < V; v++)
+                    if (lg[v] > lg[best]) best = v;
+                pred[m->rows[s]] = best;
+            }
+        }
+        sum = crossentropy_forward(h->logits, h->logits, h->targets, S, V, &count);
+    } else if (pred) {
+        for (int i = 0; i < N; i++) pred[i] = -1;
+    }
+    m->count = count;
+    m->loss = count > 0 ? sum / count : 0.0;
+    return m->loss;
+}
+
+const real *model_logits(const ml_model *m) { return head_of((ml_model *)(uintptr_t)m)->logits; }
+
+void model_backward(ml_model *m) {
+    const model_config *c = &m->cfg;
+    int B = m->B, T = m->T, C = c->d_model, N = B * T, RC = c->mlp_ratio * C, V = m->V;
+    int S = m->S;
+    head_bufs *h = head_of(m);
+    if (m->count == 0) return;
+
+    /* probabilities -> d logits, in place: (p - onehot) / count on kept rows. */
+    real scale = (real)(1.0 / m->count);
+    for (int s = 0; s < S; s++) {
+        real *p = h->logits + (size_t)s * V;
+        int t = h->targets[s];
+        if (t < 0) {
+            memset(p, 0, sizeof(real) * (size_t)V);
+            continue;
+        }
+        for (int v = 0; v < V; v++) p[v] *= scale;
+        p[t] -= scale;
+    }
+    int tied = c->tie_embeddings;
+    const real *head = tied ? tensor(m, "wte", 0) : tensor(m, "lm_head", 0);
+    real *dhead = tied ? tensor(m, "wte", 1) : tensor(m, "lm_head", 1);
+    real *d_nf = h->d_a;
+    memset(d_nf, 0, sizeof(real) * (size_t)N * C);
+    if (m->full_head) {
+        linear_backward(d_nf, dhead, NULL, h->logits, h->nf, head, S, C, V);
+    } else {
+        memset(h->d_b, 0, sizeof(real) * (size_t)S * C);
+        linear_backward(h->d_b, dhead, NULL, h->logits, h->rows, head, S, C, V);
+        for (int s = 0; s < S; s++)
+            memcpy(d_nf + (size_t)m->rows[s] * C, h->d_b + (size_t)s * C,
+                   sizeof(real) * (size_t)C);
+    }
+    real *dres = h->d_res;
+    memset(dres, 0, sizeof(real) * (size_t)N * C);
+    norm_bwd(m, dres, tensor(m, "norm_f.w", 1), tensor(m, "norm_f.b", 1), d_nf, h->xf,
+             tensor(m, "norm_f.w", 0), h->nf_mean, h->nf_rstd, N);
+
+    for (int l = c->n_layers - 1; l >= 0; l--) {
+        ml_layer *L = &m->layers[l];
+        if (c->mlp) {
+            /* dres is d x_{l+1} = d xmid (identity) + the MLP path below. */
+            memset(h->d_h, 0, sizeof(real) * (size_t)N * RC);
+            linear_backward(h->d_h, L->g_fc2, L->g_fc2b, dres, L->gelu, L->w_fc2, N, RC, C);
+            memset(h->d_h2, 0, sizeof(real) * (size_t)N * RC);
+            gelu_backward(h->d_h2, h->d_h, L->fc1, (size_t)N * RC);
+            memset(h->d_a, 0, sizeof(real) * (size_t)N * C);
+            linear_backward(h->d_a, L->g_fc1, L->g_fc1b, h->d_h2, L->n2, L->w_fc1, N, C, RC);
+            norm_bwd(m, dres, L->g_n2w, L->g_n2b, h->d_a, L->xmid, L->w_n2w, L->n2_mean,
+                     L->n2_rstd, N);
+        }
+        /* dres is now d xmid = d x_l (identity) + the mixer path. */
+        const real *hin = c->conv > 0 ? L->conv : L->n1;
+        mixer_call mc = mixer_call_of(m, l, B, T);
+        memset(h->d_a, 0, sizeof(real) * (size_t)N * C);
+        m->mixer->backward(&mc, h->d_a, dres, hin);
+        real *d_n1 = h->d_a;
+        if (c->conv > 0) {
+            memset(h->d_b, 0, sizeof(real) * (size_t)N * C);
+            conv1d_causal_backward(h->d_b, L->g_convw, L->g_convb, h->d_a, L->n1, L->w_convw,
+                                   B, T, C, c->conv);
+            d_n1 = h->d_b;
+        }
+        norm_bwd(m, dres, L->g_n1w, L->g_n1b, d_n1, L->x, L->w_n1w, L->n1_mean, L->n1_rstd,
+                 N);
+    }
+    embedding_backward(tensor(m, "wte", 1), tensor(m, "wpe", 1), dres, m->input, B, T, C);
+}
+
+long model_state_size(const ml_model *m, int T) {
+    const model_config *c = &m->cfg;
+    return (long)c->n_layers * m->mixer->state_size(c->mixer_cfg.bytes, c->d_model, T);
+}
