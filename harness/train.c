@@ -124,6 +124,23 @@ static int finite_all(const real *x, size_t n) {
     return 1;
 }
 
+/* Record the mean of each mixer statistic over the forward calls since the
+ * last reset, as train/layer<l>.<name>. */
+static int record_stats(ml_db *db, long long run, long step, const ml_model *m, ml_error *e) {
+    if (m->n_stats == 0 || m->stat_calls == 0) return 0;
+    if (db_begin(db, e)) return -1;
+    for (int l = 0; l < m->cfg.n_layers; l++) {
+        for (int i = 0; i < m->n_stats; i++) {
+            char stat[64], name[96];
+            m->mixer->stat_name(m->cfg.mixer_cfg.bytes, i, stat, sizeof stat);
+            snprintf(name, sizeof name, "layer%d.%s", l, stat);
+            double v = m->stats[(size_t)l * (size_t)m->n_stats + (size_t)i] / (double)m->stat_calls;
+            if (db_metric(db, run, step, "train", name, v, e)) return -1;
+        }
+    }
+    return db_commit(db, e);
+}
+
 /* Live progress on a terminal: one rewritten line. */
 static void progress_line(const run_config *cfg, long step, double loss, double acc,
                           double elapsed) {
@@ -169,6 +186,7 @@ int train_run(const run_config *cfg, ml_db *db, const train_opts *o, train_outco
         return -1;
     }
     m.full_head = tc->full_head;
+    m.context_len = task->context_len ? task->context_len(tcfg) : -1;
     model_init_weights(&m, (uint64_t)tc->seed);
     out->n_params = (long)m.n_params;
     out->state_size = model_state_size(&m, T);
@@ -200,7 +218,7 @@ int train_run(const run_config *cfg, ml_db *db, const train_opts *o, train_outco
         goto done;
 
     long epoch = -1, pos = n_train; /* position in the current permutation */
-    double t_start = now_s(), t_train = 0.0, win_loss = 0.0;
+    double t_start = now_s(), t_train = 0.0, win_loss = 0.0, win_aux = 0.0;
     long win_n = 0;
     double last_acc = -1.0;
     const char *status = "finished";
@@ -255,6 +273,7 @@ int train_run(const run_config *cfg, ml_db *db, const train_opts *o, train_outco
         }
         t_train += now_s() - t0;
         win_loss += loss;
+        win_aux += m.aux_loss;
         win_n++;
         long done_steps = step + 1;
         int last = done_steps == tc->steps;
@@ -266,6 +285,8 @@ int train_run(const run_config *cfg, ml_db *db, const train_opts *o, train_outco
                 step = done_steps;
                 break;
             }
+            /* mixer statistics of the training window, before evaluation adds to them */
+            if (db && record_stats(db, run, done_steps, &m, e)) goto done;
             double acc, tloss;
             if (train_evaluate(&m, task, tcfg, tc->seed, SPLIT_TEST, cfg->eval.examples,
                                cfg->eval.batch_size, &acc, &tloss, e))
@@ -278,11 +299,15 @@ int train_run(const run_config *cfg, ml_db *db, const train_opts *o, train_outco
                        put(db, run, done_steps, "train", "loss", out->train_loss, e) ||
                        put(db, run, done_steps, "train", "lr", lr, e) ||
                        put(db, run, done_steps, "train", "grad_norm", gnorm, e) ||
+                       (m.n_stats > 0 &&
+                        put(db, run, done_steps, "train", "aux_loss", win_aux / (double)win_n, e)) ||
                        put(db, run, done_steps, "test", "accuracy", acc, e) ||
                        put(db, run, done_steps, "test", "loss", tloss, e) || db_commit(db, e)))
                 goto done;
             win_loss = 0.0;
+            win_aux = 0.0;
             win_n = 0;
+            model_reset_stats(&m);
         }
         if (o && o->progress && (done_steps % 10 == 0 || last || log_now))
             progress_line(cfg, done_steps, loss, last_acc, now_s() - t_start);

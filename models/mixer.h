@@ -32,6 +32,11 @@ typedef struct mixer_call {
     real *const *dp;  /* their gradients (backward accumulates into them) */
     real *act;        /* act_size reals: written by forward, read by backward */
     real *scratch;    /* scratch_size reals, free for either pass */
+    int context_len;  /* length of the task's context prefix, -1 when it has none */
+    double *aux_loss; /* forward ADDS its auxiliary loss, already weighted by its
+                         coefficient (e.g. MoM load balancing); the model adds it to the
+                         training loss, so backward must include its gradient */
+    double *stats;    /* forward ADDS its n_stats statistics here (NULL: not wanted) */
 } mixer_call;
 
 typedef struct ml_mixer {
@@ -50,6 +55,12 @@ typedef struct ml_mixer {
     /* Floats per sequence kept to generate the next token after T tokens
      * (per layer). */
     long (*state_size)(const void *cfg, int C, int T);
+    /* Optional (NULL = none): how many statistics forward accumulates per
+     * layer (e.g. the fraction of tokens routed to each memory) and the name of
+     * statistic i (e.g. "router_frac_2"). The model sums them over forward
+     * calls; the trainer records their means. */
+    int (*n_stats)(const void *cfg);
+    void (*stat_name)(const void *cfg, int i, char *buf, size_t cap);
 } ml_mixer;
 
 extern const ml_mixer *const ml_mixers[]; /* NULL-terminated (mixers.c) */

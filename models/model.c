@@ -218,6 +218,7 @@ int model_build(ml_model *m, const model_config *cfg, int vocab, int maxT, int m
     m->V = vocab;
     m->maxT = maxT;
     m->maxB = maxB;
+    m->context_len = -1;
     m->mixer = mixer_find(cfg->mixer);
     if (!m->mixer) return ML_FAIL(e, "mixer: unknown mixer '%s'", cfg->mixer);
     if (cfg->d_model < 1 || cfg->n_layers < 1 || vocab < 2 || maxT < 1 || maxB < 1)
@@ -284,6 +285,11 @@ int model_build(ml_model *m, const model_config *cfg, int vocab, int maxT, int m
 
     m->n_acts = layout_acts(m, NULL);
     m->acts = aligned_alloc(64, ((m->n_acts * sizeof(real)) + 63) & ~(size_t)63);
+    m->n_stats = m->mixer->n_stats ? m->mixer->n_stats(cfg->mixer_cfg.bytes) : 0;
+    if (m->n_stats > 0) {
+        m->stats = calloc((size_t)m->n_stats * (size_t)cfg->n_layers, sizeof(double));
+        if (!m->stats) goto oom;
+    }
     m->rows = malloc(sizeof(int) * (size_t)maxB * (size_t)maxT);
     head_of(m)->targets = malloc(sizeof(int) * (size_t)maxB * (size_t)maxT);
     if (!m->acts || !m->rows || !head_of(m)->targets) goto oom;
@@ -307,6 +313,7 @@ void model_free(ml_model *m) {
     free(m->layers);
     free(m->acts);
     free(m->rows);
+    free(m->stats);
     memset(m, 0, sizeof *m);
 }
 
@@ -333,6 +340,12 @@ void model_init_weights(ml_model *m, uint64_t seed) {
     }
     memset(m->m, 0, sizeof(real) * m->n_params);
     memset(m->v, 0, sizeof(real) * m->n_params);
+}
+
+void model_reset_stats(ml_model *m) {
+    if (m->n_stats > 0)
+        memset(m->stats, 0, sizeof(double) * (size_t)m->n_stats * (size_t)m->cfg.n_layers);
+    m->stat_calls = 0;
 }
 
 void model_zero_grad(ml_model *m) { memset(m->g, 0, sizeof(real) * m->n_params); }
@@ -365,6 +378,9 @@ static mixer_call mixer_call_of(ml_model *m, int l, int B, int T) {
     mc.dp = m->layers[l].mdp;
     mc.act = m->layers[l].mix_act;
     mc.scratch = head_of(m)->mix_scratch;
+    mc.context_len = m->context_len;
+    mc.aux_loss = &m->aux_loss;
+    mc.stats = m->n_stats > 0 ? m->stats + (size_t)l * (size_t)m->n_stats : NULL;
     return mc;
 }
 
@@ -377,6 +393,8 @@ double model_forward(ml_model *m, const int *input, const int *target, int B, in
     m->T = T;
     m->input = input;
     m->target = target;
+    m->aux_loss = 0.0;
+    if (m->n_stats > 0) m->stat_calls++;
 
     real *x0 = c->n_layers > 0 ? m->layers[0].x : h->xf;
     embedding_forward(x0, input, tensor(m, "wte", 0), tensor(m, "wpe", 0), B, T, C);
@@ -446,7 +464,7 @@ double model_forward(ml_model *m, const int *input, const int *target, int B, in
         for (int i = 0; i < N; i++) pred[i] = -1;
     }
     m->count = count;
-    m->loss = count > 0 ? sum / count : 0.0;
+    m->loss = (count > 0 ? sum / count : 0.0) + m->aux_loss;
     return m->loss;
 }
 
@@ -457,10 +475,11 @@ void model_backward(ml_model *m) {
     int B = m->B, T = m->T, C = c->d_model, N = B * T, RC = c->mlp_ratio * C, V = m->V;
     int S = m->S;
     head_bufs *h = head_of(m);
-    if (m->count == 0) return;
+    if (m->count == 0 && m->aux_loss == 0.0) return;
 
-    /* probabilities -> d logits, in place: (p - onehot) / count on kept rows. */
-    real scale = (real)(1.0 / m->count);
+    /* probabilities -> d logits, in place: (p - onehot) / count on kept rows.
+     * With no supervised row only the mixers' auxiliary losses have gradients. */
+    real scale = m->count > 0 ? (real)(1.0 / m->count) : 0;
     for (int s = 0; s < S; s++) {
         real *p = h->logits + (size_t)s * V;
         int t = h->targets[s];

@@ -50,10 +50,16 @@ typedef struct ml_model {
     size_t n_acts;
     int *rows;         /* indices of supervised rows of the last forward */
 
+    int context_len;   /* task's context prefix, -1 when none (set by the caller) */
+    int n_stats;       /* statistics per layer of the mixer (0 when none) */
+    double *stats;     /* [n_layers * n_stats] sums over forward calls since reset */
+    long stat_calls;   /* forward calls summed into stats */
+
     /* state of the last forward, read by backward */
     int B, T, S;       /* S = rows through the LM head */
     const int *input, *target;
-    double loss;       /* mean over supervised positions */
+    double loss;       /* mean cross-entropy over supervised positions + aux_loss */
+    double aux_loss;   /* auxiliary losses of the mixers (weighted), summed over layers */
     int count;         /* supervised positions */
 } ml_model;
 
@@ -69,7 +75,8 @@ void model_init_weights(ml_model *m, uint64_t seed);
 const ml_param *model_param(const ml_model *m, const char *name);
 
 /* Forward on input[B,T] with target[B,T] (-1 = not supervised). Returns the
- * mean loss over supervised positions (0 when there are none). If pred is not
+ * mean cross-entropy over supervised positions (0 when there are none) plus
+ * the mixers' auxiliary losses (m->aux_loss). If pred is not
  * NULL, pred[b*T+t] receives the argmax token at supervised positions and -1
  * elsewhere. B <= maxB, T <= maxT. */
 double model_forward(ml_model *m, const int *input, const int *target, int B, int T,
@@ -77,6 +84,8 @@ double model_forward(ml_model *m, const int *input, const int *target, int B, in
 /* Probabilities of the last forward at the S head rows, [S,V] (row s is
  * position rows[s]); overwritten by model_backward. */
 const real *model_logits(const ml_model *m);
+/* Zero the mixer statistics. */
+void model_reset_stats(ml_model *m);
 /* Zero the gradient buffer. */
 void model_zero_grad(ml_model *m);
 /* Backward of the last forward: accumulates d(mean loss)/d(w) into m->g. */
