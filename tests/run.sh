@@ -3,7 +3,7 @@
 #   1. the PyTorch twin regenerates its fixtures into BUILD_DIR/../twin when
 #      torch is importable (the committed tests/fixtures are checked always);
 #   2. the unit tests (double-precision kernels): BUILD_DIR/test_units;
-#   3. the command-line tests against the release binary: tests/cli.sh.
+#   3. the command-line tests against the release binary: tests/cli*.sh.
 # Prints "N passed, N failed" summed over all parts; exits 1 on any failure.
 set -u
 build=${1:-build/release}
@@ -44,9 +44,11 @@ echo "== unit tests ($build/test_units)"
 MEMLAB_TESTS=tests "$build/test_units" | tee "$out"
 count "$out" "unit tests"
 
-echo "== command-line tests"
-bash tests/cli.sh "$build/memlab" | tee "$out"
-count "$out" "command-line tests"
+for script in tests/cli*.sh; do
+    echo "== command-line tests: $script"
+    bash "$script" "$build/memlab" | tee "$out"
+    count "$out" "$script"
+done
 rm -f "$out"
 
 echo "$passed passed, $failed failed"

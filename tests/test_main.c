@@ -25,9 +25,15 @@ SUITE tests_mqar[];
 SUITE tests_db[];
 SUITE tests_model[];
 SUITE tests_twin[];
+SUITE tests_linfam[];
+SUITE tests_mom[];
+SUITE tests_sweep[];
+SUITE tests_tasks[];
+SUITE tests_perf[];
 
-static const test_case *const suites[] = {tests_ops,  tests_attention, tests_spec, tests_mqar,
-                                          tests_db,   tests_model,     tests_twin};
+static const test_case *const suites[] = {
+    tests_ops,  tests_attention, tests_spec,  tests_mqar,  tests_db,    tests_model,
+    tests_twin, tests_linfam,    tests_mom,   tests_sweep, tests_tasks, tests_perf};
 
 static int current_failures;
 static int verbose;
