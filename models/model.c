@@ -42,17 +42,15 @@ struct ml_param_sink {
     char prefix[64];
     int count;      /* tensors declared through this sink */
     int first;      /* index of the first of them */
+    int *failed;    /* set when the table could not grow */
 };
-
-/* Growable table while declaring; offsets are assigned in order. */
-static int sink_error;
 
 void param_declare(ml_param_sink *s, const char *name, int rows, int cols, ml_init init,
                    int decay) {
     ml_model *m = s->m;
     ml_param *np = realloc(m->params, sizeof(ml_param) * (size_t)(m->n_tensors + 1));
     if (!np) {
-        sink_error = 1;
+        *s->failed = 1;
         return;
     }
     m->params = np;
@@ -69,10 +67,11 @@ void param_declare(ml_param_sink *s, const char *name, int rows, int cols, ml_in
     s->count++;
 }
 
-static ml_param_sink sink_at(ml_model *m, const char *prefix) {
+static ml_param_sink sink_at(ml_model *m, const char *prefix, int *failed) {
     ml_param_sink s;
     memset(&s, 0, sizeof s);
     s.m = m;
+    s.failed = failed;
     snprintf(s.prefix, sizeof s.prefix, "%s", prefix);
     s.first = m->n_tensors;
     return s;
@@ -82,16 +81,16 @@ static int has_bias_norm(const ml_model *m) { return m->cfg.norm == NORM_LAYER; 
 
 /* Declare the whole table in a fixed order. The order is part of nothing
  * external: parameters are addressed by name (fixtures, checkpoints). */
-static void declare_all(ml_model *m, int *mixer_first, int *mixer_count) {
+static void declare_all(ml_model *m, int *mixer_first, int *mixer_count, int *failed) {
     const model_config *c = &m->cfg;
     int C = c->d_model, R = c->mlp_ratio * c->d_model;
-    ml_param_sink s = sink_at(m, "");
+    ml_param_sink s = sink_at(m, "", failed);
     param_declare(&s, "wte", m->V, C, INIT_NORMAL, 1);
     if (c->position == POS_LEARNED) param_declare(&s, "wpe", m->maxT, C, INIT_NORMAL, 1);
     for (int l = 0; l < c->n_layers; l++) {
         char pre[64];
         snprintf(pre, sizeof pre, "layers.%d.", l);
-        s = sink_at(m, pre);
+        s = sink_at(m, pre, failed);
         param_declare(&s, "norm1.w", C, 1, INIT_ONES, 0);
         if (has_bias_norm(m)) param_declare(&s, "norm1.b", C, 1, INIT_ZEROS, 0);
         if (c->conv > 0) {
@@ -99,13 +98,13 @@ static void declare_all(ml_model *m, int *mixer_first, int *mixer_count) {
             param_declare(&s, "conv.b", C, 1, INIT_ZEROS, 0);
         }
         snprintf(pre, sizeof pre, "layers.%d.mixer.", l);
-        ml_param_sink ms = sink_at(m, pre);
+        ml_param_sink ms = sink_at(m, pre, failed);
         m->mixer->declare(c->mixer_cfg.bytes, C, &ms);
         mixer_first[l] = ms.first;
         mixer_count[l] = ms.count;
         if (c->mlp) {
             snprintf(pre, sizeof pre, "layers.%d.", l);
-            s = sink_at(m, pre);
+            s = sink_at(m, pre, failed);
             param_declare(&s, "norm2.w", C, 1, INIT_ONES, 0);
             if (has_bias_norm(m)) param_declare(&s, "norm2.b", C, 1, INIT_ZEROS, 0);
             param_declare(&s, "mlp.w1", R, C, INIT_NORMAL, 1);
@@ -114,7 +113,7 @@ static void declare_all(ml_model *m, int *mixer_first, int *mixer_count) {
             param_declare(&s, "mlp.b2", C, 1, INIT_ZEROS, 0);
         }
     }
-    s = sink_at(m, "");
+    s = sink_at(m, "", failed);
     param_declare(&s, "norm_f.w", C, 1, INIT_ONES, 0);
     if (has_bias_norm(m)) param_declare(&s, "norm_f.b", C, 1, INIT_ZEROS, 0);
     if (!c->tie_embeddings) param_declare(&s, "lm_head", m->V, C, INIT_NORMAL, 1);
@@ -232,9 +231,9 @@ int model_build(ml_model *m, const model_config *cfg, int vocab, int maxT, int m
     int *mcount = calloc((size_t)cfg->n_layers, sizeof(int));
     m->layers = calloc(1, sizeof(ml_layer) * (size_t)cfg->n_layers + sizeof(head_bufs));
     if (!mfirst || !mcount || !m->layers) goto oom;
-    sink_error = 0;
-    declare_all(m, mfirst, mcount);
-    if (sink_error) goto oom;
+    int failed = 0;
+    declare_all(m, mfirst, mcount, &failed);
+    if (failed) goto oom;
 
     size_t P = m->n_params;
     m->w = calloc(P, sizeof(real));
