@@ -30,10 +30,12 @@ SUITE tests_mom[];
 SUITE tests_sweep[];
 SUITE tests_tasks[];
 SUITE tests_perf[];
+SUITE tests_slots[];
 
 static const test_case *const suites[] = {
     tests_ops,  tests_attention, tests_spec,  tests_mqar,  tests_db,    tests_model,
-    tests_twin, tests_linfam,    tests_mom,   tests_sweep, tests_tasks, tests_perf};
+    tests_twin, tests_linfam,    tests_mom,   tests_sweep, tests_tasks, tests_perf,
+    tests_slots};
 
 static int current_failures;
 static int verbose;
