@@ -4,8 +4,10 @@
 #   make asan       address + undefined sanitizers (build/asan/)
 #   make test       build and run every test; closing line "N passed, N failed"
 #   make run        the main job: the default spec into results/memlab.db
-#   make bench      tokens/s benchmark into results/bench.db and results/bench.md
+#   make bench      training-step benchmark against PyTorch into results/bench.db and
+#                   results/bench.md (BENCH_ARGS="..." adds memlab bench options)
 #   make twin       regenerate the PyTorch twin fixtures (needs python3-torch)
+#   make fuzz       the spec parser's libFuzzer target (clang): build/fuzz/fuzz_spec
 #   make deps       install the Debian packages memlab needs
 # WERROR=1 (set automatically when CI=true) turns warnings into errors.
 
@@ -20,7 +22,9 @@ WARN += -Werror
 endif
 
 ifeq ($(MODE),release)
-OPT := -O2 -march=native -DNDEBUG
+# -O3: the element-wise loops of the kernels and the model vectorise (no fast-math:
+# results stay IEEE)
+OPT := -O3 -march=native -DNDEBUG
 else ifeq ($(MODE),debug)
 OPT := -O0 -g
 else ifeq ($(MODE),asan)
@@ -28,8 +32,12 @@ OPT := -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize
 endif
 
 INC := -Imodels -Iharness -Itasks -I/usr/include/x86_64-linux-gnu
-CFLAGS := -std=gnu11 $(OPT) $(WARN) $(INC) -MMD -MP
-LDFLAGS := $(filter -fsanitize=%,$(OPT))
+# OpenMP: the kernels share batch, heads and rows among memlab's threads
+# (OpenBLAS's thread count, which --threads sets); BLAS runs single-threaded
+# inside those regions.
+OMP := -fopenmp
+CFLAGS := -std=gnu11 $(OPT) $(OMP) $(WARN) $(INC) -MMD -MP
+LDFLAGS := $(filter -fsanitize=%,$(OPT)) $(OMP)
 LDLIBS := -lopenblas -lsqlite3 -lyaml -lm
 
 CODE_VERSION := $(shell git describe --always --dirty --abbrev=12 2>/dev/null || echo unknown)
@@ -41,7 +49,7 @@ LIB_F := $(patsubst %.c,$(BUILD)/f/%.o,$(LIB_SRC))
 LIB_D := $(patsubst %.c,$(BUILD)/d/%.o,$(LIB_SRC))
 TEST_D := $(patsubst %.c,$(BUILD)/d/%.o,$(TEST_SRC))
 
-.PHONY: all release debug asan binaries test run bench twin deps deps-ok clean FORCE
+.PHONY: all release debug asan binaries test run bench twin fuzz deps deps-ok clean FORCE
 all: release
 
 release: deps-ok
@@ -59,10 +67,17 @@ $(BUILD)/memlab: $(BUILD)/f/harness/main.o $(LIB_F)
 $(BUILD)/test_units: $(TEST_D) $(LIB_D)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
-$(BUILD)/f/%.o: %.c
+# Objects depend on the flags they were compiled with: changing OPT or OMP
+# rebuilds them.
+FLAGS_STAMP := $(BUILD)/.cflags
+$(FLAGS_STAMP): FORCE
+	@mkdir -p $(BUILD)
+	@echo '$(CFLAGS) $(LDFLAGS)' | cmp -s - $@ || echo '$(CFLAGS) $(LDFLAGS)' >$@
+
+$(BUILD)/f/%.o: %.c $(FLAGS_STAMP)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -c -o $@ $<
-$(BUILD)/d/%.o: %.c
+$(BUILD)/d/%.o: %.c $(FLAGS_STAMP)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -DMEMLAB_DOUBLE -c -o $@ $<
 
@@ -78,11 +93,28 @@ test: release
 run: release
 	./memlab train sweeps/mqar_softmax.yaml --db results/memlab.db
 
+# The default: the mixers with a PyTorch twin over the whole grid (d 64,128,256 x
+# L 64,256,1024 x 1,2 threads x both heads), the twin where torch imports, and the
+# --jobs sweep. Every mixer: make bench BENCH_ARGS="--mixers all"; a smoke run:
+# BENCH_ARGS=--quick.
+BENCH_ARGS ?= --mixers softmax,linear
 bench: release
-	./memlab bench --db results/bench.db --report results/bench.md
+	./memlab bench --db results/bench.db --report results/bench.md $(BENCH_ARGS)
+
+# The spec parser's libFuzzer target (clang; address and undefined-behaviour
+# sanitizers): build/fuzz/fuzz_spec CORPUS_DIR [SEED_DIRS...], e.g.
+#   build/fuzz/fuzz_spec -max_total_time=60 -dict=tests/fuzz_spec.dict \
+#       build/fuzz/corpus tests/bad tests/bad/sweep sweeps
+FUZZ_CC ?= clang
+fuzz: deps-ok
+	@mkdir -p build/fuzz/corpus
+	$(FUZZ_CC) -std=gnu11 -O1 -g -fsanitize=fuzzer,address,undefined \
+	    -fno-sanitize-recover=undefined -Wno-unknown-pragmas $(INC) \
+	    -o build/fuzz/fuzz_spec tests/fuzz_spec.c $(LIB_SRC) $(LDLIBS)
 
 twin:
 	/usr/bin/python3 tests/twin/twin.py tests/fixtures
+	/usr/bin/python3 tests/twin/twin_slots.py tests/fixtures
 
 # deps-ok: a stamp so that the package check runs once per checkout.
 deps-ok: build/.deps-ok

@@ -62,36 +62,40 @@ void machine_describe(char *buf, size_t cap) {
 
 /* Fill input/target for `count` examples of split starting at the given
  * example indices. */
-static void make_batch(const ml_task *task, const void *tcfg, long seed, int split,
-                       const long *index, int count, int T, int *input, int *target) {
+static void make_batch(const ml_task *task, const void *tcfg, const void *data, long seed,
+                       int split, const long *index, int count, int T, int *input, int *target) {
     for (int i = 0; i < count; i++)
-        task->generate(tcfg, (uint64_t)seed, split, index[i], input + (size_t)i * T,
+        task->generate(tcfg, data, (uint64_t)seed, split, index[i], input + (size_t)i * T,
                        target + (size_t)i * T);
 }
 
-int train_evaluate(ml_model *m, const ml_task *task, const void *task_cfg, long seed,
-                   int split, int examples, int batch, double *accuracy, double *loss,
-                   ml_error *e) {
+int train_evaluate(ml_model *m, const ml_task *task, const void *task_cfg, const void *data,
+                   long seed, int split, int examples, int batch, train_eval *r, ml_error *e) {
     int T = task->seq_len(task_cfg);
+    int V = task->per_class ? task->vocab_size(task_cfg) : 0;
+    examples = (int)task_eval_examples(task, task_cfg, data, split, examples);
     if (batch > m->maxB) batch = m->maxB;
     int *in = malloc(sizeof(int) * (size_t)batch * T);
     int *tg = malloc(sizeof(int) * (size_t)batch * T);
     int *pred = malloc(sizeof(int) * (size_t)batch * T);
     long *idx = malloc(sizeof(long) * (size_t)batch);
-    if (!in || !tg || !pred || !idx) {
-        free(in), free(tg), free(pred), free(idx);
+    long *cls = V > 0 ? calloc(2 * (size_t)V, sizeof(long)) : NULL;
+    if (!in || !tg || !pred || !idx || (V > 0 && !cls)) {
+        free(in), free(tg), free(pred), free(idx), free(cls);
         return ML_FAIL(e, "out of memory in evaluation");
     }
-    double acc_sum = 0.0, loss_sum = 0.0;
-    long positions = 0;
-    int counted = 0;
+    ml_eval_totals tot;
+    memset(&tot, 0, sizeof tot);
+    tot.n_classes = V;
+    tot.class_right = cls;
+    tot.class_count = cls ? cls + V : NULL;
     for (int start = 0; start < examples; start += batch) {
         int n = examples - start < batch ? examples - start : batch;
         for (int i = 0; i < n; i++) idx[i] = start + i;
-        make_batch(task, task_cfg, seed, split, idx, n, T, in, tg);
+        make_batch(task, task_cfg, data, seed, split, idx, n, T, in, tg);
         double l = model_forward(m, in, tg, n, T, pred);
-        loss_sum += l * m->count;
-        positions += m->count;
+        tot.loss_sum += (l - m->aux_loss) * m->count;
+        tot.examples += n;
         for (int i = 0; i < n; i++) {
             int sup = 0, right = 0;
             for (int t = 0; t < T; t++) {
@@ -99,17 +103,117 @@ int train_evaluate(ml_model *m, const ml_task *task, const void *task_cfg, long 
                 if (tg[k] < 0) continue;
                 sup++;
                 right += pred[k] == tg[k];
+                if (cls && tg[k] < V) {
+                    cls[tg[k]] += pred[k] == tg[k];
+                    cls[V + tg[k]]++;
+                }
             }
+            tot.positions += sup;
+            tot.right += right;
             if (sup > 0) {
-                acc_sum += (double)right / sup;
-                counted++;
+                tot.example_acc_sum += (double)right / sup;
+                tot.examples_scored++;
             }
         }
     }
-    *accuracy = counted ? acc_sum / counted : 0.0;
-    *loss = positions ? loss_sum / (double)positions : 0.0;
-    free(in), free(tg), free(pred), free(idx);
+    memset(r, 0, sizeof *r);
+    r->n_metrics = task_score(task, task_cfg, &tot, r->metrics, TASK_MAX_METRICS);
+    r->accuracy = r->n_metrics > 0 ? r->metrics[0].value : 0.0;
+    r->loss = tot.positions ? tot.loss_sum / (double)tot.positions : 0.0;
+    r->examples = tot.examples;
+    r->positions = tot.positions;
+    free(in), free(tg), free(pred), free(idx), free(cls);
     return 0;
+}
+
+int train_record(const run_config *cfg, ml_db *db, const ml_metric *metrics, int n,
+                 long long *run_id, ml_error *e) {
+    char *json = malloc(1 << 16);
+    if (!json) return ML_FAIL(e, "out of memory");
+    if (config_to_json(cfg, json, 1 << 16) < 0) {
+        free(json);
+        return ML_FAIL(e, "config too large to serialise");
+    }
+    char hash[65], machine[512];
+    config_hash(cfg, hash);
+    machine_describe(machine, sizeof machine);
+    int rc = db_run_begin(db, json, hash, memlab_code_version(), machine, run_id, e);
+    free(json);
+    if (rc) return -1;
+    if (db_begin(db, e)) return -1;
+    for (int i = 0; i < n; i++)
+        if (db_metric(db, *run_id, 0, metrics[i].split, metrics[i].name, metrics[i].value, e))
+            return -1;
+    return db_commit(db, e) || db_run_end(db, *run_id, "finished", 0, NULL, e) ? -1 : 0;
+}
+
+/* Record measured metrics into a run row claimed beforehand, and finish it. */
+static int record_claimed(ml_db *db, long long run_id, const ml_metric *metrics, int n,
+                          ml_error *e) {
+    if (db_begin(db, e)) return -1;
+    for (int i = 0; i < n; i++)
+        if (db_metric(db, run_id, 0, metrics[i].split, metrics[i].name, metrics[i].value, e))
+            return -1;
+    return db_commit(db, e) || db_run_end(db, run_id, "finished", 0, NULL, e) ? -1 : 0;
+}
+
+/* A training-free run (task->measure): measure at the run's seed and record.
+ * The outcome's accuracy and loss are the measurement's first two metrics. */
+static int measure_run(const run_config *cfg, const ml_task *task, ml_db *db,
+                       train_outcome *out, ml_error *e) {
+    ml_metric m[TASK_MAX_METRICS];
+    double t0 = now_s();
+    int n = task->measure(cfg->task_cfg.bytes, cfg->train.seed, m, TASK_MAX_METRICS, e);
+    if (n < 0) return -1;
+    if (db && (out->run_id ? record_claimed(db, out->run_id, m, n, e)
+                           : train_record(cfg, db, m, n, &out->run_id, e)))
+        return -1;
+    out->test_accuracy = n > 0 ? m[0].value : 0.0;
+    out->test_loss = n > 1 ? m[1].value : 0.0;
+    out->wall_s = now_s() - t0;
+    snprintf(out->status, sizeof out->status, "finished");
+    return 0;
+}
+
+/* The task's metrics of an evaluation beyond the headline accuracy (which
+ * the caller records), e.g. bits_per_byte, accuracy_macro. */
+static int put_task_metrics(ml_db *db, long long run, long step, const train_eval *ev,
+                            ml_error *e) {
+    for (int k = 1; k < ev->n_metrics; k++)
+        if (db_metric(db, run, step, ev->metrics[k].split, ev->metrics[k].name,
+                      ev->metrics[k].value, e))
+            return -1;
+    return 0;
+}
+
+/* At the end of a run: evaluate the trained model on each evaluation slice of
+ * the task and record its metrics as name@label (and loss@label). */
+static int evaluate_slices(ml_model *m, const ml_task *task, const void *tcfg, const void *data,
+                           const run_config *cfg, ml_db *db, long long run, long step,
+                           ml_error *e) {
+    int n = task->n_slices ? task->n_slices(tcfg) : 0;
+    int saved_context = m->context_len;
+    int rc = 0;
+    for (int i = 0; i < n && !rc; i++) {
+        ml_cfgbuf s;
+        char label[64], name[160];
+        task->slice(tcfg, i, s.bytes, label, sizeof label);
+        m->context_len = task->context_len ? task->context_len(s.bytes) : -1;
+        train_eval r;
+        rc = train_evaluate(m, task, s.bytes, data, cfg->train.seed, SPLIT_TEST,
+                            cfg->eval.examples, cfg->eval.batch_size, &r, e);
+        if (rc || !db) continue;
+        rc = db_begin(db, e);
+        for (int k = 0; k < r.n_metrics && !rc; k++) {
+            snprintf(name, sizeof name, "%s@%s", r.metrics[k].name, label);
+            rc = db_metric(db, run, step, r.metrics[k].split, name, r.metrics[k].value, e);
+        }
+        snprintf(name, sizeof name, "loss@%s", label);
+        if (!rc) rc = db_metric(db, run, step, "test", name, r.loss, e);
+        if (!rc) rc = db_commit(db, e);
+    }
+    m->context_len = saved_context;
+    return rc ? -1 : 0;
 }
 
 /* Record a metric when there is a database. */
@@ -153,17 +257,34 @@ static void progress_line(const run_config *cfg, long step, double loss, double 
     fflush(stderr);
 }
 
+static int train_run_body(const run_config *cfg, ml_db *db, const train_opts *o,
+                          train_outcome *out, ml_error *e);
+
 int train_run(const run_config *cfg, ml_db *db, const train_opts *o, train_outcome *out,
               ml_error *e) {
+#ifdef __SSE__
+    /* Flush denormals to zero while training: tiny values otherwise slow steps
+     * several-fold. The caller's mode is restored: outside training, config
+     * checks compare against denormal bounds (DBL_TRUE_MIN). */
+    unsigned csr = _mm_getcsr();
+    _mm_setcsr(csr | 0x8040);
+#endif
+    int rc = train_run_body(cfg, db, o, out, e);
+#ifdef __SSE__
+    _mm_setcsr(csr);
+#endif
+    return rc;
+}
+
+static int train_run_body(const run_config *cfg, ml_db *db, const train_opts *o,
+                          train_outcome *out, ml_error *e) {
     memset(out, 0, sizeof *out);
     snprintf(out->status, sizeof out->status, "failed");
-#ifdef __SSE__
-    /* Flush denormals to zero: tiny logits otherwise slow steps several-fold. */
-    _mm_setcsr(_mm_getcsr() | 0x8040);
-#endif
     const ml_task *task = task_find(cfg->task);
     if (!task) return ML_FAIL(e, "task: unknown task '%s'", cfg->task);
     if (spec_validate(cfg, e)) return -1;
+    out->run_id = o ? o->run_id : 0; /* a claimed row (memlab run) */
+    if (task->measure) return measure_run(cfg, task, db, out, e);
     const void *tcfg = cfg->task_cfg.bytes;
     int V = task->vocab_size(tcfg), T = task->seq_len(tcfg);
     int B = cfg->train.batch_size;
@@ -181,7 +302,7 @@ int train_run(const run_config *cfg, ml_db *db, const train_opts *o, train_outco
     machine_describe(machine, sizeof machine);
 
     ml_model m;
-    if (model_build(&m, &cfg->model, V, T, maxB, e)) {
+    if (model_build(&m, &cfg->model, V, task_max_seq_len(task, tcfg), maxB, e)) {
         free(json);
         return -1;
     }
@@ -191,8 +312,8 @@ int train_run(const run_config *cfg, ml_db *db, const train_opts *o, train_outco
     out->n_params = (long)m.n_params;
     out->state_size = model_state_size(&m, T);
 
-    long long run = 0;
-    if (db && db_run_begin(db, json, hash, memlab_code_version(), machine, &run, e)) {
+    long long run = o ? o->run_id : 0; /* a claimed row, or one inserted here */
+    if (db && !run && db_run_begin(db, json, hash, memlab_code_version(), machine, &run, e)) {
         model_free(&m);
         free(json);
         return -1;
@@ -208,10 +329,12 @@ int train_run(const run_config *cfg, ml_db *db, const train_opts *o, train_outco
     int rc = -1;
     long step = 0;
     char err_text[1200] = "";
+    void *data = NULL; /* the task's data (task_open), NULL when it has none */
     if (!in || !tg || !idx || (n_train > 0 && !perm)) {
         ML_FAIL(e, "out of memory for batches");
         goto done;
     }
+    if (task_open(task, tcfg, &data, e)) goto done;
     if (db && (db_begin(db, e) || put(db, run, 0, "model", "params", (double)m.n_params, e) ||
                put(db, run, 0, "model", "state_size", (double)out->state_size, e) ||
                db_commit(db, e)))
@@ -248,7 +371,7 @@ int train_run(const run_config *cfg, ml_db *db, const train_opts *o, train_outco
                 idx[i] = step * (long)B + i;
             }
         }
-        make_batch(task, tcfg, tc->seed, SPLIT_TRAIN, idx, B, T, in, tg);
+        make_batch(task, tcfg, data, tc->seed, SPLIT_TRAIN, idx, B, T, in, tg);
         double t0 = now_s();
         double loss = model_forward(&m, in, tg, B, T, NULL);
         if (!isfinite(loss)) {
@@ -287,10 +410,11 @@ int train_run(const run_config *cfg, ml_db *db, const train_opts *o, train_outco
             }
             /* mixer statistics of the training window, before evaluation adds to them */
             if (db && record_stats(db, run, done_steps, &m, e)) goto done;
-            double acc, tloss;
-            if (train_evaluate(&m, task, tcfg, tc->seed, SPLIT_TEST, cfg->eval.examples,
-                               cfg->eval.batch_size, &acc, &tloss, e))
+            train_eval ev;
+            if (train_evaluate(&m, task, tcfg, data, tc->seed, SPLIT_TEST, cfg->eval.examples,
+                               cfg->eval.batch_size, &ev, e))
                 goto done;
+            double acc = ev.accuracy, tloss = ev.loss;
             out->train_loss = win_loss / (double)win_n;
             out->test_accuracy = acc;
             out->test_loss = tloss;
@@ -302,7 +426,8 @@ int train_run(const run_config *cfg, ml_db *db, const train_opts *o, train_outco
                        (m.n_stats > 0 &&
                         put(db, run, done_steps, "train", "aux_loss", win_aux / (double)win_n, e)) ||
                        put(db, run, done_steps, "test", "accuracy", acc, e) ||
-                       put(db, run, done_steps, "test", "loss", tloss, e) || db_commit(db, e)))
+                       put(db, run, done_steps, "test", "loss", tloss, e) ||
+                       put_task_metrics(db, run, done_steps, &ev, e) || db_commit(db, e)))
                 goto done;
             win_loss = 0.0;
             win_aux = 0.0;
@@ -311,8 +436,14 @@ int train_run(const run_config *cfg, ml_db *db, const train_opts *o, train_outco
         }
         if (o && o->progress && (done_steps % 10 == 0 || last || log_now))
             progress_line(cfg, done_steps, loss, last_acc, now_s() - t_start);
+        if (o && o->on_step && (done_steps % 10 == 0 || last || log_now))
+            o->on_step(o->step_ctx, done_steps, tc->steps, loss, last_acc);
     }
     if (o && o->progress) fprintf(stderr, "\n");
+    /* The evaluation slices of the trained model (a finished run only). */
+    if (!strcmp(status, "finished") &&
+        evaluate_slices(&m, task, tcfg, data, cfg, db, run, step, e))
+        goto done;
     out->step = step;
     out->wall_s = now_s() - t_start;
     out->tokens_per_s = t_train > 0 ? (double)step * B * T / t_train : 0.0;
@@ -336,6 +467,7 @@ done:
         db_run_end(db, run, "failed", step, msg, &ignore);
     }
     free(in), free(tg), free(idx), free(perm);
+    task_close(task, data);
     model_free(&m);
     return rc;
 }

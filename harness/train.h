@@ -15,11 +15,19 @@
 #include "config.h"
 #include "db.h"
 #include "error.h"
+#include "task.h"
 
 typedef struct train_opts {
     int progress;                     /* 1: live progress line on stderr */
     int quiet;                        /* no per-run summary line */
     volatile sig_atomic_t *stop;      /* set asynchronously (SIGINT): finish as interrupted */
+    long long run_id;                 /* a row already claimed (db_run_claim) to record
+                                         into; 0: train_run inserts one */
+    /* Called every 10 steps, at evaluations and at the last step (NULL: none):
+     * steps done, total steps, last training loss, last test accuracy (-1
+     * before the first evaluation). */
+    void (*on_step)(void *ctx, long step, long steps, double loss, double accuracy);
+    void *step_ctx;
 } train_opts;
 
 typedef struct train_outcome {
@@ -39,14 +47,28 @@ typedef struct train_outcome {
 int train_run(const run_config *cfg, ml_db *db, const train_opts *o, train_outcome *out,
               ml_error *e);
 
-/* Evaluate on `examples` examples of a split: accuracy (per example, mean
- * correctness over its supervised positions; then mean over examples) and the
- * mean loss per supervised position. */
+/* The result of one evaluation: the task's metrics (task_score: metrics[0]
+ * is "accuracy", micro by default) and the mean cross-entropy per supervised
+ * position in nats, auxiliary losses excluded. */
+typedef struct train_eval {
+    double accuracy, loss;
+    long examples, positions;
+    int n_metrics;
+    ml_metric metrics[TASK_MAX_METRICS];
+} train_eval;
+
+/* Evaluate on `examples` examples of a split (fewer when the split has fewer:
+ * task_eval_examples), data being what task_open returned. */
 struct ml_model;
-struct ml_task;
-int train_evaluate(struct ml_model *m, const struct ml_task *task, const void *task_cfg,
-                   long seed, int split, int examples, int batch, double *accuracy,
-                   double *loss, ml_error *e);
+int train_evaluate(struct ml_model *m, const ml_task *task, const void *task_cfg,
+                   const void *data, long seed, int split, int examples, int batch,
+                   train_eval *r, ml_error *e);
+
+/* Record a run that was measured rather than trained (a task with measure):
+ * the run row (config JSON, hash, code version, machine), the metrics at step
+ * 0, status finished. */
+int train_record(const run_config *cfg, ml_db *db, const ml_metric *metrics, int n,
+                 long long *run_id, ml_error *e);
 
 /* "hostname, cpu model, n cpus, BLAS config" into buf. */
 void machine_describe(char *buf, size_t cap);

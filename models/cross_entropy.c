@@ -5,12 +5,133 @@
  * Rows with a negative target are unsupervised: they get probabilities but no
  * loss and no gradient. The sum (not the mean) is returned so that the caller
  * picks the normalisation and passes it back as the backward's scale; the
- * model divides by the count of kept rows. */
+ * model divides by the count of kept rows.
+ *
+ * Speed: the LM head's softmax runs over S x 8192 logits every step, so the
+ * row loops are written to vectorise (OpenMP simd reductions, which permit the
+ * reordering of the max and of the double sum that strict IEEE semantics
+ * forbid to the compiler) and the float build uses its own vectorisable exp
+ * (softmax_expf, below; the double build keeps libm's exp so that gradient
+ * checks stay exact). Rows are shared among the threads of memlab's thread
+ * setting (OpenBLAS's thread count, see ce_threads), each thread summing its
+ * own contiguous block of rows, and the blocks added in order: the loss is the
+ * same from run to run at a given thread count. crossentropy_forward_ref keeps
+ * the plain loops as the oracle. */
 #include <assert.h>
 #include <math.h>
 #include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+#ifdef __SSE__
+#include <xmmintrin.h>
+#endif
 
 #include "kernels.h"
+
+/* Exported for tests/test_perf.c (no header declares them: they are not part
+ * of the kernel library's interface). */
+float softmax_expf(float x);
+double crossentropy_forward_ref(real *probs, const real *logits, const int *targets, int S,
+                                int V, int *count);
+
+/* Most threads a kernel here splits its rows among. */
+#define CE_MAX_THREADS 64
+/* Fewest logits per thread worth a parallel region. */
+#define CE_MIN_WORK (1 << 16)
+
+/* exp(x) in float for the softmax, written to vectorise: Cody-Waite range
+ * reduction x = n ln2 + r, |r| <= ln2/2, Cephes' degree-6 polynomial for e^r
+ * (relative error below 2 ulp on that range), and 2^n built in the exponent
+ * bits. Exact where it matters to a softmax: exp(0) = 1, results below
+ * FLT_MIN (x < -87.3) are 0, NaN stays NaN. Meant for x <= 0 (scores minus
+ * their max); above 88 it saturates at exp(88) instead of overflowing. */
+static inline float expf_fast(float x) {
+    const float lo = -87.33654f, hi = 88.0f;
+    float xc = x < lo ? lo : x;
+    xc = xc > hi ? hi : xc;
+    /* n = round(x / ln2) by the 1.5 * 2^23 trick (round to nearest even) */
+    float t = xc * 1.44269504088896341f + 12582912.0f;
+    float n = t - 12582912.0f;
+    float r = xc - n * 0.693359375f;
+    r = r - n * -2.12194440e-4f;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    float y = p * r * r + r + 1.0f;
+    /* 2^n; a NaN x leaves n NaN, which must not reach the integer
+     * conversion (y is NaN already and stays so) */
+    union {
+        float f;
+        uint32_t u;
+    } s;
+    s.u = (uint32_t)((int32_t)(n == n ? n : 0.0f) + 127) << 23;
+    y = y * s.f;
+    return x < lo ? 0.0f : y;
+}
+
+float softmax_expf(float x) { return expf_fast(x); }
+
+#ifdef MEMLAB_DOUBLE
+#define SOFTMAX_EXP(x) exp(x)
+#else
+#define SOFTMAX_EXP(x) expf_fast(x)
+#endif
+
+/* Threads for work over `work` logits: memlab's thread setting is OpenBLAS's
+ * thread count (memlab --threads sets it), so one knob bounds both. 1 when
+ * the work is too small to pay for a parallel region or without OpenMP. */
+static int ce_threads(size_t work) {
+#ifdef _OPENMP
+    int n = openblas_get_num_threads();
+    if (n > CE_MAX_THREADS) n = CE_MAX_THREADS;
+    size_t most = work / CE_MIN_WORK;
+    if ((size_t)n > most) n = most > 0 ? (int)most : 1;
+    return n > 1 ? n : 1;
+#else
+    (void)work;
+    return 1;
+#endif
+}
+
+/* One row: p = softmax(l); returns -log p[tgt] (0 when tgt < 0). p may alias l. */
+static double ce_row(real *p, const real *l, int tgt, int V) {
+    real mx = l[0];
+#pragma omp simd reduction(max : mx)
+    for (int v = 0; v < V; v++) mx = l[v] > mx ? l[v] : mx;
+    /* read before p (possibly the same memory) is written */
+    double zt = tgt >= 0 ? (double)l[tgt] - (double)mx : 0.0;
+#pragma omp simd
+    for (int v = 0; v < V; v++) p[v] = SOFTMAX_EXP(l[v] - mx);
+    /* a second pass for the sum (the row is in L1): a float -> double
+     * reduction fused into the exp loop would not vectorise */
+    double sum = 0.0;
+#pragma omp simd reduction(+ : sum)
+    for (int v = 0; v < V; v++) sum += p[v];
+    real inv = (real)(1.0 / sum);
+#pragma omp simd
+    for (int v = 0; v < V; v++) p[v] *= inv;
+    return tgt >= 0 ? log(sum) - zt : 0.0;
+}
+
+/* Rows [i0, i1): loss sum and kept count. */
+static double ce_rows(real *probs, const real *logits, const int *targets, int i0, int i1,
+                      int V, int *kept) {
+    double loss = 0.0;
+    int k = 0;
+    for (int i = i0; i < i1; i++) {
+        assert(targets[i] < V);
+        loss += ce_row(probs + (size_t)i * V, logits + (size_t)i * V, targets[i], V);
+        k += targets[i] >= 0;
+    }
+    *kept = k;
+    return loss;
+}
 
 /* probs[S,V] = softmax(logits) row by row, for every row (probs may alias
  * logits). Returns sum over kept rows of -log p[target] = logsumexp(row) -
@@ -20,17 +141,54 @@
 double crossentropy_forward(real *probs, const real *logits, const int *targets, int S,
                             int V, int *count) {
     assert(V > 0);
+    int nt = ce_threads((size_t)S * V);
+    double part[CE_MAX_THREADS];
+    int kept[CE_MAX_THREADS];
+    if (nt == 1) {
+        part[0] = ce_rows(probs, logits, targets, 0, S, V, &kept[0]);
+    } else {
+#ifdef __SSE__
+        unsigned csr = _mm_getcsr(); /* denormal flushing is per thread */
+#endif
+#pragma omp parallel num_threads(nt)
+        {
+#ifdef _OPENMP
+            int t = omp_get_thread_num(), n = omp_get_num_threads();
+#else
+            int t = 0, n = 1;
+#endif
+#ifdef __SSE__
+            _mm_setcsr(csr);
+#endif
+            int i0 = (int)((long)S * t / n), i1 = (int)((long)S * (t + 1) / n);
+            part[t] = ce_rows(probs, logits, targets, i0, i1, V, &kept[t]);
+            if (t == 0)
+                for (int k = n; k < nt; k++) part[k] = 0, kept[k] = 0;
+        }
+    }
+    double loss = 0.0;
+    int total = 0;
+    for (int t = 0; t < nt; t++) {
+        loss += part[t];
+        total += kept[t];
+    }
+    if (count) *count = total;
+    return loss;
+}
+
+/* The plain loops, one element at a time in libm's exp and a serial double
+ * sum: the oracle of crossentropy_forward (same contract). */
+double crossentropy_forward_ref(real *probs, const real *logits, const int *targets, int S,
+                                int V, int *count) {
     double loss = 0.0;
     int kept = 0;
     for (int i = 0; i < S; i++) {
         const real *l = logits + (size_t)i * V;
         real *p = probs + (size_t)i * V;
         int tgt = targets[i];
-        assert(tgt < V);
         real mx = l[0];
         for (int v = 1; v < V; v++)
             if (l[v] > mx) mx = l[v];
-        /* read before probs (possibly the same memory) is written */
         double zt = tgt >= 0 ? (double)l[tgt] - (double)mx : 0.0;
         double sum = 0.0;
         for (int v = 0; v < V; v++) {
@@ -54,13 +212,19 @@ double crossentropy_forward(real *probs, const real *logits, const int *targets,
  * usually 1/count for a mean loss. */
 void crossentropy_backward(real *dlogits, const real *probs, const int *targets, int S,
                            int V, real scale) {
+    int nt = ce_threads((size_t)S * V);
+#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
     for (int i = 0; i < S; i++) {
         int tgt = targets[i];
         if (tgt < 0) continue;
         assert(tgt < V);
         const real *p = probs + (size_t)i * V;
         real *d = dlogits + (size_t)i * V;
-        /* p - 1 before scaling: exact near p = 1, where scale*p - scale cancels */
-        for (int v = 0; v < V; v++) d[v] += scale * (p[v] - (v == tgt ? (real)1 : (real)0));
+        real dt = d[tgt];
+#pragma omp simd
+        for (int v = 0; v < V; v++) d[v] += scale * p[v];
+        /* the target apart: p - 1 before scaling, exact near p = 1, where
+         * scale*p - scale cancels */
+        d[tgt] = dt + scale * (p[tgt] - 1);
     }
 }

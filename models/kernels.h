@@ -130,4 +130,108 @@ void linattn_backward(real *dq, real *dk, real *dv, const real *dout, const real
                       const real *save, const real *q, const real *k, const real *v,
                       const linattn_dims *d, real *scratch);
 
+/* ---- SiLU (x * sigmoid(x)), elementwise ----------------------------------- */
+/* out may alias x. */
+void silu_forward(real *out, const real *x, size_t n);
+/* dx[i] += dout[i] * s (1 + x (1 - s)), s = sigmoid(x[i]); x is the forward input. */
+void silu_backward(real *dx, const real *dout, const real *x, size_t n);
+
+/* ---- L2 normalisation of rows -------------------------------------------- */
+/* y[N,D] = x * rn, rn[N] = 1/sqrt(sum x^2 + eps) saved. y may alias x. */
+void l2norm_forward(real *y, real *rn, const real *x, int N, int D, real eps);
+/* dx += rn (dy - y (y.dy)): needs the forward's output y, not x. */
+void l2norm_backward(real *dx, const real *dy, const real *y, const real *rn, int N, int D);
+
+/* ---- Based's 2nd-order Taylor feature map --------------------------------- */
+/* For n rows x [D] (row r at x + r*ldx) writes phi [F] at out + r*ldo,
+ * F = taylor_width(D) = 1 + D + D(D+1)/2:
+ *   phi = [1, x / D^(1/4), x_i x_i / sqrt(2D) (i), x_i x_j / sqrt(D) (i < j)]
+ * with the quadratic terms in row-major upper-triangle order, so that
+ * phi(q).phi(k) = 1 + q.k / sqrt(D) + (q.k)^2 / (2D). */
+int taylor_width(int D);
+void taylor_forward(real *out, const real *x, int n, int D, int ldx, int ldo);
+/* dx += J^T dout, same layout. */
+void taylor_backward(real *dx, const real *dout, const real *x, int n, int D, int ldx,
+                     int ldo);
+
+/* ---- decay and delta rules (the gated delta family) ----------------------- */
+/* Per (b,h), S_0 = 0 [Dk,Dv], for t = 1..T:
+ *   S_t = a_t (I - beta_t k_t k_t^T)^[delta] S_{t-1} + beta_t^[delta] k_t v_t^T,
+ *   a_t = e^{g_t} when decay (g_t <= 0, a log decay) else 1;  o_t = S_t^T q_t.
+ * delta 0, decay 0: unnormalised linear attention; decay only: scalar decay
+ * (Mamba-2, simple GLA); delta only: DeltaNet; both: gated DeltaNet.
+ * q,k [B,T,H,Dk], v [B,T,H,Dv] read through row strides (as linattn);
+ * beta, g [B,T,H] read with gate_stride elements from token to token (H when
+ * contiguous); out [B,T,H,Dv] contiguous.
+ * GD_RECURRENT runs token by token (the reference, and the generation form);
+ * GD_CHUNKWISE runs chunks of `chunk` tokens on GEMMs, the delta rule through
+ * the WY representation (a unit lower-triangular solve per chunk). Both save
+ * the state at the start of every chunk and recompute inside a chunk for the
+ * backward. */
+typedef enum { GD_RECURRENT = 0, GD_CHUNKWISE = 1 } gd_form;
+typedef struct {
+    int B, T, H, Dk, Dv;
+    int q_stride, k_stride, v_stride; /* row strides of q, k, v (and dq, dk, dv) */
+    int gate_stride;                  /* row stride of beta, g (and dbeta, dg) */
+    int delta;                        /* delta rule: beta used */
+    int decay;                        /* scalar decay: g used */
+    int chunk;                        /* chunk length (both forms: checkpoint spacing) */
+    gd_form form;
+} gdelta_dims;
+size_t gdelta_save_size(const gdelta_dims *d);
+size_t gdelta_scratch_size(const gdelta_dims *d);
+/* save (gdelta_save_size reals) may be NULL when no backward follows. beta
+ * and g may be NULL when delta, decay are off. */
+void gdelta_forward(real *out, real *save, const real *q, const real *k, const real *v,
+                    const real *beta, const real *g, const gdelta_dims *d, real *scratch);
+/* dq, dk, dv, dbeta, dg (strides as their inputs; any may be NULL) += gradient,
+ * from the save of a forward on the same inputs. */
+void gdelta_backward(real *dq, real *dk, real *dv, real *dbeta, real *dg, const real *dout,
+                     const real *save, const real *q, const real *k, const real *v,
+                     const real *beta, const real *g, const gdelta_dims *d, real *scratch);
+
+/* ---- top-K softmax router (mixture of memories) -------------------------- */
+/* Per row of logits [N,E]: p = softmax (accumulated in double), sel[N,K] the
+ * K largest p in decreasing order (ties to the lower index), w[N,K] =
+ * p[sel] / sum of p[sel] (renormalised over the selected). */
+void router_forward(real *p, int *sel, real *w, const real *logits, int N, int E, int K);
+/* Selection held fixed: dlogits[N,E] += d/dlogits of (dw . w + dp_all . p), where
+ * dw [N,K] is the gradient of the weights and dp_all [E] (may be NULL) a
+ * gradient that every row's p receives (the load-balancing loss). */
+void router_backward(real *dlogits, const real *dw, const real *dp_all, const real *p,
+                     const int *sel, const real *w, int N, int E, int K);
+/* Load balancing (Switch / Mixtral form): frac[e] = share of the N rows that
+ * selected e (so sum frac = K), mean[e] = mean of p[:,e]; returns
+ * E * sum_e frac[e] mean[e] (K when perfectly balanced). frac, mean [E]. */
+double router_balance(real *frac, real *mean, const real *p, const int *sel, int N, int E,
+                      int K);
+
+/* ---- cross attention (slot mixer) ---------------------------------------- */
+/* Softmax attention of queries q [B,Tq,H,D] over keys k and values v
+ * [B,Tk,H,D]; out [B,Tq,H,D]; att [B,H,Tq,Tk] saved probabilities (zero
+ * outside the mask), contiguous. Each of q, k, v, out is read at
+ * base + b * (batch stride) + row * (row stride) + h * D, so the rows may sit
+ * in packed buffers. Mask: causal == 0, every query sees every key; causal,
+ * query i sees keys j <= i + offset. A query that sees no key outputs zeros.
+ * Scale 1/sqrt(D). */
+typedef struct xattn_dims {
+    int B, H, D, Tq, Tk;
+    int ldq, ldk, ldv, ldo; /* row strides of q, k, v, out (and of their gradients) */
+    size_t bq, bk, bv, bo;  /* batch strides of the same */
+    int causal, offset;
+} xattn_dims;
+size_t xattn_scratch_size(const xattn_dims *d);
+void xattn_forward(real *out, real *att, const real *q, const real *k, const real *v,
+                   const xattn_dims *d, real *scratch);
+/* dq, dk, dv (any may be NULL; strides of q, k, v) += gradient; dout has the
+ * strides of out. scratch: xattn_scratch_size reals. */
+void xattn_backward(real *dq, real *dk, real *dv, const real *dout, const real *q,
+                    const real *k, const real *v, const real *att, const xattn_dims *d,
+                    real *scratch);
+/* naive loop references with the same contract (no scratch). */
+void xattn_forward_ref(real *out, real *att, const real *q, const real *k, const real *v,
+                       const xattn_dims *d);
+void xattn_backward_ref(real *dq, real *dk, real *dv, const real *dout, const real *q,
+                        const real *k, const real *v, const real *att, const xattn_dims *d);
+
 #endif

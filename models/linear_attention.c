@@ -15,25 +15,92 @@
  * Saved by forward (save), in this order:
  *   den [B,T,H]                   when normalize (all forms);
  *   S_{c-1} (+ z_{c-1}) per chunk [B,H,NC,Dk*Dv (+Dk)]   chunkwise only.
- * The feature map, projections, output norm and gating belong to the mixer. */
+ * The feature map, projections, output norm and gating belong to the mixer.
+ *
+ * Threads: the batch is shared among memlab's threads (OpenBLAS's thread
+ * count, set by --threads), a contiguous block of sequences each, with its own
+ * slot of scratch and BLAS single-threaded inside; with one thread no OpenMP
+ * region is entered. The feature maps vectorise (the float build with its own
+ * exp, see expf_fast). */
 #include <assert.h>
 #include <math.h>
+#include <stdint.h>
 #include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+#ifdef __SSE__
+#include <xmmintrin.h>
+#endif
 
 #include "kernels.h"
 
+/* Most scratch slots (threads) the core provides for. */
+#define LA_MAX_SLOTS 64
+/* Fewest multiply-adds per thread worth a parallel region. */
+#define LA_MIN_WORK (1L << 20)
+
 /* ---- feature maps ------------------------------------------------------- */
 
-/* phi(x): identity, elu(x)+1 (= x+1 above 0, e^x below), relu. */
+/* exp(x) in float for x <= 0, vectorisable: the same routine as
+ * cross_entropy.c's (Cody-Waite reduction, Cephes' degree-6 polynomial, 2^n
+ * in the exponent bits; below 2 ulp; 0 below -87.3; NaN stays NaN). The double
+ * build keeps libm's exp (gradient checks). */
+static inline float expf_fast(float x) {
+    const float lo = -87.33654f, hi = 88.0f;
+    float xc = x < lo ? lo : x;
+    xc = xc > hi ? hi : xc;
+    float t = xc * 1.44269504088896341f + 12582912.0f;
+    float n = t - 12582912.0f;
+    float r = xc - n * 0.693359375f;
+    r = r - n * -2.12194440e-4f;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    float y = p * r * r + r + 1.0f;
+    /* 2^n; a NaN x leaves n NaN, which must not reach the integer
+     * conversion (y is NaN already and stays so) */
+    union {
+        float f;
+        uint32_t u;
+    } s;
+    s.u = (uint32_t)((int32_t)(n == n ? n : 0.0f) + 127) << 23;
+    y = y * s.f;
+    return x < lo ? 0.0f : y;
+}
+
+/* Exported for tests/test_perf.c only (no header declares it). */
+float featuremap_expf(float x);
+float featuremap_expf(float x) { return expf_fast(x); }
+
+#ifdef MEMLAB_DOUBLE
+#define FMAP_EXP(x) exp(x)
+#else
+#define FMAP_EXP(x) expf_fast(x)
+#endif
+
+/* phi(x): identity, elu(x)+1 (= x+1 above 0, e^x below), relu. One loop per
+ * map so that each vectorises; exp only ever sees min(x, 0). */
 void featuremap_forward(real *out, const real *x, size_t n, fmap_kind f) {
-    for (size_t i = 0; i < n; i++) {
-        real v = x[i];
-        switch (f) {
-        case FMAP_ELU1: out[i] = v > 0 ? v + 1 : REXP(v); break;
-        case FMAP_RELU: out[i] = v > 0 ? v : 0; break;
-        case FMAP_IDENTITY:
-        default: out[i] = v; break;
+    switch (f) {
+    case FMAP_ELU1:
+#pragma omp simd
+        for (size_t i = 0; i < n; i++) {
+            real v = x[i], e = FMAP_EXP(v < 0 ? v : 0);
+            out[i] = v > 0 ? v + 1 : e;
         }
+        break;
+    case FMAP_RELU:
+#pragma omp simd
+        for (size_t i = 0; i < n; i++) out[i] = x[i] > 0 ? x[i] : 0;
+        break;
+    case FMAP_IDENTITY:
+    default:
+        for (size_t i = 0; i < n; i++) out[i] = x[i];
+        break;
     }
 }
 
@@ -41,14 +108,22 @@ void featuremap_forward(real *out, const real *x, size_t n, fmap_kind f) {
  * is C^1 at 0 so either side gives 1. */
 void featuremap_backward(real *dx, const real *dout, const real *x, size_t n, fmap_kind f) {
     if (!dx) return;
-    for (size_t i = 0; i < n; i++) {
-        real v = x[i];
-        switch (f) {
-        case FMAP_ELU1: dx[i] += dout[i] * (v > 0 ? 1 : REXP(v)); break;
-        case FMAP_RELU: dx[i] += v > 0 ? dout[i] : 0; break;
-        case FMAP_IDENTITY:
-        default: dx[i] += dout[i]; break;
+    switch (f) {
+    case FMAP_ELU1:
+#pragma omp simd
+        for (size_t i = 0; i < n; i++) {
+            real v = x[i], e = FMAP_EXP(v < 0 ? v : 0);
+            dx[i] += dout[i] * (v > 0 ? 1 : e);
         }
+        break;
+    case FMAP_RELU:
+#pragma omp simd
+        for (size_t i = 0; i < n; i++) dx[i] += x[i] > 0 ? dout[i] : 0;
+        break;
+    case FMAP_IDENTITY:
+    default:
+        for (size_t i = 0; i < n; i++) dx[i] += dout[i];
+        break;
     }
 }
 
@@ -122,23 +197,40 @@ size_t linattn_save_size(const linattn_dims *d) {
     return n;
 }
 
-/* Scratch shared by forward and backward (the larger of the two):
+/* Scratch of one thread, shared by forward and backward (the larger of the two):
  *   recurrent  S, dS [Dk,Dv], z, dz [Dk], dn [Dv];
  *   parallel   A, dA [T,T], dn [T,Dv], g [T];
  *   chunkwise  A, dA [C,C], dn [C,Dv], g [C], dS [Dk,Dv], dz [Dk]; a forward
  *              called without save keeps its running state where dS, dz go. */
-size_t linattn_scratch_size(const linattn_dims *d) {
-    size_t Dk = (size_t)d->Dk, Dv = (size_t)d->Dv, T = (size_t)d->T;
+static size_t la_slot_size(const linattn_dims *d) {
+    size_t Dk = (size_t)d->Dk, Dv = (size_t)d->Dv, T = (size_t)d->T, n;
     switch (d->form) {
-    case LA_PARALLEL: return 2 * T * T + T * Dv + T;
+    case LA_PARALLEL: n = 2 * T * T + T * Dv + T; break;
     case LA_CHUNKWISE: {
         size_t C = (size_t)la_chunk(d);
-        return 2 * C * C + C * Dv + C + Dk * Dv + Dk;
+        n = 2 * C * C + C * Dv + C + Dk * Dv + Dk;
+        break;
     }
     case LA_RECURRENT:
-    default: return 2 * (Dk * Dv + Dk) + Dv;
+    default: n = 2 * (Dk * Dv + Dk) + Dv; break;
     }
+    return (n + 15) & ~(size_t)15;
 }
+
+/* Scratch slots: one per processor (fixed for the process, so the size asked
+ * for at build time holds whatever the thread setting is later). */
+static int la_slots(void) {
+#ifdef _OPENMP
+    int p = omp_get_num_procs();
+    return p < 1 ? 1 : p > LA_MAX_SLOTS ? LA_MAX_SLOTS : p;
+#else
+    return 1;
+#endif
+}
+
+/* One slot (above) per thread that may run: batches are shared among
+ * memlab's threads (see linattn_forward). */
+size_t linattn_scratch_size(const linattn_dims *d) { return (size_t)la_slots() * la_slot_size(d); }
 
 /* ---- recurrent form --------------------------------------------------------- */
 
@@ -434,20 +526,120 @@ static void la_chunk_backward(real *dq, real *dk, real *dv, const real *dout,
 
 /* ---- dispatch -------------------------------------------------------------------- */
 
+/* Threads for a call: memlab's thread setting (OpenBLAS's thread count, set
+ * by --threads), at most one per slot, per sequence and per LA_MIN_WORK
+ * multiply-adds; 1 inside a parallel region or without OpenMP. */
+static int la_threads(const linattn_dims *d) {
+#ifdef _OPENMP
+    if (omp_in_parallel()) return 1;
+    long n = openblas_get_num_threads(), s = la_slots();
+    /* about T (Dk Dv + C Dk) multiply-adds per sequence and head: small calls
+     * (gradient checks) stay serial rather than wake a thread team */
+    long work = (long)d->B * d->H * d->T * ((long)d->Dk * d->Dv + (long)la_chunk(d) * d->Dk);
+    if (n > s) n = s;
+    if (n > d->B) n = d->B;
+    if (n > work / LA_MIN_WORK) n = work / LA_MIN_WORK;
+    return n > 1 ? (int)n : 1;
+#else
+    (void)d;
+    return 1;
+#endif
+}
+
+/* One call's tensors; a thread's share is the batches [b0, b1) of it. */
+typedef struct la_call {
+    real *out, *save, *dq, *dk, *dv, *scratch;
+    const real *dout, *cout, *csave, *q, *k, *v;
+    const linattn_dims *d;
+} la_call;
+
+/* Forward or backward of batches [b0, b1) with scratch slot `slot`: the same
+ * form functions on the sub-batch, every tensor offset to batch b0. */
+static void la_range(const la_call *c, int backward, int b0, int b1, int slot) {
+    if (b0 >= b1) return;
+    const linattn_dims *d = c->d;
+    linattn_dims s = *d;
+    s.B = b1 - b0;
+    const size_t T = (size_t)d->T, H = (size_t)d->H, B0 = (size_t)b0;
+    const size_t qo = B0 * T * d->q_stride, ko = B0 * T * d->k_stride, vo = B0 * T * d->v_stride;
+    const size_t oo = B0 * T * H * d->Dv, deno = B0 * T * H;
+    const size_t sto = B0 * H * (size_t)la_nchunks(d) * la_state_size(d);
+    real *scr = c->scratch + (size_t)slot * la_slot_size(d);
+    if (!backward) {
+        real *den = c->save && d->normalize ? c->save + deno : NULL;
+        real *states = c->save ? c->save + la_den_size(d) + sto : NULL;
+        switch (d->form) {
+        case LA_PARALLEL:
+            la_parallel_forward(c->out + oo, den, c->q + qo, c->k + ko, c->v + vo, &s, scr);
+            break;
+        case LA_CHUNKWISE:
+            la_chunk_forward(c->out + oo, den, states, c->q + qo, c->k + ko, c->v + vo, &s, scr);
+            break;
+        case LA_RECURRENT:
+        default:
+            la_recurrent_forward(c->out + oo, den, c->q + qo, c->k + ko, c->v + vo, &s, scr);
+            break;
+        }
+        return;
+    }
+    const real *den = d->normalize ? c->csave + deno : NULL;
+    real *dq = c->dq ? c->dq + qo : NULL, *dk = c->dk ? c->dk + ko : NULL;
+    real *dv = c->dv ? c->dv + vo : NULL;
+    switch (d->form) {
+    case LA_PARALLEL:
+        la_parallel_backward(dq, dk, dv, c->dout + oo, c->cout + oo, den, c->q + qo, c->k + ko,
+                             c->v + vo, &s, scr);
+        break;
+    case LA_CHUNKWISE:
+        la_chunk_backward(dq, dk, dv, c->dout + oo, c->cout + oo, den,
+                          c->csave + la_den_size(d) + sto, c->q + qo, c->k + ko, c->v + vo, &s,
+                          scr);
+        break;
+    case LA_RECURRENT:
+    default:
+        la_recurrent_backward(dq, dk, dv, c->dout + oo, c->cout + oo, den, c->q + qo, c->k + ko,
+                              c->v + vo, &s, scr);
+        break;
+    }
+}
+
+/* All batches: in this thread when memlab runs one thread (no OpenMP region
+ * is entered), else one contiguous block of batches per thread with BLAS
+ * single-threaded inside. Each (b, h) writes only its own rows of out, den,
+ * states and the gradients, in the same order at any thread count. */
+static void la_run(const la_call *c, int backward) {
+    int B = c->d->B, nt = la_threads(c->d);
+    if (nt == 1) {
+        la_range(c, backward, 0, B, 0);
+        return;
+    }
+    int blas = openblas_get_num_threads();
+#ifdef __SSE__
+    unsigned csr = _mm_getcsr(); /* denormal flushing is per thread */
+#endif
+    openblas_set_num_threads(1);
+#pragma omp parallel num_threads(nt)
+    {
+#ifdef _OPENMP
+        int t = omp_get_thread_num(), n = omp_get_num_threads();
+#else
+        int t = 0, n = 1;
+#endif
+#ifdef __SSE__
+        _mm_setcsr(csr);
+#endif
+        la_range(c, backward, (int)((long)B * t / n), (int)((long)B * (t + 1) / n), t);
+    }
+    openblas_set_num_threads(blas);
+}
+
 /* Forward: contract in kernels.h. save may be NULL when no backward follows;
  * otherwise it receives linattn_save_size(d) reals laid out as described at
  * the top of this file. */
 void linattn_forward(real *out, real *save, const real *q, const real *k, const real *v,
                      const linattn_dims *d, real *scratch) {
-    real *den = save && d->normalize ? save : NULL;
-    switch (d->form) {
-    case LA_PARALLEL: la_parallel_forward(out, den, q, k, v, d, scratch); break;
-    case LA_CHUNKWISE:
-        la_chunk_forward(out, den, save ? save + la_den_size(d) : NULL, q, k, v, d, scratch);
-        break;
-    case LA_RECURRENT:
-    default: la_recurrent_forward(out, den, q, k, v, d, scratch); break;
-    }
+    la_call c = {.out = out, .save = save, .q = q, .k = k, .v = v, .d = d, .scratch = scratch};
+    la_run(&c, 0);
 }
 
 /* Backward: contract in kernels.h; out and save are what forward produced
@@ -456,18 +648,7 @@ void linattn_backward(real *dq, real *dk, real *dv, const real *dout, const real
                       const real *save, const real *q, const real *k, const real *v,
                       const linattn_dims *d, real *scratch) {
     if (!dq && !dk && !dv) return;
-    const real *den = d->normalize ? save : NULL;
-    switch (d->form) {
-    case LA_PARALLEL:
-        la_parallel_backward(dq, dk, dv, dout, out, den, q, k, v, d, scratch);
-        break;
-    case LA_CHUNKWISE:
-        la_chunk_backward(dq, dk, dv, dout, out, den, save + la_den_size(d), q, k, v, d,
-                          scratch);
-        break;
-    case LA_RECURRENT:
-    default:
-        la_recurrent_backward(dq, dk, dv, dout, out, den, q, k, v, d, scratch);
-        break;
-    }
+    la_call c = {.dq = dq, .dk = dk, .dv = dv, .dout = dout, .cout = out, .csave = save,
+                 .q = q, .k = k, .v = v, .d = d, .scratch = scratch};
+    la_run(&c, 1);
 }

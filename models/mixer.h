@@ -61,6 +61,11 @@ typedef struct ml_mixer {
      * calls; the trainer records their means. */
     int (*n_stats)(const void *cfg);
     void (*stat_name)(const void *cfg, int i, char *buf, size_t cap);
+    /* Optional (NULL = never): when this config needs the task's context
+     * boundary (mixer_call.context_len >= 0), the key that asks for it (e.g.
+     * "variant"); NULL when it does not. The spec validator refuses such a
+     * config with a task that declares no boundary, naming that key. */
+    const char *(*needs_context)(const void *cfg);
 } ml_mixer;
 
 extern const ml_mixer *const ml_mixers[]; /* NULL-terminated (mixers.c) */

@@ -1,168 +1,481 @@
-/* mixer_linear.c: linear attention (Katharopoulos et al. 2020) as a mixer.
+/* mixer_linear.c: the fixed-state linear-attention family as mixers: linear
+ * (Katharopoulos et al. 2020), deltanet, gated_deltanet, mamba2 (scalar decay)
+ * and based. One implementation; each table entry has its own defaults and
+ * every key works in every entry (`rule` switches the update rule).
  *
- *   qkv = x Wqkv^T (+ bqkv); phi = feature map on q and k;
- *   per head: S_t = S_{t-1} + phi(k_t) v_t^T, o_t = S_t^T phi(q_t)
- *             [/ (phi(q_t) . z_t + eps), z_t = z_{t-1} + phi(k_t), when normalize]
- *   out = o Wo^T + bo
+ *   qkv = x Wqkv^T (+ bqkv)      q, k: H heads of Dk (feature_dim, default C/H);
+ *                                v: H heads of Dv = C/H
+ *   [short_conv: qkv = causal depthwise conv of qkv (no bias, no activation)]
+ *   phi_q, phi_k = feature map (identity, elu1, relu, silu, taylor) per head,
+ *                  then L2-normalised per head when qk_l2norm
+ *   beta = sigmoid(x Wbeta^T), g = -exp(A_log) softplus(x Wdecay^T + dt_bias + shift)
+ *   per head: additive  S_t = S_{t-1} + phi_k v^T     [/ (phi_q . z_t + eps) if normalize]
+ *             decay     S_t = e^{g_t} S_{t-1} + phi_k v^T
+ *             delta     S_t = S_{t-1} + beta phi_k (v - S_{t-1}^T phi_k)^T
+ *             gated_delta  S_t = e^{g_t} (I - beta phi_k phi_k^T) S_{t-1} + beta phi_k v^T
+ *             o_t = S_t^T phi_q
+ *   y = o, or RMSNorm per head (rms), or RMSNorm(o) * silu(x Wgate^T) (gated)
+ *   out = y Wo^T + bo
  *
- * The recurrence in its three forms (recurrent, parallel, chunkwise) lives in
- * linear_attention.c; this file owns the projections, the feature map wiring,
- * the parameter list and the state size (H * D * (D + normaliser) floats,
- * independent of T). */
+ * The additive rule runs on linear_attention.c (recurrent, parallel or
+ * chunkwise, with the normaliser); the others on gated_delta.c (recurrent or
+ * chunkwise; the delta rules through the WY form). Gates and the output norm
+ * are in linfam.c. This file owns the parameter list, the wiring and the
+ * state size: per head F x Dv (F = feature width: Dk, or 1+Dk+Dk(Dk+1)/2 for
+ * taylor) plus F for the normaliser, plus (short_conv - 1) past rows of the
+ * qkv projection that the convolution must keep. */
 #include <stddef.h>
 #include <string.h>
 
 #include "kernels.h"
+#include "linfam.h"
 #include "mixer.h"
 
 typedef struct linear_cfg {
     int heads;
-    int feature_map; /* fmap_kind */
+    int feature_map; /* lf_fmap_names */
     int normalize;
     double eps;
     int chunk;
-    int form;        /* index into linear_forms */
+    int form;        /* lf_form_names */
     int qkv_bias;
+    int rule;        /* lf_rule_names */
+    int feature_dim; /* per-head width of q and k, 0 = d_model / heads */
+    int qk_l2norm;
+    int short_conv;  /* taps, 0 = off */
+    int out_norm;    /* lf_onorm_names */
+    double dt_min, dt_max;
 } linear_cfg;
 
-static const char *const linear_fmaps[] = {"identity", "elu1", "relu", NULL};
-static const char *const linear_forms[] = {"chunkwise", "parallel", "recurrent", NULL};
-static const la_form linear_form_kind[] = {LA_CHUNKWISE, LA_PARALLEL, LA_RECURRENT};
+/* The keys, with the defaults that differ per entry as arguments. */
+#define LINFAM_FIELDS(RULE, FMAP, NORMALIZE, EPS, FDIM, L2, ONORM)                             \
+    {                                                                                          \
+        {"heads", FT_INT, offsetof(linear_cfg, heads), 1, 4096, NULL, "1",                     \
+         "heads; d_model must be divisible by heads"},                                         \
+        {"rule", FT_ENUM, offsetof(linear_cfg, rule), 0, 0, lf_rule_names, RULE,               \
+         "state update: additive (linear attention), delta (DeltaNet), decay (Mamba-2 scalar " \
+         "decay), gated_delta (gated DeltaNet)"},                                              \
+        {"feature_map", FT_ENUM, offsetof(linear_cfg, feature_map), 0, 0, lf_fmap_names, FMAP, \
+         "feature map on q and k: identity, elu1 (elu(x)+1), relu, silu, taylor (Based's "     \
+         "2nd-order Taylor map, width 1+d+d(d+1)/2)"},                                        \
+        {"feature_dim", FT_INT, offsetof(linear_cfg, feature_dim), 0, 256, NULL, FDIM,         \
+         "per-head width d of q and k before the feature map (0 = d_model/heads)"},           \
+        {"qk_l2norm", FT_BOOL, offsetof(linear_cfg, qk_l2norm), 0, 1, NULL, L2,                \
+         "L2-normalise q and k per head after the feature map"},                               \
+        {"normalize", FT_BOOL, offsetof(linear_cfg, normalize), 0, 1, NULL, NORMALIZE,         \
+         "divide by phi(q).z + eps (Katharopoulos; additive rule only); false: raw numerator"}, \
+        {"eps", FT_REAL, offsetof(linear_cfg, eps), 0, 1, NULL, EPS,                           \
+         "added to the normaliser's denominator"},                                             \
+        {"out_norm", FT_ENUM, offsetof(linear_cfg, out_norm), 0, 0, lf_onorm_names, ONORM,     \
+         "output norm per head: none, rms (RMSNorm), gated (RMSNorm(o) * silu(x Wgate))"},     \
+        {"short_conv", FT_INT, offsetof(linear_cfg, short_conv), 0, 16, NULL, "0",             \
+         "taps of a causal depthwise conv on q, k, v inside the mixer (0 = off; the block's "  \
+         "model.conv is separate)"},                                                           \
+        {"dt_min", FT_REAL, offsetof(linear_cfg, dt_min), 1e-6, 10, NULL, "0.001",             \
+         "decay rules: smallest initial time step (heads log-spaced from dt_min to dt_max)"},  \
+        {"dt_max", FT_REAL, offsetof(linear_cfg, dt_max), 1e-6, 10, NULL, "0.1",               \
+         "decay rules: largest initial time step"},                                            \
+        {"chunk", FT_INT, offsetof(linear_cfg, chunk), 1, 1e6, NULL, "64",                     \
+         "chunk length of the chunkwise form (and checkpoint spacing of the recurrent one)"},  \
+        {"form", FT_ENUM, offsetof(linear_cfg, form), 0, 0, lf_form_names, "chunkwise",        \
+         "computation: chunkwise (GEMM, fast), parallel (masked T x T, additive only), "       \
+         "recurrent (per token)"},                                                             \
+        {"qkv_bias", FT_BOOL, offsetof(linear_cfg, qkv_bias), 0, 1, NULL, "false",             \
+         "bias on the q, k, v projection"},                                                    \
+        {NULL, 0, 0, 0, 0, NULL, NULL, NULL},                                                  \
+    }
 
-static const ml_field linear_fields[] = {
-    {"heads", FT_INT, offsetof(linear_cfg, heads), 1, 4096, NULL, "1",
-     "heads; d_model must be divisible by heads"},
-    {"feature_map", FT_ENUM, offsetof(linear_cfg, feature_map), 0, 0, linear_fmaps, "elu1",
-     "feature map on q and k: identity, elu1 (elu(x)+1), relu"},
-    {"normalize", FT_BOOL, offsetof(linear_cfg, normalize), 0, 1, NULL, "true",
-     "divide by phi(q).z + eps (Katharopoulos); false: raw numerator"},
-    {"eps", FT_REAL, offsetof(linear_cfg, eps), 0, 1, NULL, "1e-6",
-     "added to the normaliser's denominator"},
-    {"chunk", FT_INT, offsetof(linear_cfg, chunk), 1, 1e6, NULL, "64",
-     "chunk length of the chunkwise form"},
-    {"form", FT_ENUM, offsetof(linear_cfg, form), 0, 0, linear_forms, "chunkwise",
-     "computation: chunkwise (GEMM, fast), parallel (masked T x T), recurrent (per token)"},
-    {"qkv_bias", FT_BOOL, offsetof(linear_cfg, qkv_bias), 0, 1, NULL, "false",
-     "bias on the q, k, v projection"},
-    {NULL, 0, 0, 0, 0, NULL, NULL, NULL},
-};
+static const ml_field linear_fields[] =
+    LINFAM_FIELDS("additive", "elu1", "true", "1e-6", "0", "false", "none");
+static const ml_field deltanet_fields[] =
+    LINFAM_FIELDS("delta", "silu", "false", "1e-6", "0", "true", "rms");
+static const ml_field gated_deltanet_fields[] =
+    LINFAM_FIELDS("gated_delta", "silu", "false", "1e-6", "0", "true", "gated");
+static const ml_field mamba2_fields[] =
+    LINFAM_FIELDS("decay", "silu", "false", "1e-6", "0", "false", "gated");
+static const ml_field based_fields[] =
+    LINFAM_FIELDS("additive", "taylor", "true", "1e-12", "16", "false", "none");
+
+/* Sizes of one call, derived from the config. */
+typedef struct lf_dims {
+    int B, T, C, N, H, Dk, Dv, F;
+    int Cq, Cp;         /* H*Dk; width of the qkv projection 2*Cq + C */
+    int HF;             /* H*F: one of phi_q, phi_k per token */
+    int delta, decay, conv, gated, onorm;
+} lf_dims;
+
+static lf_dims lf_dims_of(const linear_cfg *c, int B, int T, int C) {
+    lf_dims d;
+    memset(&d, 0, sizeof d);
+    d.B = B, d.T = T, d.C = C, d.N = B * T, d.H = c->heads;
+    d.Dv = C / c->heads;
+    d.Dk = c->feature_dim > 0 ? c->feature_dim : d.Dv;
+    d.F = lf_fmap_width(c->feature_map, d.Dk);
+    d.Cq = d.H * d.Dk;
+    d.Cp = 2 * d.Cq + C;
+    d.HF = d.H * d.F;
+    d.delta = lf_rule_delta(c->rule);
+    d.decay = lf_rule_decay(c->rule);
+    d.conv = c->short_conv;
+    d.onorm = c->out_norm != LF_ONORM_NONE;
+    d.gated = c->out_norm == LF_ONORM_GATED;
+    return d;
+}
 
 static int linear_validate(const void *cfg, int C, ml_error *e) {
     const linear_cfg *c = cfg;
     if (C % c->heads != 0)
         return ML_FAIL(e, "heads: d_model %d is not divisible by heads %d", C, c->heads);
+    if (c->rule != LF_ADDITIVE && c->normalize)
+        return ML_FAIL(e, "normalize: only the additive rule has the normaliser; set "
+                          "normalize: false for rule %s", lf_rule_names[c->rule]);
+    if (c->rule != LF_ADDITIVE && c->form == LF_PARALLEL)
+        return ML_FAIL(e, "form: parallel exists for the additive rule only; use chunkwise "
+                          "or recurrent for rule %s", lf_rule_names[c->rule]);
+    if (c->dt_min > c->dt_max)
+        return ML_FAIL(e, "dt_min: %g is larger than dt_max %g", c->dt_min, c->dt_max);
     return 0;
 }
 
 static void linear_declare(const void *cfg, int C, ml_param_sink *s) {
     const linear_cfg *c = cfg;
-    param_declare(s, "wqkv", 3 * C, C, INIT_NORMAL, 1);
-    if (c->qkv_bias) param_declare(s, "bqkv", 3 * C, 1, INIT_ZEROS, 0);
+    lf_dims d = lf_dims_of(c, 1, 1, C);
+    param_declare(s, "wqkv", d.Cp, C, INIT_NORMAL, 1);
+    if (c->qkv_bias) param_declare(s, "bqkv", d.Cp, 1, INIT_ZEROS, 0);
+    if (d.conv) param_declare(s, "conv.w", d.Cp, d.conv, INIT_CONV, 0);
+    if (d.delta) param_declare(s, "wbeta", d.H, C, INIT_NORMAL, 1);
+    if (d.decay) {
+        param_declare(s, "wdecay", d.H, C, INIT_NORMAL, 1);
+        param_declare(s, "A_log", d.H, 1, INIT_ZEROS, 0);
+        param_declare(s, "dt_bias", d.H, 1, INIT_ZEROS, 0);
+    }
+    if (d.onorm) param_declare(s, "onorm.w", d.Dv, 1, INIT_ONES, 0);
+    if (d.gated) param_declare(s, "wgate", C, C, INIT_NORMAL, 1);
     param_declare(s, "wo", C, C, INIT_NORMAL, 1);
     param_declare(s, "bo", C, 1, INIT_ZEROS, 0);
 }
 
-static linattn_dims linear_dims(const linear_cfg *c, int B, int T, int C) {
-    linattn_dims d;
-    memset(&d, 0, sizeof d);
-    d.B = B;
-    d.T = T;
-    d.H = c->heads;
-    d.Dk = d.Dv = C / c->heads;
-    d.q_stride = 2 * C; /* q and k are read from phi [B,T,2,C] */
-    d.k_stride = 2 * C;
-    d.v_stride = 3 * C; /* v straight from qkv [B,T,3,C] */
-    d.normalize = c->normalize;
-    d.eps = (real)c->eps;
-    d.chunk = c->chunk;
-    d.form = linear_form_kind[c->form];
-    return d;
-}
-
-/* act layout: qkv [B,T,3C] | phi [B,T,2C] | o [B,T,C] | linattn save */
-static size_t linear_act_size(const void *cfg, int B, int T, int C) {
-    linattn_dims d = linear_dims(cfg, B, T, C);
-    return (size_t)B * T * 6 * C + linattn_save_size(&d);
-}
-
-/* scratch layout: linattn scratch | do [B,T,C] | dphi [B,T,2C] | dqkv [B,T,3C] */
-static size_t linear_scratch_size(const void *cfg, int B, int T, int C) {
-    linattn_dims d = linear_dims(cfg, B, T, C);
-    return linattn_scratch_size(&d) + (size_t)B * T * 6 * C;
-}
-
 typedef struct linear_ptrs {
-    real *wqkv, *bqkv, *wo, *bo;
+    real *wqkv, *bqkv, *convw, *wbeta, *wdecay, *A_log, *dt_bias, *onw, *wgate, *wo, *bo;
 } linear_ptrs;
 
+/* Tensors in declaration order (NULL where not declared). */
 static linear_ptrs linear_unpack(const linear_cfg *c, real *const *p) {
+    lf_dims d = lf_dims_of(c, 1, 1, c->heads); /* only the switches are read */
     linear_ptrs r;
+    memset(&r, 0, sizeof r);
     int i = 0;
     r.wqkv = p[i++];
-    r.bqkv = c->qkv_bias ? p[i++] : NULL;
+    if (c->qkv_bias) r.bqkv = p[i++];
+    if (d.conv) r.convw = p[i++];
+    if (d.delta) r.wbeta = p[i++];
+    if (d.decay) {
+        r.wdecay = p[i++];
+        r.A_log = p[i++];
+        r.dt_bias = p[i++];
+    }
+    if (d.onorm) r.onw = p[i++];
+    if (d.gated) r.wgate = p[i++];
     r.wo = p[i++];
     r.bo = p[i++];
     return r;
 }
 
+/* The core's dims: q, k from phi [N, 2, H, F], v from qkv [N, Cp]. */
+static linattn_dims la_dims_of(const linear_cfg *c, const lf_dims *d) {
+    linattn_dims a;
+    memset(&a, 0, sizeof a);
+    a.B = d->B, a.T = d->T, a.H = d->H, a.Dk = d->F, a.Dv = d->Dv;
+    a.q_stride = a.k_stride = 2 * d->HF;
+    a.v_stride = d->Cp;
+    a.normalize = c->normalize;
+    a.eps = (real)c->eps;
+    a.chunk = c->chunk;
+    a.form = c->form == LF_PARALLEL ? LA_PARALLEL
+             : c->form == LF_RECURRENT ? LA_RECURRENT : LA_CHUNKWISE;
+    return a;
+}
+
+static gdelta_dims gd_dims_of(const linear_cfg *c, const lf_dims *d) {
+    gdelta_dims g;
+    memset(&g, 0, sizeof g);
+    g.B = d->B, g.T = d->T, g.H = d->H, g.Dk = d->F, g.Dv = d->Dv;
+    g.q_stride = g.k_stride = 2 * d->HF;
+    g.v_stride = d->Cp;
+    g.gate_stride = d->H;
+    g.delta = d->delta;
+    g.decay = d->decay;
+    g.chunk = c->chunk;
+    g.form = c->form == LF_RECURRENT ? GD_RECURRENT : GD_CHUNKWISE;
+    return g;
+}
+
+static size_t core_save_size(const linear_cfg *c, const lf_dims *d) {
+    if (c->rule == LF_ADDITIVE) {
+        linattn_dims a = la_dims_of(c, d);
+        return linattn_save_size(&a);
+    }
+    gdelta_dims g = gd_dims_of(c, d);
+    return gdelta_save_size(&g);
+}
+
+static size_t core_scratch_size(const linear_cfg *c, const lf_dims *d) {
+    if (c->rule == LF_ADDITIVE) {
+        linattn_dims a = la_dims_of(c, d);
+        return linattn_scratch_size(&a);
+    }
+    gdelta_dims g = gd_dims_of(c, d);
+    return gdelta_scratch_size(&g);
+}
+
+/* Activations (act), in order; absent pieces take no room. */
+typedef struct linear_acts {
+    real *proj;   /* [N,Cp] x Wqkv^T + b */
+    real *convd;  /* [N,Cp] short conv of proj */
+    real *phi;    /* [N,2,H,F] phi_q | phi_k (after the L2 norm when on) */
+    real *rn;     /* [N*2H] L2 norm reciprocals */
+    real *beta;   /* [N,H] */
+    real *za, *g; /* [N,H] shifted decay pre-activation, log decay */
+    real *o;      /* [N,C] core output */
+    real *on;     /* [N,C] normalised o */
+    real *rstd;   /* [N*H] */
+    real *gz, *y; /* [N,C] gate pre-activation, gated output */
+    real *save;   /* core save */
+} linear_acts;
+
+static size_t linear_acts_at(const linear_cfg *c, const lf_dims *d, real *base,
+                             linear_acts *a) {
+    size_t N = (size_t)d->N, used = 0;
+#define TAKE(p, n) (a->p = base ? base + used : NULL, used += (n))
+    memset(a, 0, sizeof *a);
+    TAKE(proj, N * d->Cp);
+    if (d->conv) TAKE(convd, N * d->Cp);
+    TAKE(phi, N * 2 * d->HF);
+    if (c->qk_l2norm) TAKE(rn, N * 2 * d->H);
+    if (d->delta) TAKE(beta, N * d->H);
+    if (d->decay) {
+        TAKE(za, N * d->H);
+        TAKE(g, N * d->H);
+    }
+    TAKE(o, N * d->C);
+    if (d->onorm) {
+        TAKE(on, N * d->C);
+        TAKE(rstd, N * d->H);
+    }
+    if (d->gated) {
+        TAKE(gz, N * d->C);
+        TAKE(y, N * d->C);
+    }
+    TAKE(save, core_save_size(c, d));
+#undef TAKE
+    return used;
+}
+
+/* Scratch: the core's, then the backward's gradients. */
+typedef struct linear_scr {
+    real *core;   /* core scratch */
+    real *shift;  /* [H] dt shift */
+    real *dy, *tmp, *dO, *dgz; /* [N,C] */
+    real *dphi, *dphi_raw;     /* [N,2,H,F] */
+    real *dqkv, *dproj;        /* [N,Cp] (dproj only with the conv) */
+    real *dbeta, *dg, *dz;     /* [N,H] */
+} linear_scr;
+
+static size_t linear_scr_at(const linear_cfg *c, const lf_dims *d, real *base,
+                            linear_scr *s) {
+    size_t N = (size_t)d->N, used = 0;
+#define TAKE(p, n) (s->p = base ? base + used : NULL, used += (n))
+    memset(s, 0, sizeof *s);
+    TAKE(core, core_scratch_size(c, d));
+    if (d->decay) TAKE(shift, (size_t)d->H);
+    if (d->onorm) {
+        TAKE(dy, N * d->C);
+        TAKE(tmp, N * d->C);
+    }
+    TAKE(dO, N * d->C);
+    if (d->gated) TAKE(dgz, N * d->C);
+    TAKE(dphi, N * 2 * d->HF);
+    if (c->qk_l2norm) TAKE(dphi_raw, N * 2 * d->HF);
+    TAKE(dqkv, N * d->Cp);
+    if (d->conv) TAKE(dproj, N * d->Cp);
+    if (d->delta) TAKE(dbeta, N * d->H);
+    if (d->decay) TAKE(dg, N * d->H);
+    if (d->delta || d->decay) TAKE(dz, N * d->H);
+#undef TAKE
+    return used;
+}
+
+static size_t linear_act_size(const void *cfg, int B, int T, int C) {
+    lf_dims d = lf_dims_of(cfg, B, T, C);
+    linear_acts a;
+    return linear_acts_at(cfg, &d, NULL, &a);
+}
+
+static size_t linear_scratch_size(const void *cfg, int B, int T, int C) {
+    lf_dims d = lf_dims_of(cfg, B, T, C);
+    linear_scr s;
+    return linear_scr_at(cfg, &d, NULL, &s);
+}
+
 static void linear_forward_mix(const mixer_call *mc, real *out, const real *x) {
     const linear_cfg *c = mc->cfg;
-    int C = mc->C, N = mc->B * mc->T;
-    linattn_dims d = linear_dims(c, mc->B, mc->T, C);
+    lf_dims d = lf_dims_of(c, mc->B, mc->T, mc->C);
     linear_ptrs p = linear_unpack(c, mc->p);
-    real *qkv = mc->act;
-    real *phi = qkv + (size_t)N * 3 * C;
-    real *o = phi + (size_t)N * 2 * C;
-    real *save = o + (size_t)N * C;
-    linear_forward(qkv, x, p.wqkv, p.bqkv, N, C, 3 * C);
-    for (int r = 0; r < N; r++)
-        featuremap_forward(phi + (size_t)r * 2 * C, qkv + (size_t)r * 3 * C, (size_t)2 * C,
-                           (fmap_kind)c->feature_map);
-    linattn_forward(o, save, phi, phi + C, qkv + 2 * C, &d, mc->scratch);
-    linear_forward(out, o, p.wo, p.bo, N, C, C);
+    linear_acts a;
+    linear_scr s;
+    linear_acts_at(c, &d, mc->act, &a);
+    linear_scr_at(c, &d, mc->scratch, &s);
+    const int N = d.N, C = d.C, H = d.H;
+
+    linear_forward(a.proj, x, p.wqkv, p.bqkv, N, C, d.Cp);
+    const real *qkv = a.proj;
+    if (d.conv) {
+        conv1d_causal_forward(a.convd, a.proj, p.convw, NULL, d.B, d.T, d.Cp, d.conv);
+        qkv = a.convd;
+    }
+    /* q and k of one token are 2H contiguous rows of Dk */
+    for (int t = 0; t < N; t++)
+        lf_map_forward(a.phi + (size_t)t * 2 * d.HF, qkv + (size_t)t * d.Cp, 2 * H, d.Dk, d.Dk,
+                       d.F, c->feature_map);
+    if (c->qk_l2norm) l2norm_forward(a.phi, a.rn, a.phi, N * 2 * H, d.F, (real)LF_L2_EPS);
+    if (d.delta) {
+        linear_forward(a.beta, x, p.wbeta, NULL, N, C, H);
+        lf_beta_forward(a.beta, (size_t)N * H);
+    }
+    if (d.decay) {
+        lf_dt_shift(s.shift, H, c->dt_min, c->dt_max);
+        linear_forward(a.za, x, p.wdecay, NULL, N, C, H);
+        lf_decay_forward(a.g, a.za, p.A_log, p.dt_bias, s.shift, N, H, H);
+    }
+    if (c->rule == LF_ADDITIVE) {
+        linattn_dims la = la_dims_of(c, &d);
+        linattn_forward(a.o, a.save, a.phi, a.phi + d.HF, qkv + 2 * d.Cq, &la, s.core);
+    } else {
+        gdelta_dims gd = gd_dims_of(c, &d);
+        gdelta_forward(a.o, a.save, a.phi, a.phi + d.HF, qkv + 2 * d.Cq, a.beta, a.g, &gd,
+                       s.core);
+    }
+    const real *y = a.o;
+    if (d.onorm) {
+        if (d.gated) linear_forward(a.gz, x, p.wgate, NULL, N, C, C);
+        real *yy = d.gated ? a.y : a.on;
+        lf_outnorm_forward(yy, a.on, a.rstd, a.o, p.onw, a.gz, N, H, d.Dv, c->out_norm);
+        y = yy;
+    }
+    linear_forward(out, y, p.wo, p.bo, N, C, C);
 }
 
 static void linear_backward_mix(const mixer_call *mc, real *dx, const real *dout,
                                 const real *x) {
     const linear_cfg *c = mc->cfg;
-    int C = mc->C, N = mc->B * mc->T;
-    linattn_dims d = linear_dims(c, mc->B, mc->T, C);
+    lf_dims d = lf_dims_of(c, mc->B, mc->T, mc->C);
     linear_ptrs p = linear_unpack(c, mc->p);
-    linear_ptrs g = linear_unpack(c, mc->dp);
-    const real *qkv = mc->act;
-    const real *phi = qkv + (size_t)N * 3 * C;
-    const real *o = phi + (size_t)N * 2 * C;
-    const real *save = o + (size_t)N * C;
-    real *dO = mc->scratch + linattn_scratch_size(&d);
-    real *dphi = dO + (size_t)N * C;
-    real *dqkv = dphi + (size_t)N * 2 * C;
-    memset(dO, 0, sizeof(real) * (size_t)N * 6 * C);
-    linear_backward(dO, g.wo, g.bo, dout, o, p.wo, N, C, C);
-    linattn_backward(dphi, dphi + C, dqkv + 2 * C, dO, o, save, phi, phi + C, qkv + 2 * C, &d,
-                     mc->scratch);
-    for (int r = 0; r < N; r++)
-        featuremap_backward(dqkv + (size_t)r * 3 * C, dphi + (size_t)r * 2 * C,
-                            qkv + (size_t)r * 3 * C, (size_t)2 * C, (fmap_kind)c->feature_map);
-    linear_backward(dx, g.wqkv, g.bqkv, dqkv, x, p.wqkv, N, C, 3 * C);
+    linear_ptrs gp = linear_unpack(c, mc->dp);
+    linear_acts a;
+    linear_scr s;
+    linear_acts_at(c, &d, mc->act, &a);
+    linear_scr_at(c, &d, mc->scratch, &s);
+    const int N = d.N, C = d.C, H = d.H;
+    const size_t NC = (size_t)N * C, NP = (size_t)N * 2 * d.HF, NH = (size_t)N * H;
+    const real *qkv = d.conv ? a.convd : a.proj;
+
+    /* output projection and norm: dO = d(core output) */
+    const real *y = d.onorm ? (d.gated ? a.y : a.on) : a.o;
+    memset(s.dO, 0, NC * sizeof(real));
+    if (d.onorm) {
+        memset(s.dy, 0, NC * sizeof(real));
+        linear_backward(s.dy, gp.wo, gp.bo, dout, y, p.wo, N, C, C);
+        if (d.gated) memset(s.dgz, 0, NC * sizeof(real));
+        lf_outnorm_backward(s.dO, gp.onw, s.dgz, s.dy, a.o, a.on, a.rstd, p.onw, a.gz, N, H,
+                            d.Dv, c->out_norm, s.tmp);
+        if (d.gated) linear_backward(dx, gp.wgate, NULL, s.dgz, x, p.wgate, N, C, C);
+    } else {
+        linear_backward(s.dO, gp.wo, gp.bo, dout, y, p.wo, N, C, C);
+    }
+
+    /* the core */
+    memset(s.dphi, 0, NP * sizeof(real));
+    memset(s.dqkv, 0, (size_t)N * d.Cp * sizeof(real));
+    if (c->rule == LF_ADDITIVE) {
+        linattn_dims la = la_dims_of(c, &d);
+        linattn_backward(s.dphi, s.dphi + d.HF, s.dqkv + 2 * d.Cq, s.dO, a.o, a.save, a.phi,
+                         a.phi + d.HF, qkv + 2 * d.Cq, &la, s.core);
+    } else {
+        gdelta_dims gd = gd_dims_of(c, &d);
+        if (d.delta) memset(s.dbeta, 0, NH * sizeof(real));
+        if (d.decay) memset(s.dg, 0, NH * sizeof(real));
+        gdelta_backward(s.dphi, s.dphi + d.HF, s.dqkv + 2 * d.Cq, s.dbeta, s.dg, s.dO, a.save,
+                        a.phi, a.phi + d.HF, qkv + 2 * d.Cq, a.beta, a.g, &gd, s.core);
+    }
+
+    /* gates */
+    if (d.delta) {
+        memset(s.dz, 0, NH * sizeof(real));
+        lf_beta_backward(s.dz, s.dbeta, a.beta, NH);
+        linear_backward(dx, gp.wbeta, NULL, s.dz, x, p.wbeta, N, C, H);
+    }
+    if (d.decay) {
+        lf_decay_backward(s.dz, gp.A_log, gp.dt_bias, s.dg, a.g, a.za, p.A_log, N, H, H);
+        linear_backward(dx, gp.wdecay, NULL, s.dz, x, p.wdecay, N, C, H);
+    }
+
+    /* feature maps back to the projection */
+    const real *dphi = s.dphi;
+    if (c->qk_l2norm) {
+        memset(s.dphi_raw, 0, NP * sizeof(real));
+        l2norm_backward(s.dphi_raw, s.dphi, a.phi, a.rn, N * 2 * H, d.F);
+        dphi = s.dphi_raw;
+    }
+    for (int t = 0; t < N; t++)
+        lf_map_backward(s.dqkv + (size_t)t * d.Cp, dphi + (size_t)t * 2 * d.HF,
+                        qkv + (size_t)t * d.Cp, 2 * H, d.Dk, d.Dk, d.F, c->feature_map);
+    const real *dproj = s.dqkv;
+    if (d.conv) {
+        memset(s.dproj, 0, (size_t)N * d.Cp * sizeof(real));
+        conv1d_causal_backward(s.dproj, gp.convw, NULL, s.dqkv, a.proj, p.convw, d.B, d.T,
+                               d.Cp, d.conv);
+        dproj = s.dproj;
+    }
+    linear_backward(dx, gp.wqkv, gp.bqkv, dproj, x, p.wqkv, N, C, d.Cp);
 }
 
-/* Per head a D x D state, plus the D-vector normaliser z when normalising. */
+/* Per head F x Dv (+ F normaliser), plus the short conv's K-1 past rows of
+ * the qkv projection. Independent of T. */
 static long linear_state_size(const void *cfg, int C, int T) {
     const linear_cfg *c = cfg;
-    long D = C / c->heads;
-    return (long)c->heads * (D * D + (c->normalize ? D : 0));
+    lf_dims d = lf_dims_of(c, 1, 1, C);
+    long n = (long)d.H * ((long)d.F * d.Dv + (c->normalize && c->rule == LF_ADDITIVE ? d.F : 0));
+    if (d.conv > 0) n += (long)(d.conv - 1) * d.Cp;
+    return n;
 }
 
-const ml_mixer mixer_linear = {
-    .name = "linear",
-    .help = "linear attention: additive outer-product state, feature map on q and k",
-    .fields = linear_fields,
-    .cfg_size = sizeof(linear_cfg),
-    .validate = linear_validate,
-    .declare = linear_declare,
-    .act_size = linear_act_size,
-    .scratch_size = linear_scratch_size,
-    .forward = linear_forward_mix,
-    .backward = linear_backward_mix,
-    .state_size = linear_state_size,
-};
+#define LINFAM_MIXER(NAME, FIELDS, HELP)                                                        \
+    {                                                                                          \
+        .name = NAME, .help = HELP, .fields = FIELDS, .cfg_size = sizeof(linear_cfg),          \
+        .validate = linear_validate, .declare = linear_declare,                                \
+        .act_size = linear_act_size, .scratch_size = linear_scratch_size,                      \
+        .forward = linear_forward_mix, .backward = linear_backward_mix,                        \
+        .state_size = linear_state_size,                                                       \
+    }
+
+const ml_mixer mixer_linear = LINFAM_MIXER(
+    "linear", linear_fields,
+    "linear attention (Katharopoulos 2020): additive outer-product state, feature map on q "
+    "and k, normalised; one implementation with deltanet, gated_deltanet, mamba2 and based "
+    "(every key works in each; they differ in defaults)");
+const ml_mixer mixer_deltanet = LINFAM_MIXER(
+    "deltanet", deltanet_fields,
+    "DeltaNet: delta rule S += beta k (v - S^T k)^T, beta = sigmoid(x Wbeta) per head, q and "
+    "k SiLU then L2-normalised, RMSNorm on the output");
+const ml_mixer mixer_gated_deltanet = LINFAM_MIXER(
+    "gated_deltanet", gated_deltanet_fields,
+    "gated DeltaNet: S = e^g (I - beta k k^T) S + beta k v^T (decay first), g from a "
+    "Mamba-2 style gate per head; SiLU + L2 q, k; gated RMSNorm output");
+const ml_mixer mixer_mamba2 = LINFAM_MIXER(
+    "mamba2", mamba2_fields,
+    "scalar decay (Mamba-2 / simple GLA): S = e^g S + k v^T, g = -exp(A_log) "
+    "softplus(x Wdecay + dt_bias) per head; SiLU q, k; gated RMSNorm output");
+const ml_mixer mixer_based = LINFAM_MIXER(
+    "based", based_fields,
+    "Based's linear attention: 2nd-order Taylor feature map on feature_dim-wide q and k "
+    "(16 -> 153 features), normalised (Based always normalises); state 153 x d_v per head");

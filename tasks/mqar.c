@@ -28,11 +28,22 @@
  * the caller's input and target, which double as scratch while the example
  * is built.
  *
+ * Evaluation slices (Zoology's test sets at several N and L): the text keys
+ * eval_num_kv_pairs and eval_seq_len list values ("4,8,16"); each (L', N')
+ * of their cross product (a missing list stands for the training value) is
+ * one more test set of MQAR with V, alpha and filler unchanged, evaluated with
+ * the trained model at the end of the run and recorded as
+ * "accuracy@N=8,L=128". Every slice must be a valid MQAR config; the model is
+ * built for the longest one (tasks.c: task_max_seq_len).
+ *
  * Left to others: batching, the split streams and the loss mask (train.c
  * treats target -1 as unsupervised); the spec parser checks single-key ranges
  * from the field table, validate() the cross-key constraints. */
 #include <math.h>
 #include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 
 #include "rng.h"
 #include "task.h"
@@ -43,7 +54,12 @@ typedef struct mqar_config {
     int num_kv_pairs;  /* N */
     double alpha;      /* slot preference exponent: weight (g + 1)^(alpha - 1) */
     int random_filler; /* bool */
+    char eval_num_kv_pairs[ML_STR]; /* "4,8,16": N of the evaluation slices, "" = none */
+    char eval_seq_len[ML_STR];      /* "64,128": L of the evaluation slices, "" = none */
 } mqar_config;
+
+/* Most values in one slice list. */
+#define MQAR_MAX_LIST 16
 
 static const ml_field mqar_fields[] = {
     {"vocab_size", FT_INT, offsetof(mqar_config, vocab_size), 4, 1e8, NULL, "8192",
@@ -56,38 +72,135 @@ static const ml_field mqar_fields[] = {
      "query slot g drawn with weight (g+1)^(alpha-1): 1 uniform, small prefers early slots"},
     {"random_filler", FT_BOOL, offsetof(mqar_config, random_filler), 0, 1, NULL, "false",
      "fill non-query positions with random non-value tokens instead of 0"},
+    {"eval_num_kv_pairs", FT_STRING, offsetof(mqar_config, eval_num_kv_pairs), 0, 0, NULL, "",
+     "extra test sets at these N, e.g. \"4,8,16\" (recorded as accuracy@N=..,L=..)"},
+    {"eval_seq_len", FT_STRING, offsetof(mqar_config, eval_seq_len), 0, 0, NULL, "",
+     "extra test sets at these L, e.g. \"64,128,256\" (cross product with eval_num_kv_pairs)"},
     {NULL, FT_INT, 0, 0, 0, NULL, NULL, NULL},
 };
 
+/* The constraints of one shape (L, N) with vocabulary V, as "key: ..."
+ * messages. The key and value ranges need no check of their own:
+ * V > L >= 4N gives V/2 - 1 >= 2N - 1 >= N keys and V - V/2 >= N values. */
+static int check_shape(int V, int L, int N, ml_error *e) {
+    if (L < 4) return ML_FAIL(e, "seq_len: must be at least 4 (got %d)", L);
+    if (L % 2 != 0) return ML_FAIL(e, "seq_len: must be even (got %d)", L);
+    if (V <= L)
+        return ML_FAIL(e, "vocab_size: must exceed seq_len (got vocab_size %d, seq_len %d)", V,
+                       L);
+    if (N < 1) return ML_FAIL(e, "num_kv_pairs: must be at least 1 (got %d)", N);
+    if ((long)N * 4 > L)
+        return ML_FAIL(e,
+                       "num_kv_pairs: 2*N context tokens plus 2*N query slots must fit in "
+                       "seq_len: 4*N = %ld > L = %d",
+                       (long)N * 4, L);
+    return 0;
+}
+
+/* Parse a slice list "4, 8,16" into out[MQAR_MAX_LIST]: whole numbers in
+ * [1, 1e6] separated by commas (spaces allowed around them). Returns the
+ * count (0 for ""), or -1 with a "key: ..." message. */
+static int parse_list(const char *key, const char *text, int *out, ml_error *e) {
+    int n = 0;
+    const char *p = text;
+    while (*p == ' ') p++;
+    if (!*p) return 0;
+    for (;;) {
+        char *end;
+        long v = strtol(p, &end, 10);
+        if (end == p || *p == '+' || *p == '-' || v < 1 || v > 1000000)
+            return ML_FAIL(e,
+                           "%s: '%s' is not a comma-separated list of whole numbers in "
+                           "[1, 1000000] (e.g. \"4,8,16\")",
+                           key, text);
+        if (n == MQAR_MAX_LIST)
+            return ML_FAIL(e, "%s: at most %d values (got more in '%s')", key, MQAR_MAX_LIST,
+                           text);
+        out[n++] = (int)v;
+        p = end;
+        while (*p == ' ') p++;
+        if (!*p) return n;
+        if (*p != ',')
+            return ML_FAIL(e,
+                           "%s: '%s' is not a comma-separated list of whole numbers in "
+                           "[1, 1000000] (e.g. \"4,8,16\")",
+                           key, text);
+        p++;
+        while (*p == ' ') p++;
+    }
+}
+
+/* The slice lists of c: Ns and Ls with their counts; a missing list stands
+ * for the training value, and *count is 0 when both are missing. Returns -1
+ * on a malformed list. */
+static int slice_lists(const mqar_config *c, int *Ns, int *nN, int *Ls, int *nL, int *count,
+                       ml_error *e) {
+    ml_error ignore;
+    if (!e) e = &ignore;
+    if ((*nN = parse_list("eval_num_kv_pairs", c->eval_num_kv_pairs, Ns, e)) < 0 ||
+        (*nL = parse_list("eval_seq_len", c->eval_seq_len, Ls, e)) < 0)
+        return -1;
+    *count = *nN || *nL ? (*nN ? *nN : 1) * (*nL ? *nL : 1) : 0;
+    if (!*nN) Ns[0] = c->num_kv_pairs, *nN = 1;
+    if (!*nL) Ls[0] = c->seq_len, *nL = 1;
+    return 0;
+}
+
 /* Cross-key constraints. Messages start with the offending key and ": " so
  * the spec parser can point at its line. alpha's lower end is open (the
- * table's min is inclusive), so it is checked here as well. The key and value
- * ranges need no check of their own: V > L >= 4N gives V/2 - 1 >= 2N - 1 >= N
- * keys and V - V/2 >= N values. */
+ * table's min is inclusive), so it is checked here as well. Each evaluation
+ * slice must be a valid shape too; its problem is blamed on the list that
+ * made it (eval_seq_len for a length problem, else eval_num_kv_pairs). */
 static int mqar_validate(const void *cfgp, ml_error *e) {
     const mqar_config *c = cfgp;
     if (!(c->alpha > 1e-9 && c->alpha <= 1e6))
         return ML_FAIL(e, "alpha: must be in (1e-9, 1e6] (got %g)", c->alpha);
-    if (c->seq_len < 4) return ML_FAIL(e, "seq_len: must be at least 4 (got %d)", c->seq_len);
-    if (c->seq_len % 2 != 0)
-        return ML_FAIL(e, "seq_len: must be even (got %d)", c->seq_len);
-    if (c->vocab_size <= c->seq_len)
-        return ML_FAIL(e, "vocab_size: must exceed seq_len (got vocab_size %d, seq_len %d)",
-                       c->vocab_size, c->seq_len);
-    if (c->num_kv_pairs < 1)
-        return ML_FAIL(e, "num_kv_pairs: must be at least 1 (got %d)", c->num_kv_pairs);
-    if ((long)c->num_kv_pairs * 4 > c->seq_len)
-        return ML_FAIL(e,
-                       "num_kv_pairs: 2*N context tokens plus 2*N query slots must fit in "
-                       "seq_len: 4*N = %ld > L = %d",
-                       (long)c->num_kv_pairs * 4, c->seq_len);
+    if (check_shape(c->vocab_size, c->seq_len, c->num_kv_pairs, e)) return -1;
+    int Ns[MQAR_MAX_LIST], Ls[MQAR_MAX_LIST], nN, nL, count;
+    if (slice_lists(c, Ns, &nN, Ls, &nL, &count, e)) return -1;
+    for (int i = 0; i < count; i++) {
+        int L = Ls[i / nN], N = Ns[i % nN];
+        ml_error sub;
+        if (!check_shape(c->vocab_size, L, N, &sub)) continue;
+        int length_problem = strncmp(sub.msg, "num_kv_pairs", 12) != 0;
+        const char *key = "eval_num_kv_pairs";
+        if (!c->eval_num_kv_pairs[0] || (c->eval_seq_len[0] && length_problem))
+            key = "eval_seq_len";
+        return ML_FAIL(e, "%s: the slice N=%d,L=%d is not a valid MQAR shape: %s", key, N, L,
+                       sub.msg);
+    }
     return 0;
+}
+
+/* Number of evaluation slices (0 when neither list is given). */
+static int mqar_n_slices(const void *cfgp) {
+    int Ns[MQAR_MAX_LIST], Ls[MQAR_MAX_LIST], nN, nL, count;
+    if (slice_lists(cfgp, Ns, &nN, Ls, &nL, &count, NULL)) return 0;
+    return count;
+}
+
+/* Slice i: the config with (seq_len, num_kv_pairs) = (L', N') and no slices
+ * of its own, labelled "N=..,L=..". i indexes the cross product L-major. */
+static void mqar_slice(const void *cfgp, int i, void *out, char *label, size_t cap) {
+    const mqar_config *c = cfgp;
+    mqar_config *s = out;
+    int Ns[MQAR_MAX_LIST], Ls[MQAR_MAX_LIST], nN, nL, count;
+    *s = *c;
+    s->eval_num_kv_pairs[0] = s->eval_seq_len[0] = '\0';
+    if (slice_lists(c, Ns, &nN, Ls, &nL, &count, NULL) || i < 0 || i >= count) {
+        snprintf(label, cap, "N=%d,L=%d", c->num_kv_pairs, c->seq_len);
+        return;
+    }
+    s->seq_len = Ls[i / nN];
+    s->num_kv_pairs = Ns[i % nN];
+    snprintf(label, cap, "N=%d,L=%d", s->num_kv_pairs, s->seq_len);
 }
 
 /* The sizes a model needs: V tokens, L positions, and the 2N-token context
  * prefix that context/question models read before the queries. */
 static int mqar_vocab_size(const void *cfg) { return ((const mqar_config *)cfg)->vocab_size; }
 static int mqar_seq_len(const void *cfg) { return ((const mqar_config *)cfg)->seq_len; }
+/* The 2N-token context prefix. */
 static int mqar_context_len(const void *cfg) {
     return 2 * ((const mqar_config *)cfg)->num_kv_pairs;
 }
@@ -136,8 +249,9 @@ static int draw_slot(ml_rng *r, const int *free_, int S, double beta) {
 /* Example `index` of `split` (see the header for the layout). While it is
  * built, target[2N + 2g] holds the index i of the key whose query took slot g
  * (-1 = free); the final pass turns that into tokens and targets. */
-static void mqar_generate(const void *cfgp, uint64_t seed, int split, long index, int *input,
-                          int *target) {
+static void mqar_generate(const void *cfgp, const void *data, uint64_t seed, int split,
+                          long index, int *input, int *target) {
+    (void)data;
     const mqar_config *c = cfgp;
     const int V = c->vocab_size, L = c->seq_len, N = c->num_kv_pairs;
     const int C = 2 * N, S = (L - C) / 2;
@@ -182,4 +296,6 @@ const ml_task task_mqar = {
     .seq_len = mqar_seq_len,
     .generate = mqar_generate,
     .context_len = mqar_context_len,
+    .n_slices = mqar_n_slices,
+    .slice = mqar_slice,
 };

@@ -28,10 +28,11 @@ twin_dir=build/twin
 if /usr/bin/python3 -c 'import torch' 2>/dev/null; then
     echo "== PyTorch twin: regenerating fixtures into $twin_dir"
     rm -rf "$twin_dir"
-    if /usr/bin/python3 tests/twin/twin.py "$twin_dir"; then
+    if /usr/bin/python3 tests/twin/twin.py "$twin_dir" &&
+        /usr/bin/python3 tests/twin/twin_slots.py "$twin_dir"; then
         passed=$((passed + 1))
     else
-        echo "FAIL twin.py"
+        echo "FAIL twin.py or twin_slots.py"
         failed=$((failed + 1))
     fi
 else

@@ -16,10 +16,14 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "db.h"
 #include "test.h"
+
+/* The schema version db.c writes. */
+#define CODE_SCHEMA 2
 
 static const char CONFIG[] =
     "{\"name\":\"t\",\"task\":{\"name\":\"mqar\",\"seq_len\":64},\"train\":{\"lr\":0.001}}";
@@ -101,7 +105,7 @@ static int is_iso_utc(const char *s) {
 }
 
 /* Opening a path whose directory is missing creates the directory, the file
- * and schema version 1 with both tables and the metrics index, in WAL mode. */
+ * and the current schema version with its tables and indexes, in WAL mode. */
 static void test_db_open_creates(void) {
     char dir[64], path[128];
     if (tmp_dir(dir, sizeof dir)) return;
@@ -118,7 +122,11 @@ static void test_db_open_creates(void) {
         raw_text(h, "PRAGMA journal_mode", mode, sizeof mode);
         CHECK(!strcmp(mode, "wal"), "journal_mode is %s", mode);
         CHECK(raw_int(h, "SELECT count(*) FROM schema_version") == 1, "schema_version rows");
-        CHECK(raw_int(h, "SELECT version FROM schema_version") == 1, "schema_version != 1");
+        CHECK(raw_int(h, "SELECT version FROM schema_version") == CODE_SCHEMA,
+              "schema_version != %d", CODE_SCHEMA);
+        CHECK(raw_int(h, "SELECT count(*) FROM sqlite_master WHERE type='table' AND name IN "
+                         "('runs','metrics','sweeps')") == 3,
+              "sweeps table missing");
         CHECK(raw_int(h, "SELECT count(*) FROM sqlite_master WHERE type='table' AND name IN "
                          "('runs','metrics')") == 2,
               "runs/metrics tables missing");
@@ -363,7 +371,7 @@ static void test_db_reopen(void) {
         CHECK(raw_int(h, "SELECT count(*) FROM runs") == 2, "runs lost on reopen");
         CHECK(raw_int(h, "SELECT count(*) FROM metrics WHERE run_id=1") == 2, "metrics lost");
         CHECK(raw_int(h, "SELECT count(*) FROM schema_version") == 1 &&
-                  raw_int(h, "SELECT version FROM schema_version") == 1,
+                  raw_int(h, "SELECT version FROM schema_version") == CODE_SCHEMA,
               "schema_version changed on reopen");
         sqlite3_close(h);
     }
@@ -381,7 +389,7 @@ static void raw_make(const char *path, const char *sql) {
 }
 
 /* Schema versions: a newer file is refused untouched, a version-0 file (the
- * bookkeeping table alone) is migrated to 1, a database of something else
+ * bookkeeping table alone) is migrated to the current version, a database of something else
  * is refused untouched. */
 static void test_db_versions(void) {
     char dir[64], path[128];
@@ -394,16 +402,16 @@ static void test_db_versions(void) {
     db_close(db);
     sqlite3 *h = raw_open(path);
     if (h) {
-        CHECK(raw_exec(h, "UPDATE schema_version SET version = 2") == SQLITE_OK, "raw update");
+        CHECK(raw_exec(h, "UPDATE schema_version SET version = 3") == SQLITE_OK, "raw update");
         sqlite3_close(h);
     }
     db = (ml_db *)1;
     CHECK(db_open(&db, path, &e) == -1, "newer schema accepted");
     CHECK(db == NULL, "failed db_open left *out set");
-    CHECK(strstr(e.msg, "newer") && strstr(e.msg, "version 2"), "newer-version message: %s",
+    CHECK(strstr(e.msg, "newer") && strstr(e.msg, "version 3"), "newer-version message: %s",
           e.msg);
     if ((h = raw_open(path))) {
-        CHECK(raw_int(h, "SELECT version FROM schema_version") == 2, "newer file modified");
+        CHECK(raw_int(h, "SELECT version FROM schema_version") == 3, "newer file modified");
         sqlite3_close(h);
     }
 
@@ -418,7 +426,8 @@ static void test_db_versions(void) {
         db_close(db);
     }
     if ((h = raw_open(path))) {
-        CHECK(raw_int(h, "SELECT version FROM schema_version") == 1, "not migrated to 1");
+        CHECK(raw_int(h, "SELECT version FROM schema_version") == CODE_SCHEMA,
+              "not migrated to %d", CODE_SCHEMA);
         CHECK(raw_int(h, "SELECT count(*) FROM schema_version") == 1, "schema_version rows");
         CHECK(raw_int(h, "SELECT count(*) FROM runs") == 1, "migrated file unusable");
         sqlite3_close(h);
@@ -566,6 +575,353 @@ static void test_db_concurrent(void) {
     rm_tree(dir);
 }
 
+/* The version-1 schema as it was published (db.c's first migration), for
+ * the upgrade test. */
+static const char SCHEMA_V1[] =
+    "CREATE TABLE schema_version(version INTEGER NOT NULL);"
+    "INSERT INTO schema_version VALUES (1);"
+    "CREATE TABLE runs (id INTEGER PRIMARY KEY, config TEXT NOT NULL, config_hash TEXT NOT NULL,"
+    " code_version TEXT, machine TEXT, started TEXT, ended TEXT, status TEXT NOT NULL CHECK(status"
+    " IN ('running','finished','diverged','failed','interrupted')), error TEXT, step INTEGER);"
+    "CREATE TABLE metrics (run_id INTEGER NOT NULL REFERENCES runs(id), step INTEGER NOT NULL,"
+    " split TEXT NOT NULL, name TEXT NOT NULL, value REAL);"
+    "CREATE INDEX metrics_run_name ON metrics(run_id, name);"
+    "INSERT INTO runs(config, config_hash, status, step) VALUES ('{}', 'old', 'finished', 5);"
+    "INSERT INTO runs(config, config_hash, status, step) VALUES ('{}', 'stale', 'running', 2);"
+    "INSERT INTO metrics VALUES (1, 5, 'test', 'accuracy', 0.25);";
+
+/* A populated version-1 file is upgraded in place: its rows and metrics
+ * stay, they get no sweep and no owner, and the sweep tables work on it (a
+ * v1 'running' row, which has no owner, counts as dead). */
+static void test_db_migrate_v1(void) {
+    char dir[64], path[128];
+    if (tmp_dir(dir, sizeof dir)) return;
+    snprintf(path, sizeof path, "%s/v1.db", dir);
+    raw_make(path, SCHEMA_V1);
+    ml_db *db = NULL;
+    ml_error e;
+    CHECK(db_open(&db, path, &e) == 0, "v1 file refused: %s", e.msg);
+    if (db) {
+        db_state st;
+        long long id = 0, run = 0, sweep = 0;
+        CHECK(db_hash_state(db, "old", &st, &id, &e) == 0 && st == DB_FINISHED && id == 1,
+              "old finished row: state %d id %lld", (int)st, id);
+        CHECK(db_sweep_register(db, "s", "spec", "{\"a\": 1}", "rh", &sweep, &e) == 0 && sweep > 0,
+              "register on a migrated file: %s", e.msg);
+        db_claim c;
+        CHECK(db_run_claim(db, sweep, CONFIG, "stale", "v", "m", &run, &c, &e) == 0 &&
+                  c == DB_CLAIMED,
+              "claim over an owner-less running row: %d %s", (int)c, e.msg);
+        db_close(db);
+    }
+    sqlite3 *h = raw_open(path);
+    if (h) {
+        CHECK(raw_int(h, "SELECT version FROM schema_version") == CODE_SCHEMA, "not upgraded");
+        CHECK(raw_int(h, "SELECT count(*) FROM metrics WHERE run_id=1 AND value=0.25") == 1,
+              "old metric lost");
+        CHECK(raw_int(h, "SELECT count(*) FROM runs WHERE sweep_id IS NULL AND owner IS NULL") ==
+                  2,
+              "old rows changed");
+        CHECK(raw_int(h, "SELECT count(*) FROM runs WHERE id=2 AND status='interrupted'") == 1,
+              "owner-less running row not marked interrupted");
+        sqlite3_close(h);
+    }
+    rm_tree(dir);
+}
+
+/* The owner of this host's process pid with its real start time. */
+static void owner_of(long pid, char *buf, size_t cap) {
+    char self[320];
+    db_owner_self(self, sizeof self);
+    /* "host:pid:start": replace pid and start by those of pid. */
+    char path[64], stat[1024] = "";
+    snprintf(path, sizeof path, "/proc/%ld/stat", pid);
+    FILE *f = fopen(path, "r");
+    if (f) {
+        size_t n = fread(stat, 1, sizeof stat - 1, f);
+        stat[n] = '\0';
+        fclose(f);
+    }
+    const char *p = strrchr(stat, ')');
+    unsigned long long start = 0;
+    for (int field = 2; p && field < 22; field++) {
+        p = strchr(p + 1, ' ');
+    }
+    if (p) start = strtoull(p + 1, NULL, 10);
+    char *c1 = strchr(self, ':');
+    if (c1) *c1 = '\0';
+    snprintf(buf, cap, "%.200s:%ld:%llu", self, pid, start);
+}
+
+/* Claiming: a done hash is not claimed again; a running row of a live owner
+ * (this process) makes the hash busy; rows of owners that are gone (exited,
+ * a zombie not yet reaped, a pid whose start time differs, another host with
+ * a stale heartbeat) are marked interrupted and the hash is claimed again;
+ * another host with a fresh heartbeat is alive. */
+static void test_db_claim(void) {
+    char dir[64], path[128];
+    if (tmp_dir(dir, sizeof dir)) return;
+    snprintf(path, sizeof path, "%s/c.db", dir);
+    ml_db *db = NULL;
+    ml_error e;
+    if (db_open(&db, path, &e)) {
+        CHECK(0, "db_open: %s", e.msg);
+        rm_tree(dir);
+        return;
+    }
+    long long sweep = 0, run = 0, run2 = 0;
+    db_claim c;
+    CHECK(db_sweep_register(db, "s", "spec", "{}", "rh", &sweep, &e) == 0, "%s", e.msg);
+    /* Fresh hash: claimed, owned by this process. */
+    CHECK(db_run_claim(db, sweep, CONFIG, "h1", "v", "m", &run, &c, &e) == 0 && c == DB_CLAIMED &&
+              run > 0,
+          "first claim: %d %s", (int)c, e.msg);
+    /* Again while we run it: busy, nothing inserted. */
+    CHECK(db_run_claim(db, sweep, CONFIG, "h1", "v", "m", &run2, &c, &e) == 0 &&
+              c == DB_CLAIM_BUSY && run2 == 0,
+          "claim of a live run: %d", (int)c);
+    /* Finished: done from then on. */
+    CHECK(db_run_end(db, run, "finished", 10, NULL, &e) == 0, "%s", e.msg);
+    CHECK(db_run_claim(db, sweep, CONFIG, "h1", "v", "m", &run2, &c, &e) == 0 &&
+              c == DB_CLAIM_DONE && run2 == 0,
+          "claim of a finished run: %d", (int)c);
+    /* A diverged run is done too. */
+    CHECK(db_run_claim(db, sweep, CONFIG, "h2", "v", "m", &run, &c, &e) == 0 && c == DB_CLAIMED,
+          "claim h2");
+    CHECK(db_run_end(db, run, "diverged", 3, "nan", &e) == 0, "%s", e.msg);
+    CHECK(db_run_claim(db, sweep, CONFIG, "h2", "v", "m", &run2, &c, &e) == 0 &&
+              c == DB_CLAIM_DONE,
+          "claim of a diverged run: %d", (int)c);
+    /* failed and interrupted are claimed again. */
+    CHECK(db_run_claim(db, sweep, CONFIG, "h3", "v", "m", &run, &c, &e) == 0 && c == DB_CLAIMED,
+          "claim h3");
+    CHECK(db_run_end(db, run, "failed", 0, "x", &e) == 0, "%s", e.msg);
+    CHECK(db_run_claim(db, sweep, CONFIG, "h3", "v", "m", &run2, &c, &e) == 0 &&
+              c == DB_CLAIMED && run2 > run,
+          "claim after failed: %d", (int)c);
+    db_close(db);
+    db = NULL;
+
+    /* A child claims and exits without finishing: checked once as a zombie
+     * (not yet reaped), once reaped. */
+    const char *hashes[2] = {"zombie", "exited"};
+    for (int k = 0; k < 2; k++) {
+        pid_t pid = fork();
+        if (pid == 0) {
+            ml_db *cdb = NULL;
+            ml_error ce;
+            long long r = 0;
+            db_claim cc;
+            int bad = db_open(&cdb, path, &ce) ||
+                      db_run_claim(cdb, sweep, CONFIG, hashes[k], "v", "m", &r, &cc, &ce) ||
+                      cc != DB_CLAIMED;
+            db_close(cdb);
+            _exit(bad);
+        }
+        CHECK(pid > 0, "fork");
+        if (pid <= 0) continue;
+        int status = 0;
+        if (k == 1) {
+            CHECK(waitpid(pid, &status, 0) == pid && WIFEXITED(status) && !WEXITSTATUS(status),
+                  "claiming child failed");
+        } else {
+            /* Let it exit but stay unreaped. */
+            for (int i = 0; i < 500; i++) {
+                char st[64], p2[64];
+                snprintf(p2, sizeof p2, "/proc/%ld/stat", (long)pid);
+                FILE *f = fopen(p2, "r");
+                if (!f) break;
+                size_t n = fread(st, 1, sizeof st - 1, f);
+                st[n] = '\0';
+                fclose(f);
+                const char *q = strrchr(st, ')');
+                if (q && q[1] == ' ' && q[2] == 'Z') break;
+                nanosleep(&(struct timespec){.tv_sec = 0, .tv_nsec = 2000000}, NULL);
+            }
+        }
+        CHECK(db_open(&db, path, &e) == 0, "%s", e.msg);
+        if (db) {
+            db_state st;
+            long long id;
+            CHECK(db_hash_state(db, hashes[k], &st, &id, &e) == 0 && st == DB_INTERRUPTED,
+                  "%s: state of a dead owner's row %d", hashes[k], (int)st);
+            CHECK(db_run_claim(db, sweep, CONFIG, hashes[k], "v", "m", &run, &c, &e) == 0 &&
+                      c == DB_CLAIMED,
+                  "%s: claim over a dead owner: %d", hashes[k], (int)c);
+            db_close(db);
+            db = NULL;
+        }
+        if (k == 0) waitpid(pid, &status, 0);
+    }
+    /* Owners written by hand: this process with another start time (a
+     * reused pid), another host fresh and stale. */
+    char me[320], reused[400], sql[1200];
+    owner_of((long)getpid(), me, sizeof me);
+    snprintf(reused, sizeof reused, "%s9", me);
+    sqlite3 *h = raw_open(path);
+    if (h) {
+        snprintf(sql, sizeof sql,
+                 "INSERT INTO runs(config, config_hash, status, owner, heartbeat, started) VALUES"
+                 " ('{}', 'reused', 'running', '%s', strftime('%%Y-%%m-%%dT%%H:%%M:%%fZ','now'),"
+                 " strftime('%%Y-%%m-%%dT%%H:%%M:%%fZ','now')),"
+                 " ('{}', 'mine', 'running', '%s', NULL, strftime('%%Y-%%m-%%dT%%H:%%M:%%fZ','now')),"
+                 " ('{}', 'fresh', 'running', 'elsewhere.example:1:1',"
+                 " strftime('%%Y-%%m-%%dT%%H:%%M:%%fZ','now'), NULL),"
+                 " ('{}', 'stale', 'running', 'elsewhere.example:1:1', '2000-01-01T00:00:00Z',"
+                 " NULL)",
+                 reused, me);
+        CHECK(raw_exec(h, sql) == SQLITE_OK, "insert owners: %s", sqlite3_errmsg(h));
+        sqlite3_close(h);
+    }
+    CHECK(db_open(&db, path, &e) == 0, "%s", e.msg);
+    if (db) {
+        static const struct {
+            const char *hash;
+            db_claim want;
+        } cases[] = {{"reused", DB_CLAIMED},
+                     {"mine", DB_CLAIM_BUSY},
+                     {"fresh", DB_CLAIM_BUSY},
+                     {"stale", DB_CLAIMED}};
+        for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
+            CHECK(db_run_claim(db, sweep, CONFIG, cases[i].hash, "v", "m", &run, &c, &e) == 0 &&
+                      c == cases[i].want,
+                  "owner case %s: claim %d, want %d (%s)", cases[i].hash, (int)c,
+                  (int)cases[i].want, e.msg);
+        db_close(db);
+    }
+    if ((h = raw_open(path))) {
+        CHECK(raw_int(h, "SELECT count(*) FROM runs WHERE config_hash IN ('reused','stale') AND "
+                         "status='interrupted' AND error LIKE 'its process ended%'") == 2,
+              "dead owners' rows not marked interrupted");
+        CHECK(raw_int(h, "SELECT count(*) FROM runs WHERE config_hash IN ('mine','fresh') AND "
+                         "status='running'") == 2,
+              "live owners' rows touched");
+        sqlite3_close(h);
+    }
+    rm_tree(dir);
+}
+
+/* At most one done row per config hash among sweep runs, whatever the
+ * claims do: the database refuses a second one. Runs outside sweeps
+ * (memlab train) may repeat. */
+static void test_db_done_once(void) {
+    char dir[64], path[128];
+    if (tmp_dir(dir, sizeof dir)) return;
+    snprintf(path, sizeof path, "%s/d.db", dir);
+    ml_db *db = NULL;
+    ml_error e;
+    if (db_open(&db, path, &e)) {
+        CHECK(0, "db_open: %s", e.msg);
+        rm_tree(dir);
+        return;
+    }
+    sqlite3 *h = NULL;
+    long long sweep = 0, t1 = 0, t2 = 0;
+    CHECK(db_sweep_register(db, "s", "spec", "{}", "rh", &sweep, &e) == 0, "%s", e.msg);
+    CHECK(db_run_begin(db, CONFIG, "x", "v", "m", &t1, &e) == 0 &&
+              db_run_end(db, t1, "finished", 1, NULL, &e) == 0 &&
+              db_run_begin(db, CONFIG, "x", "v", "m", &t2, &e) == 0 &&
+              db_run_end(db, t2, "finished", 1, NULL, &e) == 0,
+          "repeated train runs refused: %s", e.msg);
+    db_close(db);
+    if ((h = raw_open(path))) {
+        CHECK(raw_exec(h, "INSERT INTO runs(config, config_hash, status, sweep_id) VALUES "
+                          "('{}', 'y', 'finished', 1)") == SQLITE_OK,
+              "first done sweep row");
+        CHECK(raw_exec(h, "INSERT INTO runs(config, config_hash, status, sweep_id) VALUES "
+                          "('{}', 'y', 'running', 1)") == SQLITE_OK,
+              "a running row beside it");
+        CHECK(raw_exec(h, "UPDATE runs SET status='finished' WHERE config_hash='y' AND "
+                          "status='running'") != SQLITE_OK,
+              "a second done sweep row accepted");
+        CHECK(raw_exec(h, "INSERT INTO runs(config, config_hash, status, sweep_id) VALUES "
+                          "('{}', 'y', 'diverged', 1)") != SQLITE_OK,
+              "a diverged row beside a finished one accepted");
+        sqlite3_close(h);
+    }
+    rm_tree(dir);
+}
+
+/* Sweeps: registering is idempotent per (name, resolved hash); a changed
+ * spec under the same name is a new row and the latest one is listed; the
+ * resolved spec must be JSON; read-only opening refuses a missing file and
+ * an older schema, and reads the sweeps and final metrics. */
+static int collect_sweep(void *ctx, const db_sweep_row *row) {
+    char *out = ctx;
+    size_t n = strlen(out);
+    snprintf(out + n, 256 - n, "%s%s=%lld:%s", n ? "," : "", row->name, row->id, row->resolved);
+    return 0;
+}
+static void test_db_sweeps(void) {
+    char dir[64], path[128], v1[128];
+    if (tmp_dir(dir, sizeof dir)) return;
+    snprintf(path, sizeof path, "%s/s.db", dir);
+    ml_db *db = NULL;
+    ml_error e;
+    CHECK(db_open_readonly(&db, path, &e) == -1 && db == NULL, "read-only open of a missing file");
+    CHECK(access(path, F_OK) != 0, "read-only open created the file");
+    if (db_open(&db, path, &e)) {
+        CHECK(0, "db_open: %s", e.msg);
+        rm_tree(dir);
+        return;
+    }
+    long long a = 0, a2 = 0, b = 0, c = 0, run = 0;
+    CHECK(db_sweep_register(db, "alpha", "s1", "{\"v\": 1}", "h1", &a, &e) == 0, "%s", e.msg);
+    CHECK(db_sweep_register(db, "alpha", "s1", "{\"v\": 1}", "h1", &a2, &e) == 0 && a2 == a,
+          "re-registering made a new row: %lld vs %lld", a2, a);
+    CHECK(db_sweep_register(db, "beta", "s", "{\"v\": 3}", "h3", &c, &e) == 0, "%s", e.msg);
+    CHECK(db_sweep_register(db, "alpha", "s2", "{\"v\": 2}", "h2", &b, &e) == 0 && b > a,
+          "changed spec: %lld", b);
+    long long bad = 0;
+    CHECK(db_sweep_register(db, "gamma", "s", "not json", "h4", &bad, &e) == -1,
+          "a resolved spec that is not JSON was stored");
+    /* A run with metrics for db_final_metric. */
+    CHECK(db_run_begin(db, CONFIG, "m", "v", "x", &run, &e) == 0 &&
+              db_metric(db, run, 10, "test", "accuracy", 0.5, &e) == 0 &&
+              db_metric(db, run, 20, "test", "accuracy", 0.75, &e) == 0 &&
+              db_metric(db, run, 20, "test", "loss", NAN, &e) == 0,
+          "%s", e.msg);
+    db_close(db);
+    db = NULL;
+    CHECK(db_open_readonly(&db, path, &e) == 0, "read-only: %s", e.msg);
+    if (db) {
+        char got[256] = "";
+        CHECK(db_sweeps(db, NULL, collect_sweep, got, &e) == 0, "%s", e.msg);
+        char want[256];
+        snprintf(want, sizeof want, "beta=%lld:{\"v\": 3},alpha=%lld:{\"v\": 2}", c, b);
+        CHECK(!strcmp(got, want), "latest sweeps: %s, want %s", got, want);
+        got[0] = '\0';
+        CHECK(db_sweeps(db, "alpha", collect_sweep, got, &e) == 0, "%s", e.msg);
+        snprintf(want, sizeof want, "alpha=%lld:{\"v\": 2}", b);
+        CHECK(!strcmp(got, want), "by name: %s", got);
+        double v;
+        int found;
+        CHECK(db_final_metric(db, run, "test", "accuracy", &v, &found, &e) == 0 && found &&
+                  v == 0.75,
+              "final accuracy %g", v);
+        CHECK(db_final_metric(db, run, "test", "loss", &v, &found, &e) == 0 && found && isnan(v),
+              "NULL reads as NaN: %g", v);
+        CHECK(db_final_metric(db, run, "test", "nothing", &v, &found, &e) == 0 && !found,
+              "missing metric found");
+        long long id;
+        db_claim cl;
+        CHECK(db_run_claim(db, b, CONFIG, "z", "v", "m", &id, &cl, &e) == -1,
+              "claim through a read-only handle");
+        db_close(db);
+    }
+    snprintf(v1, sizeof v1, "%s/v1.db", dir);
+    raw_make(v1, SCHEMA_V1);
+    db = NULL;
+    CHECK(db_open_readonly(&db, v1, &e) == -1 && strstr(e.msg, "upgrades it"),
+          "read-only open of a v1 file: %s", e.msg);
+    sqlite3 *h = raw_open(v1);
+    if (h) {
+        CHECK(raw_int(h, "SELECT version FROM schema_version") == 1, "v1 file modified");
+        sqlite3_close(h);
+    }
+    rm_tree(dir);
+}
+
 const test_case tests_db[] = {
     {"db_open_creates", test_db_open_creates},
     {"db_roundtrip", test_db_roundtrip},
@@ -576,5 +932,9 @@ const test_case tests_db[] = {
     {"db_bad_paths", test_db_bad_paths},
     {"db_nan", test_db_nan},
     {"db_concurrent", test_db_concurrent},
+    {"db_migrate_v1", test_db_migrate_v1},
+    {"db_claim", test_db_claim},
+    {"db_done_once", test_db_done_once},
+    {"db_sweeps", test_db_sweeps},
     {NULL, NULL},
 };

@@ -54,6 +54,8 @@ static void test_mqar_fields(void) {
         {"vocab_size", FT_INT, 4, 1e8, "8192"},   {"seq_len", FT_INT, 4, 1e6, "64"},
         {"num_kv_pairs", FT_INT, 1, 1e6, "4"},    {"alpha", FT_REAL, 1e-9, 1e6, "0.01"},
         {"random_filler", FT_BOOL, 0, 1, "false"},
+        {"eval_num_kv_pairs", FT_STRING, 0, 0, ""},
+        {"eval_seq_len", FT_STRING, 0, 0, ""},
     };
     const size_t n = sizeof want / sizeof want[0];
     size_t count = 0;
@@ -69,8 +71,10 @@ static void test_mqar_fields(void) {
         CHECK(f->def && !strcmp(f->def, want[i].def), "%s: default %s", f->key,
               f->def ? f->def : "(null)");
         CHECK(f->help && strlen(f->help) > 10, "%s: no help", f->key);
-        CHECK(f->offset + (f->type == FT_REAL ? sizeof(double) : sizeof(int)) <=
-                  task_mqar.cfg_size,
+        size_t width = f->type == FT_REAL ? sizeof(double)
+                       : f->type == FT_STRING ? (size_t)ML_STR
+                                              : sizeof(int);
+        CHECK(f->offset + width <= task_mqar.cfg_size,
               "%s: offset %zu outside the config", f->key, f->offset);
     }
     CHECK(task_mqar.cfg_size <= sizeof(ml_cfgbuf), "config larger than ml_cfgbuf");
@@ -202,7 +206,7 @@ static void test_mqar_pinned(void) {
     ml_cfgbuf c;
     mq_config(&c, 16, 12, 2, 0.01, 0);
     int in[12], tg[12];
-    task_mqar.generate(c.bytes, 7, SPLIT_TRAIN, 0, in, tg);
+    task_mqar.generate(c.bytes, NULL, 7, SPLIT_TRAIN, 0, in, tg);
     for (int t = 0; t < 12; t++) {
         CHECK(in[t] == want_in[t], "input[%d] = %d, want %d", t, in[t], want_in[t]);
         CHECK(tg[t] == want_tg[t], "target[%d] = %d, want %d", t, tg[t], want_tg[t]);
@@ -210,7 +214,7 @@ static void test_mqar_pinned(void) {
     CHECK(check_example(in, tg, 16, 12, 2, 0, NULL) == 0, "pinned example breaks the definition");
 
     mq_config(&c, 16, 12, 2, 0.01, 1);
-    task_mqar.generate(c.bytes, 7, SPLIT_TRAIN, 0, in, tg);
+    task_mqar.generate(c.bytes, NULL, 7, SPLIT_TRAIN, 0, in, tg);
     for (int t = 0; t < 12; t++) {
         CHECK(in[t] == want_in_rf[t], "random filler: input[%d] = %d, want %d", t, in[t],
               want_in_rf[t]);
@@ -228,8 +232,8 @@ static void test_mqar_deterministic(void) {
     mq_config(&c, 8192, L, 4, 0.01, 0);
     int a_in[L], a_tg[L], b_in[L], b_tg[L];
     for (int t = 0; t < L; t++) a_in[t] = a_tg[t] = 0, b_in[t] = b_tg[t] = 0x5a5a5a;
-    task_mqar.generate(c.bytes, 42, SPLIT_TEST, 17, a_in, a_tg);
-    task_mqar.generate(c.bytes, 42, SPLIT_TEST, 17, b_in, b_tg);
+    task_mqar.generate(c.bytes, NULL, 42, SPLIT_TEST, 17, a_in, a_tg);
+    task_mqar.generate(c.bytes, NULL, 42, SPLIT_TEST, 17, b_in, b_tg);
     CHECK(!memcmp(a_in, b_in, sizeof a_in) && !memcmp(a_tg, b_tg, sizeof a_tg),
           "same (seed, split, index) gave different examples");
 
@@ -239,7 +243,8 @@ static void test_mqar_deterministic(void) {
         long index;
     } other[] = {{42, SPLIT_TEST, 18}, {42, SPLIT_TRAIN, 17}, {43, SPLIT_TEST, 17}};
     for (size_t k = 0; k < sizeof other / sizeof other[0]; k++) {
-        task_mqar.generate(c.bytes, other[k].seed, other[k].split, other[k].index, b_in, b_tg);
+        task_mqar.generate(c.bytes, NULL, other[k].seed, other[k].split, other[k].index, b_in,
+                           b_tg);
         /* The 8 context tokens alone come from ~4096^8 possibilities. */
         CHECK(memcmp(a_in, b_in, sizeof a_in) != 0, "seed %llu split %d index %ld repeats",
               (unsigned long long)other[k].seed, other[k].split, other[k].index);
@@ -267,7 +272,7 @@ static void test_mqar_properties(void) {
             CHECK(task_mqar.validate(c.bytes, &e) == 0, "shape %zu refused: %s", s, e.msg);
             int broken = 0;
             for (int i = 0; i < shapes[s].examples && !broken; i++) {
-                task_mqar.generate(c.bytes, 1000 + s, i % 2, i, in, tg);
+                task_mqar.generate(c.bytes, NULL, 1000 + s, i % 2, i, in, tg);
                 broken = check_example(in, tg, shapes[s].V, shapes[s].L, shapes[s].N, rf, NULL);
                 CHECK(!broken, "shape %zu (V %d L %d N %d) random_filler %d: example %d bad", s,
                       shapes[s].V, shapes[s].L, shapes[s].N, rf, i);
@@ -286,8 +291,8 @@ static void test_mqar_random_filler(void) {
     int in0[L], tg0[L], in1[L], tg1[L];
     int nonzero = 0, fillers = 0;
     for (long i = 0; i < 20; i++) {
-        task_mqar.generate(c0.bytes, 5, SPLIT_TRAIN, i, in0, tg0);
-        task_mqar.generate(c1.bytes, 5, SPLIT_TRAIN, i, in1, tg1);
+        task_mqar.generate(c0.bytes, NULL, 5, SPLIT_TRAIN, i, in0, tg0);
+        task_mqar.generate(c1.bytes, NULL, 5, SPLIT_TRAIN, i, in1, tg1);
         CHECK(!memcmp(tg0, tg1, sizeof tg0), "example %ld: targets differ with random filler", i);
         for (int t = 0; t < L; t++) {
             if (t < 8 || tg0[t] != -1)
@@ -327,7 +332,7 @@ static void test_mqar_slot_distribution(void) {
         long first[S] = {0}, second[S] = {0}, all[S] = {0};
         int in[L], tg[L], slot[N];
         for (long i = 0; i < M; i++) {
-            task_mqar.generate(c.bytes, 99, SPLIT_TRAIN, i, in, tg);
+            task_mqar.generate(c.bytes, NULL, 99, SPLIT_TRAIN, i, in, tg);
             if (check_example(in, tg, V, L, N, 0, slot)) {
                 CHECK(0, "alpha %g: example %ld bad", alpha, i);
                 return;
@@ -381,7 +386,7 @@ static void test_mqar_extreme_alpha(void) {
     mq_config(&c, 8192, L, N, 1e6, 0);
     int in[L], tg[L], slot[N];
     for (long i = 0; i < 20; i++) {
-        task_mqar.generate(c.bytes, 3, SPLIT_TRAIN, i, in, tg);
+        task_mqar.generate(c.bytes, NULL, 3, SPLIT_TRAIN, i, in, tg);
         CHECK(check_example(in, tg, 8192, L, N, 0, slot) == 0, "example %ld bad", i);
         for (int k = 0; k < N; k++)
             CHECK(slot[k] == S - 1 - k, "example %ld: key %d in slot %d, want %d", i, k, slot[k],

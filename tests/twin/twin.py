@@ -2,9 +2,10 @@
 """twin.py: the PyTorch twin of memlab's model, and the fixtures it writes.
 
 An independent float64 implementation of the model described in model.h and
-docs/models.md (softmax and linear attention mixers, the pre-norm block with
-optional short causal conv and MLP, tied or untied LM head, learned or no
-positions). For each case it builds the model from a fixed spec, fills the
+docs/models.md (softmax attention; the linear family: linear attention,
+DeltaNet, gated DeltaNet, Mamba-2 scalar decay, Based; Mixture-of-Memories;
+the pre-norm block with optional short causal conv and MLP, tied or untied LM
+head, learned or no positions). For each case it builds the model from a fixed spec, fills the
 weights with seeded random values, runs one forward and backward on a seeded
 batch, and writes one fixture file (format below) that tests/test_twin.c diffs
 against the C model. Parameters are kept under their C names and in the C
@@ -12,8 +13,14 @@ layout ([out, in] for linear maps, [C, K] for conv taps), so nothing is renamed
 or transposed on the way out.
 
 It deliberately does not use the C code's structure: attention is a masked
-softmax over the full score matrix, the linear mixer runs whichever of its three
-forms the spec names, and gradients come from torch.autograd. It does not parse
+softmax over the full score matrix, the plain linear mixer runs whichever of its
+three forms the spec names, every other rule runs token by token from its
+definition (whatever form the spec names for the C side), Based's feature map
+keeps all d^2 products as the Based code does (the C map keeps the upper
+triangle), MoM keeps one explicit state per memory and freezes the unselected
+ones with torch.where, and gradients come from torch.autograd. MoM cases set
+aux_coef to 0: test_twin.c compares the loss with the cross-entropy of the
+logits, and the load-balancing loss is checked by the C tests instead. It does not parse
 YAML (the specs are written here from the same dicts that build the model) and
 it does not generate MQAR data (inputs and targets are random tokens).
 
@@ -21,8 +28,10 @@ Usage:
     /usr/bin/python3 tests/twin/twin.py OUTDIR     write OUTDIR/twin_<mixer>_<letter>.fx
     /usr/bin/python3 tests/twin/twin.py --check    self-checks (slow-ish, not for CI):
         conv taps and the attention window against plain loops, the three
-        linear-attention forms agree on every linear case, and
-        torch.autograd.gradcheck passes on one softmax and one linear case.
+        linear-attention forms agree on every linear case, the upper-triangle
+        Taylor map has the kernel of Based's full one, and
+        torch.autograd.gradcheck passes on one softmax, one linear, one gated
+        DeltaNet and one MoM case.
 
 Fixture format (little-endian): b"MLFX", u32 version (1), u32 entry count; per
 entry: u32 name length, name bytes, u32 kind (0 float64, 1 int32, 2 UTF-8 text),
@@ -88,6 +97,39 @@ def linear_keys(**over):
     return k
 
 
+# Keys of the linear-family entries (mixer_linear.c), every key written out so
+# that no C default is assumed; `entry` picks the entry's defaults.
+LINFAM_DEFAULTS = {
+    "linear": dict(rule="additive", feature_map="elu1", normalize=True, eps=1e-6,
+                   feature_dim=0, qk_l2norm=False, out_norm="none"),
+    "deltanet": dict(rule="delta", feature_map="silu", normalize=False, eps=1e-6,
+                     feature_dim=0, qk_l2norm=True, out_norm="rms"),
+    "gated_deltanet": dict(rule="gated_delta", feature_map="silu", normalize=False, eps=1e-6,
+                           feature_dim=0, qk_l2norm=True, out_norm="gated"),
+    "mamba2": dict(rule="decay", feature_map="silu", normalize=False, eps=1e-6,
+                   feature_dim=0, qk_l2norm=False, out_norm="gated"),
+    "based": dict(rule="additive", feature_map="taylor", normalize=True, eps=1e-12,
+                  feature_dim=16, qk_l2norm=False, out_norm="none"),
+}
+
+
+def linfam_keys(entry, **over):
+    k = {"heads": 2}
+    k.update(LINFAM_DEFAULTS[entry])
+    k.update({"short_conv": 0, "dt_min": 0.001, "dt_max": 0.1, "chunk": 4,
+              "form": "chunkwise", "qkv_bias": False})
+    k.update(over)
+    return k
+
+
+def mom_keys(**over):
+    k = {"heads": 2, "memories": 4, "topk": 2, "shared": True, "rule": "gated_delta",
+         "feature_map": "silu", "feature_dim": 0, "qk_l2norm": True, "out_norm": "gated",
+         "aux_coef": 0.0, "dt_min": 0.001, "dt_max": 0.1, "chunk": 4, "form": "chunkwise"}
+    k.update(over)
+    return k
+
+
 # (file stem, seed, model section, mixer keys). The mixer keys live in the
 # model section of the spec; they are kept apart here only for readability.
 CASES = [
@@ -111,7 +153,37 @@ CASES = [
     ("linear_e", 205,
      model_keys(mixer="linear", n_layers=3, conv=2, norm="rms", tie_embeddings=False),
      linear_keys(feature_map="elu1", normalize=False, form="parallel", heads=4)),
+    ("linear_f", 206, model_keys(mixer="linear", conv=0),
+     linfam_keys("linear", rule="decay", normalize=False, feature_map="silu", qk_l2norm=True,
+                 out_norm="gated", short_conv=3, feature_dim=3, dt_min=0.01, dt_max=0.5)),
+    ("deltanet_a", 301, model_keys(mixer="deltanet"), linfam_keys("deltanet")),
+    ("deltanet_b", 302,
+     model_keys(mixer="deltanet", conv=0, norm="rms", tie_embeddings=False, position="learned"),
+     linfam_keys("deltanet", heads=1, feature_map="elu1", qk_l2norm=False, out_norm="none",
+                 short_conv=3, qkv_bias=True, form="recurrent", chunk=3)),
+    ("gated_deltanet_a", 311, model_keys(mixer="gated_deltanet"),
+     linfam_keys("gated_deltanet", chunk=3, dt_min=0.05, dt_max=0.5)),
+    ("gated_deltanet_b", 312,
+     model_keys(mixer="gated_deltanet", mlp=False, norm="rms", tie_embeddings=False),
+     linfam_keys("gated_deltanet", heads=1, feature_dim=6, out_norm="rms", form="recurrent")),
+    ("mamba2_a", 321, model_keys(mixer="mamba2", conv=4), linfam_keys("mamba2", dt_max=0.9)),
+    ("based_a", 331, model_keys(mixer="based"), linfam_keys("based", feature_dim=3)),
+    ("based_b", 332, model_keys(mixer="based", norm="rms", mlp=False),
+     linfam_keys("based", heads=1, feature_dim=4, form="recurrent", qkv_bias=True,
+                 short_conv=2, eps=1e-6)),
+    ("mom_a", 401, model_keys(mixer="mom"), mom_keys()),
+    ("mom_b", 402, model_keys(mixer="mom", conv=0, norm="rms", tie_embeddings=False),
+     mom_keys(rule="delta", memories=3, topk=1, shared=False, out_norm="rms",
+              form="recurrent")),
+    ("mom_c", 403, model_keys(mixer="mom", mlp=False),
+     mom_keys(rule="additive", memories=2, topk=2, feature_map="taylor", feature_dim=2,
+              qk_l2norm=False, out_norm="none", heads=1)),
+    ("mom_d", 404, model_keys(mixer="mom", conv=4), mom_keys(rule="decay", memories=3, chunk=3,
+                                                          dt_min=0.02, dt_max=0.6)),
 ]
+
+RULE_DELTA = ("delta", "gated_delta")
+RULE_DECAY = ("decay", "gated_delta")
 
 
 def yaml_scalar(v):
@@ -165,11 +237,10 @@ def make_params(model, mixer, V, L):
         if K > 0:
             mat(pre + "conv.w", C, K)
             bias(pre + "conv.b", C)
-        mat(pre + "mixer.wqkv", 3 * C, C)
-        if mixer["qkv_bias"]:
-            bias(pre + "mixer.bqkv", 3 * C)
-        mat(pre + "mixer.wo", C, C)
-        bias(pre + "mixer.bo", C)
+        if model["mixer"] == "mom":
+            mom_params(p, pre + "mixer.", C, mixer, mat, bias, normw)
+        else:
+            linfam_params(p, pre + "mixer.", C, mixer, mat, bias, normw)
         if model["mlp"]:
             normw(pre + "norm2.w", C)
             if layer_norm:
@@ -184,6 +255,63 @@ def make_params(model, mixer, V, L):
     if not model["tie_embeddings"]:
         mat("lm_head", V, C)
     return p
+
+
+def head_dims(C, mixer):
+    """(H, Dk, Dv) of a linear-family or MoM mixer (softmax: Dk = Dv)."""
+    H = mixer["heads"]
+    Dv = C // H
+    Dk = mixer.get("feature_dim", 0) or Dv
+    return H, Dk, Dv
+
+
+def linfam_params(p, pre, C, mixer, mat, bias, normw):
+    """Mixer tensors of softmax and the linear family, in mixer_linear.c's
+    order (the plain softmax/linear cases draw exactly what they always did)."""
+    H, Dk, Dv = head_dims(C, mixer)
+    Cp = 2 * H * Dk + C
+    rule = mixer.get("rule", "additive")
+    mat(pre + "wqkv", Cp, C)
+    if mixer["qkv_bias"]:
+        bias(pre + "bqkv", Cp)
+    if mixer.get("short_conv", 0):
+        mat(pre + "conv.w", Cp, mixer["short_conv"])
+    if rule in RULE_DELTA:
+        mat(pre + "wbeta", H, C)
+    if rule in RULE_DECAY:
+        mat(pre + "wdecay", H, C)
+        bias(pre + "A_log", H)
+        bias(pre + "dt_bias", H)
+    if mixer.get("out_norm", "none") != "none":
+        normw(pre + "onorm.w", Dv)
+    if mixer.get("out_norm", "none") == "gated":
+        mat(pre + "wgate", C, C)
+    mat(pre + "wo", C, C)
+    bias(pre + "bo", C)
+
+
+def mom_params(p, pre, C, mixer, mat, bias, normw):
+    """MoM's tensors in mixer_mom.c's order; row block m of wk, wv, wbeta,
+    wdecay is memory m, the last one the shared memory."""
+    H, Dk, Dv = head_dims(C, mixer)
+    Mt = mixer["memories"] + (1 if mixer["shared"] else 0)
+    rule = mixer["rule"]
+    mat(pre + "wq", H * Dk, C)
+    mat(pre + "wk", Mt * H * Dk, C)
+    mat(pre + "wv", Mt * C, C)
+    if rule in RULE_DELTA:
+        mat(pre + "wbeta", Mt * H, C)
+    if rule in RULE_DECAY:
+        mat(pre + "wdecay", Mt * H, C)
+        bias(pre + "A_log", H)
+        bias(pre + "dt_bias", H)
+    mat(pre + "wrouter", mixer["memories"], C)
+    if mixer["out_norm"] != "none":
+        normw(pre + "onorm.w", Dv)
+    if mixer["out_norm"] == "gated":
+        mat(pre + "wgate", C, C)
+    mat(pre + "wo", C, C)
+    bias(pre + "bo", C)
 
 
 def norm(x, p, name, model):
@@ -306,8 +434,161 @@ def linear_attention(q, k, v, mixer, form=None):
     raise ValueError("unknown form " + form)
 
 
-def mixer_forward(h, p, pre, model, mixer, form=None):
+def taylor_full(x):
+    """Based's TaylorExp: [1, x / d^(1/4), vec(x x^T) / (sqrt(2) sqrt(d))] with all
+    d^2 products (the C map stores the upper triangle; dot products agree)."""
+    D = x.shape[-1]
+    x2 = (x.unsqueeze(-1) * x.unsqueeze(-2)).flatten(start_dim=-2) / math.sqrt(2.0 * D)
+    return torch.cat([torch.ones_like(x[..., :1]), x / D ** 0.25, x2], dim=-1)
+
+
+def taylor_triangle(x):
+    """The C layout: the upper triangle, off-diagonal products weighted sqrt(2)
+    more (used only by --check, to compare kernels)."""
+    D = x.shape[-1]
+    iu = torch.triu_indices(D, D)
+    quad = (x.unsqueeze(-1) * x.unsqueeze(-2))[..., iu[0], iu[1]]
+    coef = torch.where(iu[0] == iu[1], torch.tensor(1 / math.sqrt(2.0 * D), dtype=x.dtype),
+                       torch.tensor(1 / math.sqrt(D), dtype=x.dtype))
+    return torch.cat([torch.ones_like(x[..., :1]), x / D ** 0.25, quad * coef], dim=-1)
+
+
+def qk_map(x, mixer):
+    """Feature map on q or k heads [..., D], then the optional L2 norm
+    (x / sqrt(|x|^2 + 1e-6))."""
+    kind = mixer["feature_map"]
+    if kind == "silu":
+        y = F.silu(x)
+    elif kind == "taylor":
+        y = taylor_full(x)
+    else:
+        y = feature_map(x, kind)
+    if mixer.get("qk_l2norm", False):
+        y = y / torch.sqrt((y * y).sum(-1, keepdim=True) + 1e-6)
+    return y
+
+
+def dt_shift(H, mixer):
+    """Per-head softplus^-1 of the log-spaced initial time step (linfam.h)."""
+    lo, hi = math.log(mixer["dt_min"]), math.log(mixer["dt_max"])
+    return torch.tensor([math.log(math.expm1(math.exp(lo + (h + 0.5) / H * (hi - lo))))
+                         for h in range(H)], dtype=torch.float64)
+
+
+def log_decay(z, p, pre, H, mixer):
+    """g = -exp(A_log) softplus(z + dt_bias + shift) for z [..., H]."""
+    return -torch.exp(p[pre + "A_log"]) * F.softplus(z + p[pre + "dt_bias"] + dt_shift(H, mixer))
+
+
+def rule_step(S, k, v, beta, g, rule):
+    """One token of the rule on states S [B,H,F,Dv]: decay first, then the
+    delta correction (u = v - S^T k) or the plain write."""
+    if rule in RULE_DECAY:
+        S = S * torch.exp(g)[..., None, None]
+    if rule in RULE_DELTA:
+        u = v - torch.einsum("bhkv,bhk->bhv", S, k)
+        return S + beta[..., None, None] * k[..., :, None] * u[..., None, :]
+    return S + k[..., :, None] * v[..., None, :]
+
+
+def out_norm(o, h, p, pre, H, mixer):
+    """none, rms (per head, weight shared by heads) or gated (rms * silu(h Wgate))."""
+    kind = mixer["out_norm"]
+    if kind == "none":
+        return o
+    Bn, Tn, Cn = o.shape
+    oh = o.view(Bn, Tn, H, Cn // H)
+    y = oh * torch.rsqrt((oh * oh).mean(-1, keepdim=True) + 1e-5) * p[pre + "onorm.w"]
+    y = y.reshape(Bn, Tn, Cn)
+    if kind == "gated":
+        y = y * F.silu(F.linear(h, p[pre + "wgate"]))
+    return y
+
+
+def linfam_mixer(h, p, pre, model, mixer):
+    """A linear-family mixer from its definition, token by token (any rule)."""
+    C = model["d_model"]
+    H, Dk, Dv = head_dims(C, mixer)
+    rule = mixer["rule"]
+    qkv = F.linear(h, p[pre + "wqkv"], p.get(pre + "bqkv") if mixer["qkv_bias"] else None)
+    if mixer["short_conv"]:
+        qkv = causal_conv(qkv, p[pre + "conv.w"], None)
+    q = qk_map(split_heads(qkv[..., :H * Dk], H), mixer)
+    k = qk_map(split_heads(qkv[..., H * Dk:2 * H * Dk], H), mixer)
+    v = split_heads(qkv[..., 2 * H * Dk:], H)
+    beta = torch.sigmoid(F.linear(h, p[pre + "wbeta"])) if rule in RULE_DELTA else None
+    g = log_decay(F.linear(h, p[pre + "wdecay"]), p, pre, H, mixer) if rule in RULE_DECAY else None
+    Bn, _, Tn, Fw = q.shape
+    S = torch.zeros(Bn, H, Fw, Dv, dtype=q.dtype)
+    z = torch.zeros(Bn, H, Fw, dtype=q.dtype)
+    outs = []
+    for t in range(Tn):
+        S = rule_step(S, k[:, :, t], v[:, :, t], None if beta is None else beta[:, t],
+                      None if g is None else g[:, t], rule)
+        o = torch.einsum("bhk,bhkv->bhv", q[:, :, t], S)
+        if mixer["normalize"]:
+            z = z + k[:, :, t]
+            o = o / ((q[:, :, t] * z).sum(-1, keepdim=True) + mixer["eps"])
+        outs.append(o)
+    o = merge_heads(torch.stack(outs, dim=2))
+    return F.linear(out_norm(o, h, p, pre, H, mixer), p[pre + "wo"], p[pre + "bo"])
+
+
+def mom_mixer(h, p, pre, model, mixer, aux=None):
+    """Mixture-of-Memories from its definition: one state per memory, updated
+    (decay included) only where the token is routed to it, frozen elsewhere;
+    the shared memory on every token. aux (a one-element list) receives the
+    weighted load-balancing loss."""
+    C = model["d_model"]
+    H, Dk, Dv = head_dims(C, mixer)
+    E, K, rule = mixer["memories"], mixer["topk"], mixer["rule"]
+    Mt = E + (1 if mixer["shared"] else 0)
+    Bn, Tn, _ = h.shape
+    q = qk_map(F.linear(h, p[pre + "wq"]).view(Bn, Tn, H, Dk), mixer)
+    k = qk_map(F.linear(h, p[pre + "wk"]).view(Bn, Tn, Mt, H, Dk), mixer)
+    v = F.linear(h, p[pre + "wv"]).view(Bn, Tn, Mt, H, Dv)
+    beta = (torch.sigmoid(F.linear(h, p[pre + "wbeta"])).view(Bn, Tn, Mt, H)
+            if rule in RULE_DELTA else None)
+    g = (log_decay(F.linear(h, p[pre + "wdecay"]).view(Bn, Tn, Mt, H), p, pre, H, mixer)
+         if rule in RULE_DECAY else None)
+    probs = torch.softmax(F.linear(h, p[pre + "wrouter"]), dim=-1)
+    top, idx = torch.topk(probs, K, dim=-1)
+    # With K = 1 the renormalised weight is exactly 1; written as such, so that
+    # autograd's rounding residue (1/s - p/s^2 ~ 1e-17) does not pose as a
+    # router gradient (the C side gives exactly 0 there).
+    wts = top / top.sum(-1, keepdim=True) if K > 1 else torch.ones_like(top)
+    if aux is not None:
+        frac = F.one_hot(idx, E).to(probs.dtype).sum(2).mean((0, 1))
+        aux[0] = aux[0] + mixer["aux_coef"] * E * (frac * probs.mean((0, 1))).sum()
+    Fw = q.shape[-1]
+    S = [torch.zeros(Bn, H, Fw, Dv, dtype=q.dtype) for _ in range(Mt)]
+    outs = []
+    for t in range(Tn):
+        o = torch.zeros(Bn, H, Dv, dtype=q.dtype)
+        for m in range(Mt):
+            if m < E:
+                hit = idx[:, t] == m                                # [B,K]
+                active = hit.any(-1)
+                weight = (wts[:, t] * hit.to(wts.dtype)).sum(-1)    # [B]
+            else:
+                active = torch.ones(Bn, dtype=torch.bool)
+                weight = torch.ones(Bn, dtype=q.dtype)
+            new = rule_step(S[m], k[:, t, m], v[:, t, m],
+                            None if beta is None else beta[:, t, m],
+                            None if g is None else g[:, t, m], rule)
+            S[m] = torch.where(active[:, None, None, None], new, S[m])
+            o = o + weight[:, None, None] * torch.einsum("bhk,bhkv->bhv", q[:, t], S[m])
+        outs.append(o)
+    o = torch.stack(outs, dim=1).reshape(Bn, Tn, C)
+    return F.linear(out_norm(o, h, p, pre, H, mixer), p[pre + "wo"], p[pre + "bo"])
+
+
+def mixer_forward(h, p, pre, model, mixer, form=None, aux=None):
     """qkv projection, per-head mixing, output projection (C = H*D)."""
+    if model["mixer"] == "mom":
+        return mom_mixer(h, p, pre, model, mixer, aux)
+    if model["mixer"] != "softmax" and (model["mixer"] != "linear" or "rule" in mixer):
+        return linfam_mixer(h, p, pre, model, mixer)
     C = model["d_model"]
     H = mixer["heads"]
     qkv = F.linear(h, p[pre + "wqkv"], p.get(pre + "bqkv") if mixer["qkv_bias"] else None)
@@ -324,6 +605,7 @@ def mixer_forward(h, p, pre, model, mixer, form=None):
 def forward(p, tok, tgt, model, mixer, form=None):
     """Logits [B,T,V] and the mean cross-entropy over positions with target >= 0."""
     Tn = tok.shape[1]
+    aux = [0.0]
     x = p["wte"][tok]
     if model["position"] == "learned":
         x = x + p["wpe"][:Tn]
@@ -332,7 +614,7 @@ def forward(p, tok, tgt, model, mixer, form=None):
         h = norm(x, p, pre + "norm1", model)
         if model["conv"] > 0:
             h = causal_conv(h, p[pre + "conv.w"], p[pre + "conv.b"])
-        x = x + mixer_forward(h, p, pre + "mixer.", model, mixer, form)
+        x = x + mixer_forward(h, p, pre + "mixer.", model, mixer, form, aux)
         if model["mlp"]:
             h = norm(x, p, pre + "norm2", model)
             h = F.gelu(F.linear(h, p[pre + "mlp.w1"], p[pre + "mlp.b1"]))
@@ -343,7 +625,7 @@ def forward(p, tok, tgt, model, mixer, form=None):
     V = logits.shape[-1]
     loss = F.cross_entropy(logits.reshape(-1, V), tgt.reshape(-1), ignore_index=-1,
                            reduction="mean")
-    return logits, loss
+    return logits, loss + aux[0]
 
 
 def make_batch(V):
@@ -482,6 +764,21 @@ def check_forms():
     print("twin check: linear forms agree (max relative difference %.3g)" % worst)
 
 
+def check_taylor():
+    """The C layout's upper-triangle Taylor map has the same kernel as Based's
+    full map, 1 + q.k/sqrt(d) + (q.k)^2/(2d), and width 1 + d + d(d+1)/2."""
+    torch.manual_seed(9)
+    for D in (1, 3, 16):
+        q, k = torch.randn(2, D, dtype=torch.float64)
+        s = (q * k).sum()
+        want = 1 + s / math.sqrt(D) + s * s / (2 * D)
+        full = (taylor_full(q) * taylor_full(k)).sum()
+        tri = (taylor_triangle(q) * taylor_triangle(k)).sum()
+        assert abs(full - want) < 1e-12 and abs(tri - want) < 1e-12, "taylor kernel differs"
+        assert taylor_triangle(q).shape[-1] == 1 + D + D * (D + 1) // 2
+    print("twin check: Taylor maps (full and upper triangle) have the same kernel")
+
+
 def check_gradients(stems):
     """torch.autograd.gradcheck of the loss w.r.t. every parameter of the named
     cases (float64 central differences against autograd)."""
@@ -506,7 +803,8 @@ def main(argv):
     if len(argv) == 2 and argv[1] == "--check":
         check_semantics()
         check_forms()
-        check_gradients({"softmax_b", "linear_a"})
+        check_taylor()
+        check_gradients({"softmax_b", "linear_a", "gated_deltanet_a", "mom_a"})
         return 0
     if len(argv) != 2 or argv[1].startswith("-"):
         sys.stderr.write("usage: twin.py OUTDIR | --check\n")

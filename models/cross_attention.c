@@ -1,0 +1,203 @@
+/* cross_attention.c: multi-head softmax attention of one set of queries over a
+ * separate set of keys and values, forward and backward, on OpenBLAS, plus
+ * naive loop references.
+ *
+ * Dimension letters: B batch, Tq query rows and Tk key rows per batch element,
+ * H heads, D head width. q [B,Tq,H,D], k and v [B,Tk,H,D], out [B,Tq,H,D],
+ * each read through its own row stride and batch stride (xattn_dims), so the
+ * caller can point into packed buffers without copying; att [B,H,Tq,Tk] holds
+ * the probabilities, contiguous.
+ *
+ * Mask: none (every query sees every key), or causal with an offset: query i
+ * sees keys j <= i + offset. The slot mixer uses offset = number of slot rows
+ * in front of a chunk's tokens, so a token sees every slot and the tokens of
+ * its chunk up to itself. A query that sees no key gets a zero output and a
+ * zero row of att. Scale 1/sqrt(D).
+ *
+ * The fast path works one (b, h) at a time on rows gathered into contiguous
+ * scratch, with one GEMM for the scores, one for the output, and three in the
+ * backward; the shapes it serves are small (a chunk of queries against slots
+ * plus a chunk of keys), so it does not band the mask as softmax_attention.c
+ * does. Projections, packing and what the rows mean are the caller's business
+ * (mixer_slots.c). */
+#include <math.h>
+#include <string.h>
+
+#include "kernels.h"
+
+/* Row-major C[M,N] = alpha op(A) op(B) + beta C; ta/tb nonzero transpose. */
+static void gemm(int ta, int tb, int M, int N, int K, real alpha, const real *A, int lda,
+                 const real *Bm, int ldb, real beta, real *C, int ldc) {
+    cblas_gemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans,
+               M, N, K, alpha, A, lda, Bm, ldb, beta, C, ldc);
+}
+
+/* Index of the last key query i sees, -1 when it sees none. */
+static int xattn_hi(const xattn_dims *d, int i) {
+    int hi = d->Tk - 1;
+    if (d->causal && i + d->offset < hi) hi = i + d->offset;
+    return hi < -1 ? -1 : hi;
+}
+
+/* Copy the D-wide rows (row stride ld) of one head into dst[T,D]. */
+static void gather(real *dst, const real *src, int T, int D, int ld) {
+    for (int t = 0; t < T; t++)
+        memcpy(dst + (size_t)t * D, src + (size_t)t * ld, (size_t)D * sizeof(real));
+}
+
+/* Scratch of the fast path: Q, dO [Tq,D], K, V [Tk,D] and dP [Tq,Tk]. */
+size_t xattn_scratch_size(const xattn_dims *d) {
+    return (size_t)(2 * d->Tq + 2 * d->Tk) * d->D + (size_t)d->Tq * d->Tk;
+}
+
+/* Fast forward: contract in kernels.h. att rows are exact zeros outside the
+ * visible keys, so the backward can use whole rows as GEMM operands. */
+void xattn_forward(real *out, real *att, const real *q, const real *k, const real *v,
+                   const xattn_dims *d, real *scratch) {
+    const int Tq = d->Tq, Tk = d->Tk, H = d->H, D = d->D;
+    if (Tq <= 0) return;
+    const real scale = RSQRT((real)D);
+    real *Q = scratch, *K = Q + (size_t)Tq * D, *V = K + (size_t)Tk * D;
+    for (int b = 0; b < d->B; b++)
+        for (int h = 0; h < H; h++) {
+            real *A = att + ((size_t)b * H + h) * Tq * Tk;
+            real *O = out + b * d->bo + (size_t)h * D;
+            if (Tk <= 0) {
+                for (int i = 0; i < Tq; i++) memset(O + (size_t)i * d->ldo, 0, sizeof(real) * D);
+                continue;
+            }
+            gather(Q, q + b * d->bq + (size_t)h * D, Tq, D, d->ldq);
+            gather(K, k + b * d->bk + (size_t)h * D, Tk, D, d->ldk);
+            gather(V, v + b * d->bv + (size_t)h * D, Tk, D, d->ldv);
+            gemm(0, 1, Tq, Tk, D, scale, Q, D, K, D, 0, A, Tk);
+            for (int i = 0; i < Tq; i++) {
+                real *a = A + (size_t)i * Tk;
+                int hi = xattn_hi(d, i);
+                if (hi >= 0) {
+                    real mx = a[0];
+                    for (int j = 1; j <= hi; j++) mx = a[j] > mx ? a[j] : mx;
+                    real sum = 0;
+                    for (int j = 0; j <= hi; j++) {
+                        a[j] = REXP(a[j] - mx);
+                        sum += a[j];
+                    }
+                    real inv = 1 / sum;
+                    for (int j = 0; j <= hi; j++) a[j] *= inv;
+                }
+                memset(a + hi + 1, 0, sizeof(real) * (size_t)(Tk - hi - 1));
+            }
+            gemm(0, 0, Tq, D, Tk, 1, A, Tk, V, D, 0, O, d->ldo);
+        }
+}
+
+/* Fast backward: contract in kernels.h. With P the saved probabilities:
+ *   dV += P^T dO,  dP = dO V^T,  dS = P .* (dP - rowsum(dP .* P)),
+ *   dQ += scale dS K,  dK += scale dS^T Q,
+ * the accumulating GEMMs writing straight into the strided gradients. */
+void xattn_backward(real *dq, real *dk, real *dv, const real *dout, const real *q,
+                    const real *k, const real *v, const real *att, const xattn_dims *d,
+                    real *scratch) {
+    const int Tq = d->Tq, Tk = d->Tk, H = d->H, D = d->D;
+    if (Tq <= 0 || Tk <= 0 || (!dq && !dk && !dv)) return;
+    const real scale = RSQRT((real)D);
+    real *Q = scratch, *dO = Q + (size_t)Tq * D, *K = dO + (size_t)Tq * D;
+    real *V = K + (size_t)Tk * D, *dP = V + (size_t)Tk * D;
+    for (int b = 0; b < d->B; b++)
+        for (int h = 0; h < H; h++) {
+            const real *A = att + ((size_t)b * H + h) * Tq * Tk;
+            gather(dO, dout + b * d->bo + (size_t)h * D, Tq, D, d->ldo);
+            if (dv)
+                gemm(1, 0, Tk, D, Tq, 1, A, Tk, dO, D, 1, dv + b * d->bv + (size_t)h * D, d->ldv);
+            if (!dq && !dk) continue;
+            gather(Q, q + b * d->bq + (size_t)h * D, Tq, D, d->ldq);
+            gather(K, k + b * d->bk + (size_t)h * D, Tk, D, d->ldk);
+            gather(V, v + b * d->bv + (size_t)h * D, Tk, D, d->ldv);
+            gemm(0, 1, Tq, Tk, D, 1, dO, D, V, D, 0, dP, Tk);
+            for (int i = 0; i < Tq; i++) {
+                const real *p = A + (size_t)i * Tk;
+                real *ds = dP + (size_t)i * Tk;
+                real dot = 0;
+                for (int j = 0; j < Tk; j++) dot += ds[j] * p[j];
+                /* p is exactly 0 outside the visible keys, so is ds */
+                for (int j = 0; j < Tk; j++) ds[j] = p[j] * (ds[j] - dot);
+            }
+            if (dq)
+                gemm(0, 0, Tq, D, Tk, scale, dP, Tk, K, D, 1, dq + b * d->bq + (size_t)h * D,
+                     d->ldq);
+            if (dk)
+                gemm(1, 0, Tk, D, Tq, scale, dP, Tk, Q, D, 1, dk + b * d->bk + (size_t)h * D,
+                     d->ldk);
+        }
+}
+
+/* Naive forward, one query and one key at a time from the definition; the
+ * oracle of xattn_forward (same contract, no scratch). */
+void xattn_forward_ref(real *out, real *att, const real *q, const real *k, const real *v,
+                       const xattn_dims *d) {
+    const int Tq = d->Tq, Tk = d->Tk, H = d->H, D = d->D;
+    const real scale = RSQRT((real)D);
+    for (int b = 0; b < d->B; b++)
+        for (int h = 0; h < H; h++)
+            for (int i = 0; i < Tq; i++) {
+                const real *qi = q + b * d->bq + (size_t)i * d->ldq + (size_t)h * D;
+                real *a = att + (((size_t)b * H + h) * Tq + i) * Tk;
+                real *o = out + b * d->bo + (size_t)i * d->ldo + (size_t)h * D;
+                int hi = xattn_hi(d, i);
+                real mx = 0;
+                for (int j = 0; j < Tk; j++) {
+                    a[j] = 0;
+                    if (j > hi) continue;
+                    const real *kj = k + b * d->bk + (size_t)j * d->ldk + (size_t)h * D;
+                    real s = 0;
+                    for (int c = 0; c < D; c++) s += qi[c] * kj[c];
+                    a[j] = s * scale;
+                    if (j == 0 || a[j] > mx) mx = a[j];
+                }
+                real sum = 0;
+                for (int j = 0; j <= hi; j++) {
+                    a[j] = REXP(a[j] - mx);
+                    sum += a[j];
+                }
+                for (int j = 0; j <= hi; j++) a[j] /= sum;
+                for (int c = 0; c < D; c++) o[c] = 0;
+                for (int j = 0; j <= hi; j++) {
+                    const real *vj = v + b * d->bv + (size_t)j * d->ldv + (size_t)h * D;
+                    for (int c = 0; c < D; c++) o[c] += a[j] * vj[c];
+                }
+            }
+}
+
+/* Naive backward, oracle of xattn_backward. dP_ij = dO_i . v_j is recomputed
+ * in a second pass instead of stored, so no scratch is needed. */
+void xattn_backward_ref(real *dq, real *dk, real *dv, const real *dout, const real *q,
+                        const real *k, const real *v, const real *att, const xattn_dims *d) {
+    const int Tq = d->Tq, Tk = d->Tk, H = d->H, D = d->D;
+    const real scale = RSQRT((real)D);
+    for (int b = 0; b < d->B; b++)
+        for (int h = 0; h < H; h++)
+            for (int i = 0; i < Tq; i++) {
+                size_t qo = b * d->bq + (size_t)i * d->ldq + (size_t)h * D;
+                const real *a = att + (((size_t)b * H + h) * Tq + i) * Tk;
+                const real *g = dout + b * d->bo + (size_t)i * d->ldo + (size_t)h * D;
+                int hi = xattn_hi(d, i);
+                real dot = 0;
+                for (int j = 0; j <= hi; j++) {
+                    const real *vj = v + b * d->bv + (size_t)j * d->ldv + (size_t)h * D;
+                    real dp = 0;
+                    for (int c = 0; c < D; c++) dp += g[c] * vj[c];
+                    dot += dp * a[j];
+                }
+                for (int j = 0; j <= hi; j++) {
+                    size_t ko = b * d->bk + (size_t)j * d->ldk + (size_t)h * D;
+                    size_t vo = b * d->bv + (size_t)j * d->ldv + (size_t)h * D;
+                    real dp = 0;
+                    for (int c = 0; c < D; c++) dp += g[c] * v[vo + c];
+                    real ds = a[j] * (dp - dot) * scale;
+                    for (int c = 0; c < D; c++) {
+                        if (dv) dv[vo + c] += a[j] * g[c];
+                        if (dq) dq[qo + c] += ds * k[ko + c];
+                        if (dk) dk[ko + c] += ds * q[qo + c];
+                    }
+                }
+            }
+}

@@ -1,0 +1,74 @@
+/* linfam.h: pieces shared by the linear-family mixers (mixer_linear.c for
+ * linear, deltanet, gated_deltanet, mamba2 and based; mixer_mom.c for the
+ * mixture of memories): the names of the choices, the feature map on q and k,
+ * the per-head gates computed from the block input, and the output norm.
+ *
+ * Gates (per head, from the block input x, with z = x W^T):
+ *   beta = sigmoid(z_beta)                                  (delta rules)
+ *   g = -exp(A_log) * softplus(z_a + dt_bias + shift_h)     (decay rules; g <= 0)
+ * shift_h = softplus^{-1}(dt_h) with dt_h log-spaced over [dt_min, dt_max]
+ * across heads: with dt_bias and A_log starting at zero this is Mamba-2's
+ * initialisation of the time step (A starts at 1 instead of U[1,16]). A
+ * constant shift is exactly a different initial value of dt_bias, which has
+ * no weight decay, so AdamW follows the same path either way.
+ * Output norm (per head, weight [Dv] shared by the heads, eps LF_NORM_EPS):
+ *   rms:   y = RMSNorm(o) * w;   gated: y = RMSNorm(o) * w * silu(x W_gate^T)
+ * (norm before gate, as FLA's FusedRMSNormGated). */
+#ifndef MEMLAB_LINFAM_H
+#define MEMLAB_LINFAM_H
+
+#include <stddef.h>
+
+#include "real.h"
+
+enum { LF_IDENTITY = 0, LF_ELU1, LF_RELU, LF_SILU, LF_TAYLOR };   /* lf_fmap_names */
+enum { LF_ADDITIVE = 0, LF_DELTA, LF_DECAY, LF_GATED_DELTA };     /* lf_rule_names */
+enum { LF_ONORM_NONE = 0, LF_ONORM_RMS, LF_ONORM_GATED };         /* lf_onorm_names */
+enum { LF_CHUNKWISE = 0, LF_PARALLEL, LF_RECURRENT };             /* lf_form_names */
+
+extern const char *const lf_fmap_names[];
+extern const char *const lf_rule_names[];
+extern const char *const lf_onorm_names[];
+extern const char *const lf_form_names[];
+
+#define LF_L2_EPS 1e-6   /* inside the square root of the q, k L2 norm */
+#define LF_NORM_EPS 1e-5 /* inside the square root of the output RMSNorm */
+
+/* Does the rule use beta (delta) / g (decay)? */
+int lf_rule_delta(int rule);
+int lf_rule_decay(int rule);
+/* Width of the feature map's output for input width D (taylor: 1+D+D(D+1)/2). */
+int lf_fmap_width(int fmap, int D);
+
+/* phi of `rows` rows of width D (row r at x + r*ldx) into out + r*ldo. */
+void lf_map_forward(real *out, const real *x, int rows, int D, int ldx, int ldo, int fmap);
+/* dx += J^T dout for the same rows. */
+void lf_map_backward(real *dx, const real *dout, const real *x, int rows, int D, int ldx,
+                     int ldo, int fmap);
+
+/* shift[H]: per-head softplus^{-1} of the log-spaced initial time step. */
+void lf_dt_shift(real *shift, int H, double dt_min, double dt_max);
+/* In place: beta[n] = sigmoid(beta[n]). */
+void lf_beta_forward(real *beta, size_t n);
+/* dz[n] += dbeta * beta (1 - beta). */
+void lf_beta_backward(real *dz, const real *dbeta, const real *beta, size_t n);
+/* z[N,ld] in place += dt_bias[h] + shift[h], h = column % H; then
+ * g = -exp(A_log[h]) softplus(z) (torch's softplus: z above 20 is kept). */
+void lf_decay_forward(real *g, real *z, const real *A_log, const real *dt_bias,
+                      const real *shift, int N, int H, int ld);
+/* dz[N,ld] = dg * dg/dz (overwritten: it is the gradient of the projection's
+ * output), dA_log[H] += sum dg g, ddt_bias[H] += sum dz. z is the shifted z. */
+void lf_decay_backward(real *dz, real *dA_log, real *ddt_bias, const real *dg, const real *g,
+                       const real *z, const real *A_log, int N, int H, int ld);
+
+/* Output norm of o [N, H*Dv] into y (rms or gated; none is the caller's
+ * shortcut y = o): on [N,H*Dv] the normalised o, rstd [N*H]; gz [N,H*Dv] the
+ * gate's pre-activation (gated only). */
+void lf_outnorm_forward(real *y, real *on, real *rstd, const real *o, const real *w,
+                        const real *gz, int N, int H, int Dv, int kind);
+/* do += d/do, dw += d/dw, dgz += d/dgz (gated) of dy . y; tmp [N,H*Dv]. */
+void lf_outnorm_backward(real *dout_o, real *dw, real *dgz, const real *dy, const real *o,
+                         const real *on, const real *rstd, const real *w, const real *gz,
+                         int N, int H, int Dv, int kind, real *tmp);
+
+#endif

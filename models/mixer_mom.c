@@ -1,0 +1,567 @@
+/* mixer_mom.c: Mixture-of-Memories (Du et al. 2025) as a mixer.
+ *
+ * Dimension letters: B batch, T time, N = B*T tokens, C d_model, H heads,
+ * Dk key width, Dv = C/H value width, F feature width, E routed memories,
+ * K selected per token, Mt = E (+1 with the shared memory).
+ *   q = phi(x Wq^T) (shared by every memory; feature map then L2 per head)
+ *   memory m (m < Mt; m = E is the shared one): k_m = phi(x Wk_m^T),
+ *     v_m = x Wv_m^T, beta_m = sigmoid(x Wbeta_m^T), g_m = -exp(A_log)
+ *     softplus(x Wdecay_m^T + dt_bias + shift) (A_log, dt_bias shared)
+ *   router: p_t = softmax(x_t Wrouter^T) over E, R_t = top-K(p_t),
+ *     w_t^m = p_t^m / sum_{j in R_t} p_t^j
+ *   memory m < E is updated only at tokens routed to it and frozen (no decay
+ *     either) elsewhere; the shared memory sees every token
+ *   o_t = sum_{m in R_t} w_t^m S_t^m^T q_t + S_t^shared^T q_t
+ *   out = OutNorm(o) Wo^T + bo         (as the linear family: none, rms, gated)
+ *   aux = aux_coef * E * sum_e frac_e mean_e  (frac: share of tokens selecting e,
+ *     no gradient; mean: mean router probability), added to the training loss.
+ * Each memory's base rule is chosen by `rule` (additive without normaliser,
+ * decay, delta, gated_delta), computed by gated_delta.c.
+ *
+ * A frozen memory is what running the rule on only the tokens routed to it
+ * gives, so the forward gathers, per sequence and memory, the routed tokens
+ * into a compact sequence, runs the rule on it (B = 1, its own length), and
+ * scatters the outputs back weighted; the cost is K/E of running every memory
+ * on every token. Top-K is not differentiable: the backward holds the
+ * selection fixed (router.c); with K = 1 the renormalised weight is 1 and the
+ * router learns from the load-balancing loss alone.
+ * Statistics (per layer): router_frac_<e>, the share of tokens routed to e.
+ * State size: H * Mt * F * Dv (no normaliser). */
+#include <stddef.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "kernels.h"
+#include "linfam.h"
+#include "mixer.h"
+
+typedef struct mom_cfg {
+    int heads;
+    int memories;    /* E */
+    int topk;        /* K */
+    int shared;      /* one memory that sees every token */
+    int rule;        /* lf_rule_names */
+    int feature_map; /* lf_fmap_names */
+    int feature_dim; /* per-head width of q and k, 0 = d_model / heads */
+    int qk_l2norm;
+    int out_norm;    /* lf_onorm_names */
+    double aux_coef;
+    double dt_min, dt_max;
+    int chunk;
+    int form;        /* mom_forms */
+} mom_cfg;
+
+static const char *const mom_forms[] = {"chunkwise", "recurrent", NULL};
+
+static const ml_field mom_fields[] = {
+    {"heads", FT_INT, offsetof(mom_cfg, heads), 1, 4096, NULL, "1",
+     "heads; d_model must be divisible by heads"},
+    {"memories", FT_INT, offsetof(mom_cfg, memories), 1, 64, NULL, "4",
+     "routed memories E, each with its own k, v, beta and decay projections"},
+    {"topk", FT_INT, offsetof(mom_cfg, topk), 1, 64, NULL, "2",
+     "memories K selected per token (at most memories); weights renormalised over them"},
+    {"shared", FT_BOOL, offsetof(mom_cfg, shared), 0, 1, NULL, "true",
+     "add a shared memory that sees every token (weight 1)"},
+    {"rule", FT_ENUM, offsetof(mom_cfg, rule), 0, 0, lf_rule_names, "gated_delta",
+     "each memory's update: additive (no normaliser), delta, decay, gated_delta"},
+    {"feature_map", FT_ENUM, offsetof(mom_cfg, feature_map), 0, 0, lf_fmap_names, "silu",
+     "feature map on q and k: identity, elu1, relu, silu, taylor"},
+    {"feature_dim", FT_INT, offsetof(mom_cfg, feature_dim), 0, 256, NULL, "0",
+     "per-head width of q and k before the feature map (0 = d_model/heads)"},
+    {"qk_l2norm", FT_BOOL, offsetof(mom_cfg, qk_l2norm), 0, 1, NULL, "true",
+     "L2-normalise q and k per head after the feature map"},
+    {"out_norm", FT_ENUM, offsetof(mom_cfg, out_norm), 0, 0, lf_onorm_names, "gated",
+     "output norm per head: none, rms, gated (RMSNorm(o) * silu(x Wgate))"},
+    {"aux_coef", FT_REAL, offsetof(mom_cfg, aux_coef), 0, 100, NULL, "0.01",
+     "weight of the load-balancing loss E * sum_e frac_e * mean_p_e added to the loss"},
+    {"dt_min", FT_REAL, offsetof(mom_cfg, dt_min), 1e-6, 10, NULL, "0.001",
+     "decay rules: smallest initial time step (heads log-spaced from dt_min to dt_max)"},
+    {"dt_max", FT_REAL, offsetof(mom_cfg, dt_max), 1e-6, 10, NULL, "0.1",
+     "decay rules: largest initial time step"},
+    {"chunk", FT_INT, offsetof(mom_cfg, chunk), 1, 1e6, NULL, "64",
+     "chunk length of the chunkwise form (and checkpoint spacing of the recurrent one)"},
+    {"form", FT_ENUM, offsetof(mom_cfg, form), 0, 0, mom_forms, "chunkwise",
+     "computation of each memory: chunkwise (GEMM) or recurrent (per token)"},
+    {NULL, 0, 0, 0, 0, NULL, NULL, NULL},
+};
+
+/* Sizes of one call. */
+typedef struct mom_dims {
+    int B, T, C, N, H, Dk, Dv, F, HF, Cq;
+    int E, K, Mt;
+    int delta, decay, onorm, gated;
+} mom_dims;
+
+static mom_dims mom_dims_of(const mom_cfg *c, int B, int T, int C) {
+    mom_dims d;
+    memset(&d, 0, sizeof d);
+    d.B = B, d.T = T, d.C = C, d.N = B * T, d.H = c->heads;
+    d.Dv = C / c->heads;
+    d.Dk = c->feature_dim > 0 ? c->feature_dim : d.Dv;
+    d.F = lf_fmap_width(c->feature_map, d.Dk);
+    d.HF = d.H * d.F;
+    d.Cq = d.H * d.Dk;
+    d.E = c->memories, d.K = c->topk, d.Mt = c->memories + (c->shared ? 1 : 0);
+    d.delta = lf_rule_delta(c->rule);
+    d.decay = lf_rule_decay(c->rule);
+    d.onorm = c->out_norm != LF_ONORM_NONE;
+    d.gated = c->out_norm == LF_ONORM_GATED;
+    return d;
+}
+
+/* The rule's dims for a compact sequence of n tokens of one memory (B = 1,
+ * rows contiguous) or, with n < 0, for the shared memory over the batch
+ * (rows read in place from the per-token blocks of every memory). */
+static gdelta_dims mom_gd(const mom_cfg *c, const mom_dims *d, int n) {
+    gdelta_dims g;
+    memset(&g, 0, sizeof g);
+    g.H = d->H, g.Dk = d->F, g.Dv = d->Dv;
+    g.delta = d->delta, g.decay = d->decay;
+    g.chunk = c->chunk;
+    g.form = c->form == 1 ? GD_RECURRENT : GD_CHUNKWISE;
+    if (n >= 0) {
+        g.B = 1, g.T = n;
+        g.q_stride = g.k_stride = d->HF, g.v_stride = d->C, g.gate_stride = d->H;
+    } else {
+        g.B = d->B, g.T = d->T;
+        g.q_stride = d->HF, g.k_stride = d->Mt * d->HF, g.v_stride = d->Mt * d->C;
+        g.gate_stride = d->Mt * d->H;
+    }
+    return g;
+}
+
+static int mom_validate(const void *cfg, int C, ml_error *e) {
+    const mom_cfg *c = cfg;
+    if (C % c->heads != 0)
+        return ML_FAIL(e, "heads: d_model %d is not divisible by heads %d", C, c->heads);
+    if (c->topk > c->memories)
+        return ML_FAIL(e, "topk: %d is more than the %d memories", c->topk, c->memories);
+    if (c->dt_min > c->dt_max)
+        return ML_FAIL(e, "dt_min: %g is larger than dt_max %g", c->dt_min, c->dt_max);
+    return 0;
+}
+
+static void mom_declare(const void *cfg, int C, ml_param_sink *s) {
+    mom_dims d = mom_dims_of(cfg, 1, 1, C);
+    param_declare(s, "wq", d.Cq, C, INIT_NORMAL, 1);
+    param_declare(s, "wk", d.Mt * d.Cq, C, INIT_NORMAL, 1);
+    param_declare(s, "wv", d.Mt * C, C, INIT_NORMAL, 1);
+    if (d.delta) param_declare(s, "wbeta", d.Mt * d.H, C, INIT_NORMAL, 1);
+    if (d.decay) {
+        param_declare(s, "wdecay", d.Mt * d.H, C, INIT_NORMAL, 1);
+        param_declare(s, "A_log", d.H, 1, INIT_ZEROS, 0);
+        param_declare(s, "dt_bias", d.H, 1, INIT_ZEROS, 0);
+    }
+    param_declare(s, "wrouter", d.E, C, INIT_NORMAL, 1);
+    if (d.onorm) param_declare(s, "onorm.w", d.Dv, 1, INIT_ONES, 0);
+    if (d.gated) param_declare(s, "wgate", C, C, INIT_NORMAL, 1);
+    param_declare(s, "wo", C, C, INIT_NORMAL, 1);
+    param_declare(s, "bo", C, 1, INIT_ZEROS, 0);
+}
+
+typedef struct mom_ptrs {
+    real *wq, *wk, *wv, *wbeta, *wdecay, *A_log, *dt_bias, *wrouter, *onw, *wgate, *wo, *bo;
+} mom_ptrs;
+
+static mom_ptrs mom_unpack(const mom_cfg *c, real *const *p) {
+    mom_dims d = mom_dims_of(c, 1, 1, c->heads); /* only the switches are read */
+    mom_ptrs r;
+    memset(&r, 0, sizeof r);
+    int i = 0;
+    r.wq = p[i++];
+    r.wk = p[i++];
+    r.wv = p[i++];
+    if (d.delta) r.wbeta = p[i++];
+    if (d.decay) {
+        r.wdecay = p[i++];
+        r.A_log = p[i++];
+        r.dt_bias = p[i++];
+    }
+    r.wrouter = p[i++];
+    if (d.onorm) r.onw = p[i++];
+    if (d.gated) r.wgate = p[i++];
+    r.wo = p[i++];
+    r.bo = p[i++];
+    return r;
+}
+
+/* Reals that hold n ints (the selection lives in the real-typed act). */
+static size_t ints_as_reals(size_t n) {
+    return (n * sizeof(int) + sizeof(real) - 1) / sizeof(real);
+}
+
+/* Activations, in order; absent pieces take no room. */
+typedef struct mom_acts {
+    real *qraw, *phq, *qrn;  /* [N,Cq], [N,HF], [N*H] */
+    real *kraw, *phk, *krn;  /* [N,Mt,Cq], [N,Mt,HF], [N*Mt*H] */
+    real *v;                 /* [N,Mt,C] */
+    real *beta, *za, *g;     /* [N,Mt,H] */
+    real *p, *rw;            /* [N,E] router probabilities, [N,K] weights */
+    int *sel;                /* [N,K] selected memories */
+    real *omem;              /* [N,K,C] output of each selected memory */
+    real *o, *on, *rstd, *gz, *y; /* [N,C], [N,C], [N*H], [N,C], [N,C] */
+    real *save;              /* E*B compact saves, then the shared memory's */
+    size_t save_one;         /* reals per compact save */
+} mom_acts;
+
+static size_t mom_acts_at(const mom_cfg *c, const mom_dims *d, real *base, mom_acts *a) {
+    size_t N = (size_t)d->N, used = 0, Mt = (size_t)d->Mt;
+#define TAKE(p, n) (a->p = base ? base + used : NULL, used += (n))
+    memset(a, 0, sizeof *a);
+    TAKE(qraw, N * d->Cq);
+    TAKE(phq, N * d->HF);
+    if (c->qk_l2norm) TAKE(qrn, N * d->H);
+    TAKE(kraw, N * Mt * d->Cq);
+    TAKE(phk, N * Mt * d->HF);
+    if (c->qk_l2norm) TAKE(krn, N * Mt * d->H);
+    TAKE(v, N * Mt * d->C);
+    if (d->delta) TAKE(beta, N * Mt * d->H);
+    if (d->decay) {
+        TAKE(za, N * Mt * d->H);
+        TAKE(g, N * Mt * d->H);
+    }
+    TAKE(p, N * d->E);
+    TAKE(rw, N * d->K);
+    a->sel = base ? (int *)(void *)(base + used) : NULL;
+    used += ints_as_reals(N * d->K);
+    TAKE(omem, N * d->K * d->C);
+    TAKE(o, N * d->C);
+    if (d->onorm) {
+        TAKE(on, N * d->C);
+        TAKE(rstd, N * d->H);
+    }
+    if (d->gated) {
+        TAKE(gz, N * d->C);
+        TAKE(y, N * d->C);
+    }
+    gdelta_dims one = mom_gd(c, d, d->T), sh = mom_gd(c, d, -1);
+    a->save_one = gdelta_save_size(&one);
+    TAKE(save, (size_t)d->E * d->B * a->save_one + (c->shared ? gdelta_save_size(&sh) : 0));
+#undef TAKE
+    return used;
+}
+
+/* Scratch: the rule's, the compact sequences of one memory, the gradients. */
+typedef struct mom_scr {
+    real *core, *shift, *logits, *frac, *mean, *dp_all;
+    int *idx;                              /* [T] routed (token * K + slot) */
+    real *cq, *ck, *cv, *cb, *cg, *co;     /* compact inputs [T,HF|C|H], output [T,C] */
+    real *cdo, *cdq, *cdk, *cdv, *cdb, *cdg;
+    real *dy, *tmp, *dO, *dgz;             /* [N,C] */
+    real *dphq, *dphq_raw, *dqraw;         /* [N,HF], [N,HF], [N,Cq] */
+    real *dphk, *dphk_raw, *dkraw;         /* [N,Mt,HF], [N,Mt,HF], [N,Mt,Cq] */
+    real *dv;                              /* [N,Mt,C] */
+    real *dbeta, *dg, *dz;                 /* [N,Mt,H] */
+    real *drw, *dlogits;                   /* [N,K], [N,E] */
+} mom_scr;
+
+static size_t mom_scr_at(const mom_cfg *c, const mom_dims *d, real *base, mom_scr *s) {
+    size_t N = (size_t)d->N, T = (size_t)d->T, Mt = (size_t)d->Mt, used = 0;
+    size_t HF = (size_t)d->HF, C = (size_t)d->C, H = (size_t)d->H;
+#define TAKE(p, n) (s->p = base ? base + used : NULL, used += (n))
+    memset(s, 0, sizeof *s);
+    gdelta_dims one = mom_gd(c, d, d->T), sh = mom_gd(c, d, -1);
+    size_t core = gdelta_scratch_size(&one), core_sh = gdelta_scratch_size(&sh);
+    TAKE(core, core > core_sh ? core : core_sh);
+    if (d->decay) TAKE(shift, H);
+    TAKE(logits, N * d->E);
+    TAKE(frac, (size_t)d->E);
+    TAKE(mean, (size_t)d->E);
+    TAKE(dp_all, (size_t)d->E);
+    s->idx = base ? (int *)(void *)(base + used) : NULL;
+    used += ints_as_reals(T);
+    TAKE(cq, T * HF);
+    TAKE(ck, T * HF);
+    TAKE(cv, T * C);
+    TAKE(cb, T * H);
+    TAKE(cg, T * H);
+    TAKE(co, T * C);
+    TAKE(cdo, T * C);
+    TAKE(cdq, T * HF);
+    TAKE(cdk, T * HF);
+    TAKE(cdv, T * C);
+    TAKE(cdb, T * H);
+    TAKE(cdg, T * H);
+    if (d->onorm) {
+        TAKE(dy, N * C);
+        TAKE(tmp, N * C);
+    }
+    TAKE(dO, N * C);
+    if (d->gated) TAKE(dgz, N * C);
+    TAKE(dphq, N * HF);
+    if (c->qk_l2norm) TAKE(dphq_raw, N * HF);
+    TAKE(dqraw, N * d->Cq);
+    TAKE(dphk, N * Mt * HF);
+    if (c->qk_l2norm) TAKE(dphk_raw, N * Mt * HF);
+    TAKE(dkraw, N * Mt * d->Cq);
+    TAKE(dv, N * Mt * C);
+    if (d->delta) TAKE(dbeta, N * Mt * H);
+    if (d->decay) TAKE(dg, N * Mt * H);
+    if (d->delta || d->decay) TAKE(dz, N * Mt * H);
+    TAKE(drw, N * d->K);
+    TAKE(dlogits, N * d->E);
+#undef TAKE
+    return used;
+}
+
+static size_t mom_act_size(const void *cfg, int B, int T, int C) {
+    mom_dims d = mom_dims_of(cfg, B, T, C);
+    mom_acts a;
+    return mom_acts_at(cfg, &d, NULL, &a);
+}
+
+static size_t mom_scratch_size(const void *cfg, int B, int T, int C) {
+    mom_dims d = mom_dims_of(cfg, B, T, C);
+    mom_scr s;
+    return mom_scr_at(cfg, &d, NULL, &s);
+}
+
+/* The tokens of sequence b routed to memory m, in time order, as
+ * token * K + slot (token within the sequence). Returns their number. */
+static int mom_routed(int *idx, const int *sel, int b, int m, const mom_dims *d) {
+    int n = 0;
+    for (int t = 0; t < d->T; t++)
+        for (int j = 0; j < d->K; j++)
+            if (sel[((size_t)b * d->T + t) * d->K + j] == m) idx[n++] = t * d->K + j;
+    return n;
+}
+
+/* Copy memory m's rows of the routed tokens of sequence b into the compact
+ * buffers (q is shared; beta and g only when the rule uses them). */
+static void mom_gather(const mom_scr *s, const mom_acts *a, const int *idx, int n, int b,
+                       int m, const mom_dims *d) {
+    const size_t HF = (size_t)d->HF, C = (size_t)d->C, H = (size_t)d->H, Mt = (size_t)d->Mt;
+    for (int i = 0; i < n; i++) {
+        size_t r = (size_t)b * d->T + idx[i] / d->K;
+        memcpy(s->cq + i * HF, a->phq + r * HF, HF * sizeof(real));
+        memcpy(s->ck + i * HF, a->phk + (r * Mt + m) * HF, HF * sizeof(real));
+        memcpy(s->cv + i * C, a->v + (r * Mt + m) * C, C * sizeof(real));
+        if (d->delta) memcpy(s->cb + i * H, a->beta + (r * Mt + m) * H, H * sizeof(real));
+        if (d->decay) memcpy(s->cg + i * H, a->g + (r * Mt + m) * H, H * sizeof(real));
+    }
+}
+
+static void mom_forward(const mixer_call *mc, real *out, const real *x) {
+    const mom_cfg *c = mc->cfg;
+    mom_dims d = mom_dims_of(c, mc->B, mc->T, mc->C);
+    mom_ptrs p = mom_unpack(c, mc->p);
+    mom_acts a;
+    mom_scr s;
+    mom_acts_at(c, &d, mc->act, &a);
+    mom_scr_at(c, &d, mc->scratch, &s);
+    const int N = d.N, C = d.C, H = d.H, Mt = d.Mt, E = d.E, K = d.K;
+
+    /* projections, feature maps, gates */
+    linear_forward(a.qraw, x, p.wq, NULL, N, C, d.Cq);
+    lf_map_forward(a.phq, a.qraw, N * H, d.Dk, d.Dk, d.F, c->feature_map);
+    linear_forward(a.kraw, x, p.wk, NULL, N, C, Mt * d.Cq);
+    lf_map_forward(a.phk, a.kraw, N * Mt * H, d.Dk, d.Dk, d.F, c->feature_map);
+    if (c->qk_l2norm) {
+        l2norm_forward(a.phq, a.qrn, a.phq, N * H, d.F, (real)LF_L2_EPS);
+        l2norm_forward(a.phk, a.krn, a.phk, N * Mt * H, d.F, (real)LF_L2_EPS);
+    }
+    linear_forward(a.v, x, p.wv, NULL, N, C, Mt * C);
+    if (d.delta) {
+        linear_forward(a.beta, x, p.wbeta, NULL, N, C, Mt * H);
+        lf_beta_forward(a.beta, (size_t)N * Mt * H);
+    }
+    if (d.decay) {
+        lf_dt_shift(s.shift, H, c->dt_min, c->dt_max);
+        linear_forward(a.za, x, p.wdecay, NULL, N, C, Mt * H);
+        lf_decay_forward(a.g, a.za, p.A_log, p.dt_bias, s.shift, N, H, Mt * H);
+    }
+
+    /* routing, load balancing, statistics */
+    linear_forward(s.logits, x, p.wrouter, NULL, N, C, E);
+    router_forward(a.p, a.sel, a.rw, s.logits, N, E, K);
+    double bal = router_balance(s.frac, s.mean, a.p, a.sel, N, E, K);
+    if (mc->aux_loss) *mc->aux_loss += c->aux_coef * bal;
+    if (mc->stats)
+        for (int e = 0; e < E; e++) mc->stats[e] += s.frac[e];
+
+    /* the routed memories on their own tokens, then the shared one */
+    memset(a.o, 0, sizeof(real) * (size_t)N * C);
+    for (int b = 0; b < d.B; b++)
+        for (int m = 0; m < E; m++) {
+            int n = mom_routed(s.idx, a.sel, b, m, &d);
+            if (n == 0) continue;
+            mom_gather(&s, &a, s.idx, n, b, m, &d);
+            gdelta_dims gd = mom_gd(c, &d, n);
+            gdelta_forward(s.co, a.save + ((size_t)b * E + m) * a.save_one, s.cq, s.ck, s.cv,
+                           s.cb, s.cg, &gd, s.core);
+            for (int i = 0; i < n; i++) {
+                size_t slot = (size_t)b * d.T * K + s.idx[i];
+                real wgt = a.rw[slot];
+                real *om = a.omem + slot * C, *o = a.o + (slot / K) * C;
+                memcpy(om, s.co + (size_t)i * C, sizeof(real) * (size_t)C);
+                for (int j = 0; j < C; j++) o[j] += wgt * om[j];
+            }
+        }
+    if (c->shared) {
+        gdelta_dims gd = mom_gd(c, &d, -1);
+        real *osh = s.dO; /* free until the backward */
+        gdelta_forward(osh, a.save + (size_t)E * d.B * a.save_one, a.phq, a.phk + (size_t)E * d.HF,
+                       a.v + (size_t)E * C, d.delta ? a.beta + (size_t)E * H : NULL,
+                       d.decay ? a.g + (size_t)E * H : NULL, &gd, s.core);
+        for (size_t i = 0; i < (size_t)N * C; i++) a.o[i] += osh[i];
+    }
+
+    const real *y = a.o;
+    if (d.onorm) {
+        if (d.gated) linear_forward(a.gz, x, p.wgate, NULL, N, C, C);
+        real *yy = d.gated ? a.y : a.on;
+        lf_outnorm_forward(yy, a.on, a.rstd, a.o, p.onw, a.gz, N, H, d.Dv, c->out_norm);
+        y = yy;
+    }
+    linear_forward(out, y, p.wo, p.bo, N, C, C);
+}
+
+static void mom_backward(const mixer_call *mc, real *dx, const real *dout, const real *x) {
+    const mom_cfg *c = mc->cfg;
+    mom_dims d = mom_dims_of(c, mc->B, mc->T, mc->C);
+    mom_ptrs p = mom_unpack(c, mc->p);
+    mom_ptrs gp = mom_unpack(c, mc->dp);
+    mom_acts a;
+    mom_scr s;
+    mom_acts_at(c, &d, mc->act, &a);
+    mom_scr_at(c, &d, mc->scratch, &s);
+    const int N = d.N, C = d.C, H = d.H, Mt = d.Mt, E = d.E, K = d.K;
+    const size_t NC = (size_t)N * C, HF = (size_t)d.HF, NMH = (size_t)N * Mt * H;
+
+    /* output projection and norm: dO = d o */
+    const real *y = d.onorm ? (d.gated ? a.y : a.on) : a.o;
+    memset(s.dO, 0, NC * sizeof(real));
+    if (d.onorm) {
+        memset(s.dy, 0, NC * sizeof(real));
+        linear_backward(s.dy, gp.wo, gp.bo, dout, y, p.wo, N, C, C);
+        if (d.gated) memset(s.dgz, 0, NC * sizeof(real));
+        lf_outnorm_backward(s.dO, gp.onw, s.dgz, s.dy, a.o, a.on, a.rstd, p.onw, a.gz, N, H,
+                            d.Dv, c->out_norm, s.tmp);
+        if (d.gated) linear_backward(dx, gp.wgate, NULL, s.dgz, x, p.wgate, N, C, C);
+    } else {
+        linear_backward(s.dO, gp.wo, gp.bo, dout, y, p.wo, N, C, C);
+    }
+
+    /* the routed memories: gather, backward on the compact sequence, scatter */
+    memset(s.dphq, 0, (size_t)N * HF * sizeof(real));
+    memset(s.dphk, 0, (size_t)N * Mt * HF * sizeof(real));
+    memset(s.dv, 0, NC * Mt * sizeof(real));
+    if (d.delta) memset(s.dbeta, 0, NMH * sizeof(real));
+    if (d.decay) memset(s.dg, 0, NMH * sizeof(real));
+    for (size_t slot = 0; slot < (size_t)N * K; slot++) {
+        const real *om = a.omem + slot * C, *dO = s.dO + (slot / K) * C;
+        real v = 0;
+        for (int j = 0; j < C; j++) v += om[j] * dO[j];
+        s.drw[slot] = v;
+    }
+    for (int b = 0; b < d.B; b++)
+        for (int m = 0; m < E; m++) {
+            int n = mom_routed(s.idx, a.sel, b, m, &d);
+            if (n == 0) continue;
+            mom_gather(&s, &a, s.idx, n, b, m, &d);
+            for (int i = 0; i < n; i++) {
+                size_t slot = (size_t)b * d.T * K + s.idx[i];
+                const real *dO = s.dO + (slot / K) * C;
+                for (int j = 0; j < C; j++) s.cdo[(size_t)i * C + j] = a.rw[slot] * dO[j];
+            }
+            memset(s.cdq, 0, (size_t)n * HF * sizeof(real));
+            memset(s.cdk, 0, (size_t)n * HF * sizeof(real));
+            memset(s.cdv, 0, (size_t)n * C * sizeof(real));
+            memset(s.cdb, 0, (size_t)n * H * sizeof(real));
+            memset(s.cdg, 0, (size_t)n * H * sizeof(real));
+            gdelta_dims gd = mom_gd(c, &d, n);
+            gdelta_backward(s.cdq, s.cdk, s.cdv, s.cdb, s.cdg, s.cdo,
+                            a.save + ((size_t)b * E + m) * a.save_one, s.cq, s.ck, s.cv, s.cb,
+                            s.cg, &gd, s.core);
+            for (int i = 0; i < n; i++) {
+                size_t r = (size_t)b * d.T + s.idx[i] / K, rm = r * Mt + m;
+                for (size_t j = 0; j < HF; j++) {
+                    s.dphq[r * HF + j] += s.cdq[i * HF + j];
+                    s.dphk[rm * HF + j] += s.cdk[i * HF + j];
+                }
+                for (int j = 0; j < C; j++) s.dv[rm * C + j] += s.cdv[(size_t)i * C + j];
+                for (int j = 0; j < H; j++) {
+                    if (d.delta) s.dbeta[rm * H + j] += s.cdb[(size_t)i * H + j];
+                    if (d.decay) s.dg[rm * H + j] += s.cdg[(size_t)i * H + j];
+                }
+            }
+        }
+    if (c->shared) {
+        gdelta_dims gd = mom_gd(c, &d, -1);
+        gdelta_backward(s.dphq, s.dphk + (size_t)E * HF, s.dv + (size_t)E * C,
+                        d.delta ? s.dbeta + (size_t)E * H : NULL,
+                        d.decay ? s.dg + (size_t)E * H : NULL, s.dO,
+                        a.save + (size_t)E * d.B * a.save_one, a.phq, a.phk + (size_t)E * HF,
+                        a.v + (size_t)E * C, d.delta ? a.beta + (size_t)E * H : NULL,
+                        d.decay ? a.g + (size_t)E * H : NULL, &gd, s.core);
+    }
+
+    /* router: the weights' gradient and the load-balancing loss's, d aux /
+     * d p[n,e] = aux_coef * E * frac_e / N */
+    router_balance(s.frac, s.mean, a.p, a.sel, N, E, K);
+    for (int e = 0; e < E; e++) s.dp_all[e] = (real)(c->aux_coef * E * s.frac[e] / N);
+    memset(s.dlogits, 0, (size_t)N * E * sizeof(real));
+    router_backward(s.dlogits, s.drw, s.dp_all, a.p, a.sel, a.rw, N, E, K);
+    linear_backward(dx, gp.wrouter, NULL, s.dlogits, x, p.wrouter, N, C, E);
+
+    /* gates */
+    if (d.delta) {
+        memset(s.dz, 0, NMH * sizeof(real));
+        lf_beta_backward(s.dz, s.dbeta, a.beta, NMH);
+        linear_backward(dx, gp.wbeta, NULL, s.dz, x, p.wbeta, N, C, Mt * H);
+    }
+    if (d.decay) {
+        lf_decay_backward(s.dz, gp.A_log, gp.dt_bias, s.dg, a.g, a.za, p.A_log, N, H, Mt * H);
+        linear_backward(dx, gp.wdecay, NULL, s.dz, x, p.wdecay, N, C, Mt * H);
+    }
+
+    /* values, then q and k through the L2 norm and the feature map */
+    linear_backward(dx, gp.wv, NULL, s.dv, x, p.wv, N, C, Mt * C);
+    const real *dq = s.dphq, *dk = s.dphk;
+    if (c->qk_l2norm) {
+        memset(s.dphq_raw, 0, (size_t)N * HF * sizeof(real));
+        memset(s.dphk_raw, 0, (size_t)N * Mt * HF * sizeof(real));
+        l2norm_backward(s.dphq_raw, s.dphq, a.phq, a.qrn, N * H, d.F);
+        l2norm_backward(s.dphk_raw, s.dphk, a.phk, a.krn, N * Mt * H, d.F);
+        dq = s.dphq_raw;
+        dk = s.dphk_raw;
+    }
+    memset(s.dqraw, 0, (size_t)N * d.Cq * sizeof(real));
+    memset(s.dkraw, 0, (size_t)N * Mt * d.Cq * sizeof(real));
+    lf_map_backward(s.dqraw, dq, a.qraw, N * H, d.Dk, d.Dk, d.F, c->feature_map);
+    lf_map_backward(s.dkraw, dk, a.kraw, N * Mt * H, d.Dk, d.Dk, d.F, c->feature_map);
+    linear_backward(dx, gp.wq, NULL, s.dqraw, x, p.wq, N, C, d.Cq);
+    linear_backward(dx, gp.wk, NULL, s.dkraw, x, p.wk, N, C, Mt * d.Cq);
+}
+
+/* (E + shared) states of F x Dv per head; nothing grows with T. */
+static long mom_state_size(const void *cfg, int C, int T) {
+    mom_dims d = mom_dims_of(cfg, 1, 1, C);
+    return (long)d.H * d.Mt * d.F * d.Dv;
+}
+
+static int mom_n_stats(const void *cfg) { return ((const mom_cfg *)cfg)->memories; }
+
+static void mom_stat_name(const void *cfg, int i, char *buf, size_t cap) {
+    snprintf(buf, cap, "router_frac_%d", i);
+}
+
+const ml_mixer mixer_mom = {
+    .name = "mom",
+    .help = "Mixture-of-Memories: E linear-family memories (own k, v, beta, decay "
+            "projections; shared q), top-K softmax router with renormalised weights, a shared "
+            "memory on every token, unselected memories frozen; load-balancing loss aux_coef * "
+            "E * sum frac.mean. Top-K passes no gradient: with topk 1 the router learns from "
+            "the aux loss only",
+    .fields = mom_fields,
+    .cfg_size = sizeof(mom_cfg),
+    .validate = mom_validate,
+    .declare = mom_declare,
+    .act_size = mom_act_size,
+    .scratch_size = mom_scratch_size,
+    .forward = mom_forward,
+    .backward = mom_backward,
+    .state_size = mom_state_size,
+    .n_stats = mom_n_stats,
+    .stat_name = mom_stat_name,
+};

@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# tests/cli_bench.sh MEMLAB: `memlab bench` end to end, small and without the
+# PyTorch twin or the --jobs sweep (both are optional at run time and never part
+# of the tests). Checks what the benchmark records, not how fast anything is.
+# Each check prints "ok"/"FAIL" with its name; closing line "N passed, N failed".
+set -u
+memlab=$(realpath "${1:-./memlab}")
+root=$(cd "$(dirname "$0")/.." && pwd)
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+cd "$root"
+passed=0
+failed=0
+ok() { echo "ok   $1"; passed=$((passed + 1)); }
+fail() { echo "FAIL $1"; [[ -n "${2:-}" ]] && echo "    $2"; failed=$((failed + 1)); }
+check() { # check NAME CONDITION-COMMAND...
+    local name=$1
+    shift
+    if "$@"; then ok "$name"; else fail "$name"; fi
+}
+q() { sqlite3 "$1" "$2"; }
+
+"$memlab" bench --help >"$tmp/help" 2>&1
+check "memlab bench --help lists the grid options" \
+    bash -c "grep -q -- '--mixers LIST' '$tmp/help' && grep -q -- '--no-torch' '$tmp/help'"
+"$memlab" bench --frobnicate >/dev/null 2>&1
+check "an unknown option exits 2" test $? -eq 2
+"$memlab" bench --mixers nosuch --no-torch --no-jobs --db "$tmp/x.db" --report "$tmp/x.md" \
+    2>"$tmp/err"
+check "an unknown mixer exits 1 naming the known ones" \
+    bash -c "grep -q \"unknown mixer 'nosuch'\" '$tmp/err' && grep -q softmax '$tmp/err'"
+"$memlab" bench --dims 64,x --no-torch --no-jobs --db "$tmp/x.db" --report "$tmp/x.md" 2>/dev/null
+check "a bad list exits 1" test $? -eq 1
+
+db=$tmp/b.db
+md=$tmp/b.md
+"$memlab" bench --quick --mixers softmax,linear --lens 32,64 --steps 2 --min-steps 2 \
+    --no-torch --db "$db" --report "$md" 2>"$tmp/log"
+check "a quick run exits 0" test $? -eq 0
+check "one run per configuration (2 mixers x 2 lengths x 2 heads), all finished" \
+    test "$(q "$db" "select count(*)||':'||sum(status='finished') from runs")" = "8:8"
+check "each run is named bench with its mixer, L and head in the config" \
+    test "$(q "$db" "select count(distinct json_extract(config,'$.model.mixer')||json_extract(config,'$.task.seq_len')||json_extract(config,'$.train.full_head')) from runs where json_extract(config,'$.name')='bench'")" = 8
+for metric in step_s_median step_s_min step_s_max step_cpu_s_median tokens_per_s gflop_per_step \
+    gflops sgemm_peak_gflops frac_sgemm_peak peak_rss_mib act_mib_mixer_layer act_mib_formula \
+    act_mib_model threads head_rows time_per_token_exponent; do
+    check "metric bench/$metric on every run" \
+        test "$(q "$db" "select count(distinct run_id) from metrics where split='bench' and name='$metric'")" = 8
+done
+check "timings are ordered min <= median <= max" \
+    test "$(q "$db" "select count(*) from metrics a join metrics m on m.run_id=a.run_id join metrics b on b.run_id=a.run_id
+                     where a.name='step_s_min' and m.name='step_s_median' and b.name='step_s_max'
+                     and a.value <= m.value and m.value <= b.value")" = 8
+check "the full head computes every row, the supervised one N = L/16 per sequence" \
+    test "$(q "$db" "select group_concat(v, ',') from (select m.value as v from metrics m
+                     join runs r on r.id=m.run_id where m.name='head_rows'
+                     and json_extract(r.config,'$.model.mixer')='softmax' order by r.id)")" = "128.0,2048.0,256.0,4096.0"
+check "the mixers' activation memory matches the formula" \
+    test "$(q "$db" "select count(*) from metrics a join metrics f on f.run_id=a.run_id
+                     where a.name='act_mib_mixer_layer' and f.name='act_mib_formula'
+                     and abs(a.value - f.value) < 1e-9")" = 8
+check "no PyTorch metrics without the twin" \
+    test "$(q "$db" "select count(*) from metrics where split='torch'")" = 0
+check "the report has the targets, the tables and the scaling fit" \
+    bash -c "grep -q '^## Targets' '$md' && grep -q '^## 1 thread' '$md' && grep -q '^## Memory at L 64' '$md' && grep -q '^## Cost scaling' '$md'"
+check "the report has one row per configuration" \
+    test "$(grep -cE '^\| (softmax|linear) \| 64 \| (32|64) \| (supervised|full) \| [0-9]' "$md")" = 8
+check "the report says why PyTorch and --jobs are missing" \
+    bash -c "grep -q -- '--no-torch' '$md' && grep -q -- '--no-jobs' '$md'"
+
+echo "$passed passed, $failed failed"
+[[ $failed -eq 0 ]]

@@ -1,0 +1,392 @@
+#!/usr/bin/python3
+"""bench_torch.py: the PyTorch timing twin of `memlab bench`.
+
+Builds, in float32, the model a memlab config describes (the config JSON that
+memlab records for a run: token embedding tied to the LM head, pre-norm blocks
+of norm, short causal depthwise conv, mixer and residual, optional MLP, final
+norm) the way a researcher would write it in PyTorch (Zoology style: einsum
+attention with a masked softmax, chunked linear attention with cumulative
+sums, torch.optim.AdamW, clip_grad_norm_), and times full training steps on
+an MQAR-shaped batch: forward, backward, clipping and the optimiser step.
+
+Two heads, as in memlab:
+  full        logits at every position, cross-entropy with ignore_index (what
+              Zoology does);
+  supervised  logits only at the positions that have a target.
+
+It does not check numbers (tests/twin/twin.py does, in float64) and it does not
+generate MQAR data: inputs are random tokens and each sequence has
+num_kv_pairs supervised positions at random places in its query region, which
+is all that the cost of a step depends on. It knows the mixers softmax and
+linear (chunkwise or parallel form); other configs are answered with a skip.
+
+Threads: OMP_NUM_THREADS, OPENBLAS_NUM_THREADS and MKL_NUM_THREADS must be set
+before torch is imported (torch.set_num_threads does not bound the OpenBLAS
+that its matmuls call); memlab bench sets them in this process's environment,
+and --threads sets them here before the import.
+
+Usage:
+    bench_torch.py --serve
+        one command per stdin line, one reply line each on stdout, so that the
+        caller (memlab bench) can alternate its own steps with the twin's:
+          build {"config": <memlab config JSON>, "head": "full"|"supervised"}
+                -> "ok" or "skip REASON"   (model, optimiser and batch built)
+          step  -> "ok SECONDS CPU_SECONDS" or "skip REASON"   (one timed
+                   training step: wall time, and CPU time of all threads)
+          done  -> "ok PEAK_RSS_MIB"   (peak resident memory since build; the
+                   model is freed)
+        The first line written is "ready torch VERSION threads N", or
+        "unavailable REASON" when torch cannot be imported.
+    bench_torch.py --threads N --config CONFIG.json [--head full] [--steps N]
+        one measurement by hand: 2 warm-up steps, then N timed steps (at least
+        3, at most --budget seconds once 3 are done), printed as
+          ok MEDIAN_S MIN_S MAX_S TIMED_STEPS PEAK_RSS_MIB
+"""
+
+import gc
+import json
+import math
+import os
+import resource
+import sys
+import time
+
+
+def parse_argv(argv):
+    """--serve | --threads N --config FILE [--head H] [--steps N] [--budget S]."""
+    opts = {"serve": False, "threads": None, "config": None, "head": "supervised",
+            "steps": 10, "budget": 10.0}
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        if a == "--serve":
+            opts["serve"] = True
+        elif a in ("--threads", "--config", "--head", "--steps", "--budget") and i + 1 < len(argv):
+            opts[a[2:]] = argv[i + 1]
+            i += 1
+        else:
+            sys.exit("bench_torch.py: unknown argument %r (see the docstring)" % a)
+        i += 1
+    return opts
+
+
+def set_threads_env(n):
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = str(n)
+
+
+def reset_peak_rss():
+    """Reset the kernel's peak-RSS mark (VmHWM); False where not allowed."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_mib():
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def build(torch, cfg):
+    """The model of a memlab config, or a string saying why it cannot be built."""
+    nn = torch.nn
+    F = torch.nn.functional
+    m, task = cfg["model"], cfg["task"]
+    if task.get("name") != "mqar":
+        return "task %s has no torch twin" % task.get("name")
+    mixer = m["mixer"]
+    if mixer not in ("softmax", "linear"):
+        return "mixer %s has no torch twin" % mixer
+    if m.get("position", "none") != "none":
+        return "learned positions are not in the timing twin"
+    if mixer == "linear" and m.get("form", "chunkwise") == "recurrent":
+        return "the recurrent form is not timed in PyTorch"
+    V, C = task["vocab_size"], m["d_model"]
+    H = m.get("heads", 1)
+    D = C // H
+    std = m.get("init_std", 0.02)
+    eps_norm = m.get("norm_eps", 1e-5)
+
+    class RMSNorm(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.weight = nn.Parameter(torch.ones(C))
+
+        def forward(self, x):
+            return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps_norm) * self.weight
+
+    def norm():
+        return nn.LayerNorm(C, eps=eps_norm) if m.get("norm", "layer") == "layer" else RMSNorm()
+
+    class Softmax(nn.Module):
+        """Zoology's MHA: einsum scores, additive causal mask, softmax, einsum."""
+
+        def __init__(self):
+            super().__init__()
+            self.wqkv = nn.Linear(C, 3 * C, bias=m.get("qkv_bias", True))
+            self.wo = nn.Linear(C, C)
+            self.window = m.get("window", 0)
+
+        def forward(self, x):
+            B, T, _ = x.shape
+            q, k, v = self.wqkv(x).view(B, T, 3, H, D).unbind(2)
+            scores = torch.einsum("bthd,bshd->bhts", q, k) * (D ** -0.5)
+            i = torch.arange(T).unsqueeze(1)
+            j = torch.arange(T).unsqueeze(0)
+            hide = j > i
+            if self.window > 0:
+                hide = hide | (j <= i - self.window)
+            scores = scores.masked_fill(hide, float("-inf"))
+            att = torch.softmax(scores, dim=-1)
+            o = torch.einsum("bhts,bshd->bthd", att, v).reshape(B, T, C)
+            return self.wo(o)
+
+    class Linear(nn.Module):
+        """Linear attention with a feature map and the normaliser; chunkwise:
+        exclusive prefix sums of the per-chunk k^T v and k sums, plus the
+        masked intra-chunk scores; parallel: the masked T x T scores."""
+
+        def __init__(self):
+            super().__init__()
+            self.wqkv = nn.Linear(C, 3 * C, bias=m.get("qkv_bias", False))
+            self.wo = nn.Linear(C, C)
+            self.fmap = m.get("feature_map", "elu1")
+            self.normalize = m.get("normalize", True)
+            self.eps = m.get("eps", 1e-6)
+            self.chunk = m.get("chunk", 64)
+            self.parallel = m.get("form", "chunkwise") == "parallel"
+
+        def phi(self, x):
+            if self.fmap == "elu1":
+                return F.elu(x) + 1
+            if self.fmap == "relu":
+                return F.relu(x)
+            return x
+
+        def forward(self, x):
+            B, T, _ = x.shape
+            q, k, v = self.wqkv(x).view(B, T, 3, H, D).permute(2, 0, 3, 1, 4).unbind(0)
+            q, k = self.phi(q), self.phi(k)  # [B,H,T,D]
+            if self.parallel or T <= self.chunk:
+                A = torch.tril(q @ k.transpose(-1, -2))
+                num = A @ v
+                den = A.sum(-1) + self.eps
+            else:
+                c = self.chunk
+                n = (T + c - 1) // c
+                pad = n * c - T
+                if pad:
+                    q, k, v = (F.pad(t, (0, 0, 0, pad)) for t in (q, k, v))
+                qc, kc, vc = (t.reshape(B, H, n, c, D) for t in (q, k, v))
+                kv = kc.transpose(-1, -2) @ vc  # [B,H,n,D,D]
+                S = kv.cumsum(2) - kv
+                ks = kc.sum(3)
+                z = ks.cumsum(2) - ks  # [B,H,n,D]
+                A = torch.tril(qc @ kc.transpose(-1, -2))
+                num = (qc @ S + A @ vc).reshape(B, H, n * c, D)[:, :, :T]
+                den = ((qc * z.unsqueeze(3)).sum(-1) + A.sum(-1)).reshape(B, H, n * c)[:, :, :T]
+                den = den + self.eps
+            o = num / den.unsqueeze(-1) if self.normalize else num
+            return self.wo(o.transpose(1, 2).reshape(B, T, C))
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.norm1 = norm()
+            K = m.get("conv", 0)
+            self.conv = nn.Conv1d(C, C, K, groups=C, padding=K - 1) if K > 0 else None
+            self.mixer = Softmax() if mixer == "softmax" else Linear()
+            self.mlp = None
+            if m.get("mlp", False):
+                R = m.get("mlp_ratio", 4) * C
+                self.norm2 = norm()
+                self.mlp = nn.Sequential(nn.Linear(C, R), nn.GELU(), nn.Linear(R, C))
+
+        def forward(self, x):
+            h = self.norm1(x)
+            if self.conv is not None:
+                T = h.shape[1]
+                h = self.conv(h.transpose(1, 2))[..., :T].transpose(1, 2)
+            x = x + self.mixer(h)
+            if self.mlp is not None:
+                x = x + self.mlp(self.norm2(x))
+            return x
+
+    class Model(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.wte = nn.Embedding(V, C)
+            self.layers = nn.ModuleList([Block() for _ in range(m["n_layers"])])
+            self.norm_f = norm()
+            self.head = None if m.get("tie_embeddings", True) else nn.Linear(C, V, bias=False)
+
+        def forward(self, tokens, targets, full):
+            x = self.wte(tokens)
+            for blk in self.layers:
+                x = blk(x)
+            x = self.norm_f(x)
+            w = self.wte.weight if self.head is None else self.head.weight
+            if full:
+                logits = F.linear(x, w)
+                return F.cross_entropy(logits.view(-1, V), targets.view(-1), ignore_index=-1)
+            keep = targets >= 0
+            return F.cross_entropy(F.linear(x[keep], w), targets[keep])
+
+    model = Model()
+    decay, no_decay = [], []
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() == 2:
+                nn.init.normal_(p, std=std)
+                decay.append(p)
+            else:
+                if name.endswith("bias"):
+                    nn.init.zeros_(p)
+                no_decay.append(p)
+    tr = cfg["train"]
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": tr.get("weight_decay", 0.1)},
+         {"params": no_decay, "weight_decay": 0.0}],
+        lr=tr.get("lr", 1e-3), betas=(tr.get("beta1", 0.9), tr.get("beta2", 0.999)),
+        eps=tr.get("adam_eps", 1e-8))
+    return model, opt
+
+
+def batch(torch, cfg):
+    """Random tokens; num_kv_pairs targets per sequence in its query region."""
+    task = cfg["task"]
+    B, T, V = cfg["train"]["batch_size"], task["seq_len"], task["vocab_size"]
+    N = task["num_kv_pairs"]
+    g = torch.Generator().manual_seed(1)
+    tokens = torch.randint(0, V, (B, T), generator=g)
+    targets = torch.full((B, T), -1, dtype=torch.long)
+    for b in range(B):
+        pos = 2 * N + torch.randperm(T - 2 * N, generator=g)[:N]
+        targets[b, pos] = torch.randint(V // 2, V, (N,), generator=g)
+    return tokens, targets
+
+
+class Session:
+    """One built configuration: model, optimiser, batch, and its step."""
+
+    def __init__(self, torch, cfg, full):
+        self.torch = torch
+        self.full = full
+        gc.collect()
+        reset_peak_rss()
+        built = build(torch, cfg)
+        self.why = built if isinstance(built, str) else None
+        if self.why:
+            return
+        self.model, self.opt = built
+        self.tokens, self.targets = batch(torch, cfg)
+        self.clip = cfg["train"].get("grad_clip", 1.0)
+
+    def step(self):
+        """One training step: (wall seconds, CPU seconds of the process), or a
+        string saying what went wrong."""
+        t0, c0 = time.perf_counter(), time.process_time()
+        self.opt.zero_grad(set_to_none=True)
+        loss = self.model(self.tokens, self.targets, self.full)
+        loss.backward()
+        if self.clip > 0:
+            self.torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip)
+        self.opt.step()
+        dt, dc = time.perf_counter() - t0, time.process_time() - c0
+        return (dt, dc) if math.isfinite(loss.item()) else "loss is not finite"
+
+    def close(self):
+        """Free the model; the peak RSS in MiB since the session began."""
+        rss = peak_rss_mib()
+        self.model = self.opt = None
+        gc.collect()
+        return rss
+
+
+def measure(torch, req):
+    """One configuration start to end (by hand): the reply line."""
+    ses = Session(torch, req["config"], req.get("head", "supervised") == "full")
+    if ses.why:
+        return "skip " + ses.why
+    steps, budget, min_steps = int(req.get("steps", 10)), float(req.get("budget", 10.0)), 3
+    for _ in range(2):
+        if isinstance(ses.step(), str):
+            return "skip loss is not finite"
+    times, spent = [], 0.0
+    while len(times) < steps and (len(times) < min_steps or spent < budget):
+        dt = ses.step()
+        if isinstance(dt, str):
+            return "skip " + dt
+        times.append(dt[0])
+        spent += dt[0]
+    rss = ses.close()
+    times.sort()
+    n = len(times)
+    med = times[n // 2] if n % 2 else 0.5 * (times[n // 2 - 1] + times[n // 2])
+    return "ok %.9g %.9g %.9g %d %.1f" % (med, times[0], times[-1], n, rss)
+
+
+def serve(torch):
+    """The --serve loop (commands in the module docstring)."""
+    ses = None
+    for line in sys.stdin:
+        cmd, _, rest = line.strip().partition(" ")
+        try:
+            if cmd == "build":
+                req = json.loads(rest)
+                ses = Session(torch, req["config"], req.get("head", "supervised") == "full")
+                reply = "skip " + ses.why if ses.why else "ok"
+                if ses.why:
+                    ses = None
+            elif cmd == "step":
+                dt = ses.step() if ses else "no model built"
+                reply = "skip " + dt if isinstance(dt, str) else "ok %.9g %.9g" % dt
+            elif cmd == "done":
+                reply = "ok %.1f" % (ses.close() if ses else peak_rss_mib())
+                ses = None
+            else:
+                reply = "skip unknown command %r" % cmd
+        except Exception as exc:  # one bad request must not end the server
+            ses = None
+            gc.collect()
+            reply = "skip %s: %s" % (type(exc).__name__, str(exc).replace("\n", " "))
+        print(reply, flush=True)
+
+
+def main():
+    opts = parse_argv(sys.argv[1:])
+    if opts["threads"] is not None:
+        set_threads_env(int(opts["threads"]))
+    threads = int(os.environ.get("OMP_NUM_THREADS", "1"))
+    try:
+        import torch  # only now: the thread variables are read at import
+    except ImportError as exc:
+        print("unavailable %s" % str(exc).replace("\n", " "), flush=True)
+        return
+
+    torch.set_num_threads(threads)
+    torch.set_flush_denormal(True)  # memlab flushes denormals too
+    if opts["serve"]:
+        print("ready torch %s threads %d" % (torch.__version__, torch.get_num_threads()),
+              flush=True)
+        serve(torch)
+        return
+    if not opts["config"]:
+        sys.exit("bench_torch.py: --serve or --config FILE (see the docstring)")
+    with open(opts["config"]) as f:
+        cfg = json.load(f)
+    print(measure(torch, {"config": cfg, "head": opts["head"], "steps": opts["steps"],
+                          "budget": opts["budget"]}))
+
+
+if __name__ == "__main__":
+    main()
