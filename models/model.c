@@ -321,8 +321,9 @@ void model_init_weights(ml_model *m, uint64_t seed) {
         const ml_param *p = &m->params[i];
         real *w = m->w + p->offset;
         ml_rng r;
-        /* One stream per tensor name position: adding a tensor elsewhere does
-         * not change how the others are drawn. */
+        /* One stream per tensor, keyed by its index in the table: a tensor's
+         * draws do not depend on the sizes of the tensors before it (but adding
+         * a tensor shifts the indices, and so the draws, of those after it). */
         rng_seed3(&r, seed, 0x6d6f64656cull, (uint64_t)i);
         for (size_t k = 0; k < p->n; k++) {
             switch (p->init) {
