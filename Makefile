@@ -9,6 +9,10 @@
 #   make twin       regenerate the PyTorch twin fixtures (needs python3-torch)
 #   make fuzz       the spec parser's libFuzzer target (clang): build/fuzz/fuzz_spec
 #   make deps       install the Debian packages memlab needs
+#   make figures    run what is missing of the paper sweeps (PRESET=quick, the
+#                   default, or full) and draw every figure into plots/out/
+#   make test-cluster  sweeps on real engines: tests/cli_cluster.sh (with mpirun)
+#                   and tests/cluster_slurm.sh (a local Slurm; root, installs slurm-wlm)
 # WERROR=1 (set automatically when CI=true) turns warnings into errors.
 
 MODE ?= release
@@ -49,12 +53,13 @@ LIB_F := $(patsubst %.c,$(BUILD)/f/%.o,$(LIB_SRC))
 LIB_D := $(patsubst %.c,$(BUILD)/d/%.o,$(LIB_SRC))
 TEST_D := $(patsubst %.c,$(BUILD)/d/%.o,$(TEST_SRC))
 
-.PHONY: all release debug asan binaries test run bench twin fuzz deps deps-ok clean FORCE
+.PHONY: all release debug asan binaries test test-cluster run bench twin fuzz deps deps-ok clean figures FORCE
 all: release
 
 release: deps-ok
 	@$(MAKE) --no-print-directory MODE=release binaries
-	@cp build/release/memlab ./memlab
+	@# by rename: a ./memlab that is running keeps its file
+	@cp build/release/memlab ./memlab.new && mv -f ./memlab.new ./memlab
 debug: deps-ok
 	@$(MAKE) --no-print-directory MODE=debug binaries
 asan: deps-ok
@@ -90,8 +95,21 @@ FORCE:
 test: release
 	@bash tests/run.sh build/release
 
+# Not in `make test`: starts a Slurm controller and node daemon on this machine.
+test-cluster: release
+	@bash tests/cli_cluster.sh build/release/memlab && bash tests/cluster_slurm.sh build/release/memlab
+
 run: release
 	./memlab train sweeps/mqar_softmax.yaml --db results/memlab.db
+
+# The figures (plots/figures.sh): each figure's sweep at PRESET into
+# results/memlab.db (resumable), then gnuplot from the export. FIGS="1 3"
+# draws some; FIGURE_ARGS="--no-run" draws from what the database holds.
+PRESET ?= quick
+FIGS ?=
+FIGURE_ARGS ?=
+figures: release
+	bash plots/figures.sh --preset $(PRESET) --db results/memlab.db $(FIGURE_ARGS) $(FIGS)
 
 # The default: the mixers with a PyTorch twin over the whole grid (d 64,128,256 x
 # L 64,256,1024 x 1,2 threads x both heads), the twin where torch imports, and the
@@ -115,6 +133,7 @@ fuzz: deps-ok
 twin:
 	/usr/bin/python3 tests/twin/twin.py tests/fixtures
 	/usr/bin/python3 tests/twin/twin_slots.py tests/fixtures
+	/usr/bin/python3 tests/twin/twin_memcache.py tests/fixtures
 
 # deps-ok: a stamp so that the package check runs once per checkout.
 deps-ok: build/.deps-ok

@@ -64,14 +64,4 @@ int bench_parse_args(bench_opts *o, int argc, char **argv, ml_error *e);
  * refuses, or a PyTorch twin that is missing, is a skipped row, not an error). */
 int bench_run(const bench_opts *o, ml_error *e);
 
-/* OpenBLAS picks its kernels from the CPU model; on CPUs it does not know
- * (0.3.21 on recent Xeons, e.g. in a VM) it falls back to Prescott (SSE3)
- * kernels, 5-10x slower. When OPENBLAS_CORETYPE is unset and the CPU has
- * AVX-512 (or AVX2 and FMA) but the chosen core does not use them, this
- * selects SkylakeX (or Haswell), sets OPENBLAS_CORETYPE for child processes,
- * and re-initialises OpenBLAS's dispatch. Call before any BLAS work. Returns 1
- * when it switched (note gets "Prescott -> SkylakeX"), 0 otherwise (note gets
- * the core in use). */
-int bench_blas_core(char *note, size_t cap);
-
 #endif

@@ -100,6 +100,23 @@ static const db_migration migrations[] = {
      "CREATE INDEX runs_config_hash ON runs(config_hash);"
      "CREATE UNIQUE INDEX runs_done_once ON runs(config_hash)"
      " WHERE sweep_id IS NOT NULL AND status IN ('finished','diverged');"},
+    /* 3: fitted scaling laws (memlab fit, fit.c), one row per sweep row, x,
+     * y, group and model: a new fit of the same replaces the old one. */
+    {3,
+     "CREATE TABLE fits ("
+     " id INTEGER PRIMARY KEY,"
+     " sweep_id INTEGER NOT NULL REFERENCES sweeps(id),"
+     " sweep TEXT NOT NULL,"
+     " x TEXT NOT NULL,"
+     " y TEXT NOT NULL,"
+     " grp TEXT NOT NULL,"
+     " model TEXT NOT NULL CHECK(model IN ('power','power_offset')),"
+     " n INTEGER NOT NULL,"
+     " a REAL, a_err REAL, b REAL, b_err REAL, c REAL, c_err REAL,"
+     " rss REAL, r2 REAL,"
+     " code_version TEXT,"
+     " created TEXT NOT NULL,"
+     " UNIQUE(sweep_id, x, y, grp, model));"},
 };
 
 #define N_MIGRATIONS ((int)(sizeof migrations / sizeof migrations[0]))
@@ -831,3 +848,33 @@ int db_final_metric(ml_db *db, long long run_id, const char *split, const char *
     (void)sqlite3_finalize(st);
     return r;
 }
+
+/* Contract in db.h. */
+int db_fit_store(ml_db *db, const db_fit_row *f, ml_error *e) {
+    sqlite3_stmt *st = NULL;
+    if (prepare(db,
+                "INSERT OR REPLACE INTO fits(sweep_id, sweep, x, y, grp, model, n, a, a_err, b, "
+                "b_err, c, c_err, rss, r2, code_version, created) VALUES (?1, ?2, ?3, ?4, ?5, "
+                "?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, " SQL_NOW ")",
+                &st, e))
+        return -1;
+    const char *text[6] = {f->sweep, f->x, f->y, f->grp, f->model, f->code_version};
+    const double num[8] = {f->a, f->a_err, f->b, f->b_err, f->c, f->c_err, f->rss, f->r2};
+    int ok = sqlite3_bind_int64(st, 1, f->sweep_id) == SQLITE_OK &&
+             sqlite3_bind_int(st, 7, f->n) == SQLITE_OK;
+    for (int i = 0; i < 5 && ok; i++)
+        ok = sqlite3_bind_text(st, 2 + i, text[i], -1, SQLITE_TRANSIENT) == SQLITE_OK;
+    if (ok)
+        ok = (text[5] ? sqlite3_bind_text(st, 16, text[5], -1, SQLITE_TRANSIENT)
+                      : sqlite3_bind_null(st, 16)) == SQLITE_OK;
+    for (int i = 0; i < 8 && ok; i++)
+        ok = (isnan(num[i]) ? sqlite3_bind_null(st, 8 + i)
+                            : sqlite3_bind_double(st, 8 + i, num[i])) == SQLITE_OK;
+    int r = !ok ? DB_FAIL(db, e, "bind INSERT INTO fits")
+                : sqlite3_step(st) != SQLITE_DONE ? DB_FAIL(db, e, "INSERT INTO fits") : 0;
+    (void)sqlite3_finalize(st);
+    return r;
+}
+
+/* Contract in db.h. */
+struct sqlite3 *db_handle(ml_db *db) { return db->h; }

@@ -1,13 +1,15 @@
 /* db.h: the results store (SQLite).
  *
  * One database file holds every run and every metric. Tables (schema
- * version 2):
+ * version 3):
  *   schema_version(version)
  *   sweeps(id, name, spec, resolved JSON, resolved_hash, created)
  *   runs(id, config JSON, config_hash, code_version, machine, started,
  *        ended, status, error, step,   status: running | finished | diverged |
  *        sweep_id, owner, heartbeat)          failed | interrupted
  *   metrics(run_id, step, split, name, value)
+ *   fits(id, sweep_id, sweep, x, y, grp, model, n, a, a_err, b, b_err, c,
+ *        c_err, rss, r2, code_version, created)    (memlab fit, fit.h)
  * WAL mode and a busy timeout so that several processes can share a file;
  * writes are grouped in transactions. Every sqlite3_* return code is checked
  * and turned into an ml_error naming the statement. */
@@ -91,5 +93,21 @@ int db_sweeps(ml_db *db, const char *name, int (*fn)(void *ctx, const db_sweep_r
  * when there is none; a stored NULL (NaN) reads as NaN. */
 int db_final_metric(ml_db *db, long long run_id, const char *split, const char *name,
                     double *value, int *found, ml_error *e);
+
+/* One fitted scaling law (fit.h): y = a x^b (+ c) over the rows of group grp
+ * ("key=value key=value", "" for all rows) of a sweep. */
+typedef struct db_fit_row {
+    long long sweep_id;
+    const char *sweep, *x, *y, *grp, *model, *code_version;
+    int n;
+    double a, a_err, b, b_err, c, c_err, rss, r2; /* NaN stored as NULL */
+} db_fit_row;
+/* Store a fit, replacing the row of the same (sweep_id, x, y, grp, model). */
+int db_fit_store(ml_db *db, const db_fit_row *f, ml_error *e);
+
+/* The SQLite connection under db, for code whose statements are its own
+ * (merge.c copies rows between files). The caller leaves no statement and no
+ * transaction open behind, and db still owns and closes the connection. */
+struct sqlite3 *db_handle(ml_db *db);
 
 #endif

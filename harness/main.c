@@ -5,15 +5,21 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "bench.h"
+#include "blas.h"
 #include "config.h"
 #include "db.h"
 #include "export.h"
+#include "fit.h"
+#include "merge.h"
 #include "mixer.h"
 #include "probe.h"
 #include "runner.h"
+#include "shard.h"
+#include "slurm.h"
 #include "spec.h"
 #include "sweep.h"
 #include "task.h"
@@ -32,6 +38,9 @@ static const char *const usage_main =
     "  run SPEC.yaml     run every run of a sweep spec that is not done yet (resumable)\n"
     "  status            per sweep: runs done, diverged, running, failed, missing\n"
     "  export            one row per run of a sweep with its swept keys (CSV or JSON)\n"
+    "  fit               fit y = a x^b (+ c) over a sweep's runs, store it in the database\n"
+    "  merge OUT IN...   merge results databases (the shards of a cluster run) into OUT\n"
+    "  slurm SPEC.yaml   write an sbatch script: the sweep as a Slurm job array + merge\n"
     "  mixers            list the mixers with their config keys and defaults\n"
     "  tasks             list the tasks with their config keys and defaults\n"
     "  keys              list the model, train and eval keys with their defaults\n"
@@ -60,7 +69,7 @@ static const char *const usage_train =
 
 static const char *const usage_run =
     "usage: memlab run SPEC.yaml [--set key=value]... [--preset NAME] [--db FILE]\n"
-    "                  [--jobs N] [--dry-run] [--quiet]\n"
+    "                  [--jobs N] [--shard I/N] [--no-shard-env] [--dry-run] [--quiet]\n"
     "\n"
     "Expands the spec's sweep section (grid, zip, seeds) into runs, checks every\n"
     "one before anything runs, records the sweep, and trains each run that is not\n"
@@ -75,6 +84,15 @@ static const char *const usage_run =
     "  --jobs N        worker processes, each with one BLAS thread (default 1)\n"
     "  --dry-run       print the expanded runs and which are done; run nothing\n"
     "  --quiet         print nothing but errors\n"
+    "  --shard I/N     run only the runs i with i mod N = I (0 <= I < N), into\n"
+    "                  FILE's shard database: results/x.db -> results/x.shard-I-of-N.db\n"
+    "                  (memlab merge puts the shards together)\n"
+    "  --no-shard-env  ignore the environment's shard (below): run the whole sweep\n"
+    "\n"
+    "Without --shard the shard is read from the environment: a Slurm job array\n"
+    "(SLURM_ARRAY_TASK_ID of SLURM_ARRAY_TASK_COUNT), MPI ranks (mpirun -np N:\n"
+    "OMPI_COMM_WORLD_RANK/_SIZE, PMI_RANK/PMI_SIZE, PMIX_RANK) or the tasks of an\n"
+    "srun step (SLURM_PROCID of SLURM_NTASKS); one task is the whole sweep.\n"
     "\n"
     "Exit status: 0 every run done (or left running in another process), 1 error\n"
     "or a failed run, 2 usage, 130 interrupted.\n";
@@ -386,7 +404,8 @@ static void catch_stop(void) {
 static int cmd_run(int argc, char **argv) {
     const char *spec = NULL, *db_path = DEFAULT_DB, *preset = NULL;
     const char *sets[64];
-    int n_sets = 0, jobs = 1, dry = 0, quiet = 0;
+    int n_sets = 0, jobs = 1, dry = 0, quiet = 0, no_shard_env = 0;
+    const char *shard_flag = NULL;
     for (int i = 0; i < argc; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
@@ -408,6 +427,10 @@ static int cmd_run(int argc, char **argv) {
             dry = 1;
         } else if (!strcmp(a, "--quiet")) {
             quiet = 1;
+        } else if (!strcmp(a, "--shard") && i + 1 < argc) {
+            shard_flag = argv[++i];
+        } else if (!strcmp(a, "--no-shard-env")) {
+            no_shard_env = 1;
         } else if (a[0] == '-') {
             fprintf(stderr, "memlab run: unknown option '%s'\n%s", a, usage_run);
             return 2;
@@ -430,24 +453,42 @@ static int cmd_run(int argc, char **argv) {
         print_error(&e);
         return 1;
     }
+    /* The shard (flag, else environment) and its own database. */
+    ml_shard shard;
+    char shard_db[1100];
+    if (shard_resolve(shard_flag, no_shard_env, NULL, &shard, &e) ||
+        shard_db_path(db_path, shard.index, shard.count, shard_db, sizeof shard_db, &e)) {
+        print_error(&e);
+        sweep_free(s);
+        return shard_flag ? 2 : 1;
+    }
+    db_path = shard_db;
     if (dry) {
-        int rc = runner_dry_run(s, db_path, stdout, &e);
+        int rc = runner_dry_run(s, db_path, &shard, stdout, &e);
         sweep_free(s);
         if (rc) print_error(&e);
         return rc ? 1 : 0;
     }
     catch_stop();
     runner_opts ro = {.db_path = db_path, .jobs = jobs, .progress = !quiet && isatty(2),
-                      .quiet = quiet, .stop = &stop_flag};
+                      .quiet = quiet, .stop = &stop_flag, .shard = &shard};
+    char shard_text[64] = "";
+    if (shard.count > 1) {
+        snprintf(shard_text, sizeof shard_text, " (shard %ld of %ld)", shard.index, shard.count);
+        if (!quiet)
+            fprintf(stderr, "memlab run: shard %ld of %ld (%s): %ld of the %ld runs, into %s\n",
+                    shard.index, shard.count, shard.source, shard_size(&shard, sweep_size(s)),
+                    sweep_size(s), db_path);
+    }
     runner_result r;
     int rc = runner_run(s, &ro, &r, &e);
     if (rc) print_error(&e);
     if (!quiet)
         fprintf(stderr,
-                "sweep %s: %ld runs, %ld already done; now %ld finished, %ld diverged, %ld "
+                "sweep %s%s: %ld runs, %ld already done; now %ld finished, %ld diverged, %ld "
                 "failed, %ld interrupted, %ld done or running elsewhere; in %s\n",
-                sweep_name(s), r.total, r.done_before, r.finished, r.diverged, r.failed,
-                r.interrupted, r.elsewhere, db_path);
+                sweep_name(s), shard_text, r.total, r.done_before, r.finished, r.diverged,
+                r.failed, r.interrupted, r.elsewhere, db_path);
     sweep_free(s);
     if (rc) return 1;
     if (r.stopped) return 130;
@@ -540,7 +581,284 @@ static int cmd_export(int argc, char **argv) {
     return 0;
 }
 
+static const char *const usage_merge =
+    "usage: memlab merge OUT.db IN.db...\n"
+    "       memlab merge --shards N OUT.db [IN.db...]\n"
+    "\n"
+    "Merges results databases into OUT.db (created when missing), in one\n"
+    "transaction: per config, the best copy over the inputs (finished, else\n"
+    "diverged, else the others) with its metrics, unless OUT already has one as\n"
+    "good; sweeps by name and resolved spec. Merging twice changes nothing.\n"
+    "Refused: a file of another schema version, and runs with the same config hash\n"
+    "but different configs.\n"
+    "\n"
+    "  --shards N      also merge OUT's shard databases OUT.shard-I-of-N.db, I = 0 .. N-1\n"
+    "                  (what memlab run --shard, mpirun and memlab slurm write); a\n"
+    "                  missing one is named, the others are merged, and the exit status is 1\n"
+    "  --quiet         print nothing but errors\n"
+    "\n"
+    "Exit status: 0 merged, 1 error (nothing changed) or a shard missing, 2 usage.\n";
+
+static const char *const usage_slurm =
+    "usage: memlab slurm SPEC.yaml [--array-size N] [--time T] [--partition P]\n"
+    "                    [--cpus-per-task N] [--mem M] [--account A] [--job-name NAME]\n"
+    "                    [--db FILE] [--preset NAME] [--set key=value]... [--jobs N]\n"
+    "                    [--memlab PATH] [--output FILE]\n"
+    "\n"
+    "Writes a bash script that runs the sweep on Slurm: a job array of N tasks, task\n"
+    "I running `memlab run SPEC --shard I/N` into FILE's shard database, and a merge\n"
+    "job after the array (--dependency=afterany) running `memlab merge --shards N\n"
+    "FILE`. Submit it with `bash SCRIPT` (it calls sbatch twice and prints the job\n"
+    "ids); its comments give the two sbatch commands for submitting by hand. The\n"
+    "spec is checked first; the jobs run in the current directory.\n"
+    "\n"
+    "  --array-size N  tasks of the array (default: the number of runs, at most 32;\n"
+    "                  lowered to the number of runs)\n"
+    "  --time T        #SBATCH --time of every task, e.g. 4:00:00 (default: the\n"
+    "                  partition's)\n"
+    "  --partition P, --mem M, --account A, --job-name NAME\n"
+    "                  #SBATCH options (default: the cluster's; job name memlab-SWEEP)\n"
+    "  --cpus-per-task N  (default: --jobs)\n"
+    "  --db FILE       the merged database (default " DEFAULT_DB "); the shards sit beside it\n"
+    "  --preset NAME, --set K=V, --jobs N\n"
+    "                  passed to every task's memlab run\n"
+    "  --memlab PATH   the memlab binary the jobs run (default: this one)\n"
+    "  --output FILE   write the script there (executable) instead of stdout\n";
+
+/* memlab merge: the inputs (given, and with --shards the shard files of
+ * OUT), merged into OUT; a missing shard file is reported, not fatal. */
+static int cmd_merge(int argc, char **argv) {
+    const char *out = NULL, **in = NULL;
+    int n_in = 0, quiet = 0, shards = 0;
+    in = malloc(sizeof *in * (size_t)(argc + 1));
+    if (!in) return fprintf(stderr, "memlab merge: out of memory\n"), 1;
+    for (int i = 0; i < argc; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+            free(in);
+            fputs(usage_merge, stdout);
+            return 0;
+        } else if (!strcmp(a, "--shards") && i + 1 < argc) {
+            if (parse_int_arg("--shards", argv[++i], 1, (int)SHARD_MAX, &shards)) {
+                free(in);
+                return 2;
+            }
+        } else if (!strcmp(a, "--quiet")) {
+            quiet = 1;
+        } else if (a[0] == '-') {
+            fprintf(stderr, "memlab merge: unknown option '%s'\n%s", a, usage_merge);
+            free(in);
+            return 2;
+        } else if (!out) {
+            out = a;
+        } else {
+            in[n_in++] = a;
+        }
+    }
+    if (!out || (n_in == 0 && shards == 0)) {
+        fprintf(stderr, "memlab merge: give the output and at least one input (or --shards N)\n%s",
+                usage_merge);
+        free(in);
+        return 2;
+    }
+    /* The shard files, each a path of its own. */
+    char **owned = calloc((size_t)shards + 1, sizeof *owned);
+    const char **all = malloc(sizeof *all * ((size_t)n_in + (size_t)shards + 1));
+    int n_all = 0, missing = 0, rc = 1;
+    ml_error e;
+    memset(&e, 0, sizeof e);
+    if (!owned || !all) {
+        fprintf(stderr, "memlab merge: out of memory\n");
+        goto done;
+    }
+    for (int k = 0; k < n_in; k++) all[n_all++] = in[k];
+    /* One shard is the whole sweep: memlab run wrote OUT itself. */
+    for (int k = 0; k < shards && shards > 1; k++) {
+        char path[1100];
+        if (shard_db_path(out, k, shards, path, sizeof path, &e)) {
+            print_error(&e);
+            goto done;
+        }
+        if (access(path, F_OK) != 0) {
+            fprintf(stderr, "memlab merge: shard %d of %d: %s is missing (the shard did not "
+                    "start, or wrote elsewhere)\n", k, shards, path);
+            missing++;
+            continue;
+        }
+        owned[k] = strdup(path);
+        if (!owned[k]) {
+            fprintf(stderr, "memlab merge: out of memory\n");
+            goto done;
+        }
+        all[n_all++] = owned[k];
+    }
+    if (n_all == 0) {
+        if (shards == 1) {
+            if (!quiet)
+                fprintf(stderr, "memlab merge: one shard is %s itself: nothing to merge\n", out);
+            rc = 0;
+        } else {
+            fprintf(stderr, "memlab merge: nothing to merge into %s\n", out);
+        }
+        goto done;
+    }
+    merge_result r;
+    if (merge_files(out, all, n_all, &r, &e)) {
+        print_error(&e);
+        goto done;
+    }
+    if (!quiet) {
+        fprintf(stderr,
+                "merged %d file%s into %s%s: %ld runs added (%ld finished, %ld diverged, %ld "
+                "failed, %ld interrupted, %ld running), %ld already there; %ld metric values, "
+                "%ld new sweep%s\n",
+                n_all, n_all == 1 ? "" : "s", out, r.created ? " (new)" : "", r.runs_added,
+                r.added_status[0], r.added_status[1], r.added_status[2], r.added_status[3],
+                r.added_status[4], r.runs_kept, r.metrics_added, r.sweeps_added,
+                r.sweeps_added == 1 ? "" : "s");
+        if (r.unlinked)
+            fprintf(stderr, "memlab merge: %ld diverged run%s replaced by a finished copy "
+                    "(kept, unlinked from the sweep)\n", r.unlinked, r.unlinked == 1 ? "" : "s");
+    }
+    rc = missing ? 1 : 0;
+done:
+    for (int k = 0; owned && k < shards; k++) free(owned[k]);
+    free(owned);
+    free(all);
+    free(in);
+    return rc;
+}
+
+/* shell_join: argv as one line for a comment ("memlab slurm a 'b c'"). */
+static void shell_join(const char *verb, int argc, char **argv, char *buf, size_t cap) {
+    size_t used = (size_t)snprintf(buf, cap, "memlab %s", verb);
+    for (int i = 0; i < argc && used < cap; i++) {
+        int plain = argv[i][0] != '\0' && strcspn(argv[i], " \t\n'\"$`\\*?[]{}()<>|&;#~") ==
+                                              strlen(argv[i]);
+        used += (size_t)snprintf(buf + used, cap - used, plain ? " %s" : " '%s'", argv[i]);
+    }
+}
+
+/* memlab slurm: check the spec, then write the script (slurm.c). */
+static int cmd_slurm(int argc, char **argv) {
+    slurm_opts so = {.db = DEFAULT_DB, .jobs = 1};
+    const char *sets[64], *output = NULL;
+    int array_size = 0;
+    for (int i = 0; i < argc; i++) {
+        const char *a = argv[i];
+        const char **str = NULL;
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+            fputs(usage_slurm, stdout);
+            return 0;
+        } else if (!strcmp(a, "--array-size") && i + 1 < argc) {
+            if (parse_int_arg("--array-size", argv[++i], 1, (int)SHARD_MAX, &array_size))
+                return 2;
+        } else if (!strcmp(a, "--jobs") && i + 1 < argc) {
+            if (parse_int_arg("--jobs", argv[++i], 1, RUNNER_MAX_JOBS, &so.jobs)) return 2;
+        } else if (!strcmp(a, "--cpus-per-task") && i + 1 < argc) {
+            if (parse_int_arg("--cpus-per-task", argv[++i], 1, 4096, &so.cpus_per_task)) return 2;
+        } else if (!strcmp(a, "--set") && i + 1 < argc) {
+            if (so.n_sets == 64) {
+                fprintf(stderr, "memlab: at most 64 --set options\n");
+                return 2;
+            }
+            sets[so.n_sets++] = argv[++i];
+        } else if (i + 1 < argc && (str = !strcmp(a, "--time")        ? &so.time
+                                          : !strcmp(a, "--partition") ? &so.partition
+                                          : !strcmp(a, "--mem")       ? &so.mem
+                                          : !strcmp(a, "--account")   ? &so.account
+                                          : !strcmp(a, "--job-name")  ? &so.job_name
+                                          : !strcmp(a, "--db")        ? &so.db
+                                          : !strcmp(a, "--preset")    ? &so.preset
+                                          : !strcmp(a, "--memlab")    ? &so.memlab
+                                          : !strcmp(a, "--output")    ? &output
+                                                                      : NULL)) {
+            *str = argv[++i];
+        } else if (a[0] == '-') {
+            fprintf(stderr, "memlab slurm: unknown option '%s'\n%s", a, usage_slurm);
+            return 2;
+        } else if (!so.spec) {
+            so.spec = a;
+        } else {
+            fprintf(stderr, "memlab slurm: one spec at a time (got '%s' and '%s')\n", so.spec, a);
+            return 2;
+        }
+    }
+    if (!so.spec) {
+        fprintf(stderr, "memlab slurm: no spec given\n%s", usage_slurm);
+        return 2;
+    }
+    so.sets = sets;
+    ml_error e;
+    memset(&e, 0, sizeof e);
+    const char *const directive[][2] = {{"--time", so.time},     {"--partition", so.partition},
+                                        {"--mem", so.mem},       {"--account", so.account},
+                                        {"--job-name", so.job_name}};
+    for (size_t k = 0; k < sizeof directive / sizeof directive[0]; k++) {
+        if (directive[k][1] && slurm_check_value(directive[k][0], directive[k][1], &e)) {
+            print_error(&e);
+            return 2;
+        }
+    }
+    sweep_opts wo = {.preset = so.preset, .sets = sets, .n_sets = so.n_sets, .check_presets = 1};
+    ml_sweep *s = NULL;
+    if (sweep_load_file(so.spec, &wo, &s, &e)) {
+        print_error(&e);
+        return 1;
+    }
+    so.runs = sweep_size(s);
+    so.sweep_name = sweep_name(s);
+    so.array_size = array_size ? array_size : (so.runs < 32 ? so.runs : 32);
+    if (so.array_size > so.runs) {
+        fprintf(stderr, "memlab slurm: --array-size %ld lowered to the sweep's %ld runs\n",
+                so.array_size, so.runs);
+        so.array_size = so.runs;
+    }
+    char command[4096];
+    shell_join("slurm", argc, argv, command, sizeof command);
+    so.command = command;
+    FILE *out = output ? fopen(output, "w") : stdout;
+    int rc = 1;
+    if (!out) {
+        fprintf(stderr, "memlab slurm: cannot write %s\n", output);
+    } else if (slurm_write_script(&so, out, &e)) {
+        print_error(&e);
+        if (output) fclose(out);
+    } else if (output && (fclose(out) != 0 || chmod(output, 0755) != 0)) {
+        fprintf(stderr, "memlab slurm: cannot write %s\n", output);
+    } else {
+        if (output)
+            fprintf(stderr, "wrote %s: sweep %s, %ld runs in %ld array tasks, then a merge "
+                    "into %s\nsubmit with: bash %s\n", output, so.sweep_name, so.runs,
+                    so.array_size, so.db, output);
+        rc = 0;
+    }
+    sweep_free(s);
+    return rc;
+}
+
+/* memlab fit: parse the options (fit.c), fit, print; the fits are stored
+ * unless --no-store. */
+static int cmd_fit(int argc, char **argv) {
+    fit_opts fo = {.db_path = DEFAULT_DB};
+    ml_error e;
+    memset(&e, 0, sizeof e);
+    int parsed = fit_parse_args(&fo, argc, argv, &e);
+    if (parsed == 1) return fputs(fit_usage, stdout), 0;
+    if (parsed < 0) {
+        print_error(&e);
+        fputs(fit_usage, stderr);
+        return 2;
+    }
+    if (fit_sweep(&fo, stdout, &e)) {
+        print_error(&e);
+        return 1;
+    }
+    return 0;
+}
+
 int main(int argc, char **argv) {
+    blas_select_core(NULL, 0);
     if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") ||
         !strcmp(argv[1], "help")) {
         if (argc >= 3 && !strcmp(argv[1], "help")) {
@@ -548,6 +866,9 @@ int main(int argc, char **argv) {
             if (!strcmp(argv[2], "run")) return fputs(usage_run, stdout), 0;
             if (!strcmp(argv[2], "status")) return fputs(usage_status, stdout), 0;
             if (!strcmp(argv[2], "export")) return fputs(usage_export, stdout), 0;
+            if (!strcmp(argv[2], "fit")) return fputs(fit_usage, stdout), 0;
+            if (!strcmp(argv[2], "merge")) return fputs(usage_merge, stdout), 0;
+            if (!strcmp(argv[2], "slurm")) return fputs(usage_slurm, stdout), 0;
             if (!strcmp(argv[2], "bench")) return fputs(usage_bench, stdout), 0;
             if (!strcmp(argv[2], "probe")) return fputs(usage_probe, stdout), 0;
         }
@@ -559,6 +880,9 @@ int main(int argc, char **argv) {
     if (!strcmp(verb, "run")) return cmd_run(argc - 2, argv + 2);
     if (!strcmp(verb, "status")) return cmd_status(argc - 2, argv + 2);
     if (!strcmp(verb, "export")) return cmd_export(argc - 2, argv + 2);
+    if (!strcmp(verb, "fit")) return cmd_fit(argc - 2, argv + 2);
+    if (!strcmp(verb, "merge")) return cmd_merge(argc - 2, argv + 2);
+    if (!strcmp(verb, "slurm")) return cmd_slurm(argc - 2, argv + 2);
     if (!strcmp(verb, "bench")) return cmd_bench(argc - 2, argv + 2);
     if (!strcmp(verb, "probe")) return cmd_probe(argc - 2, argv + 2);
     if (!strcmp(verb, "mixers")) return cmd_list_mixers();

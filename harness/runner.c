@@ -181,21 +181,24 @@ static void take(progress *p, const runner_msg *m) {
         else if (!strcmp(m->status, "interrupted")) r->interrupted++;
         else r->failed++;
         if (o->quiet) break;
+        /* [run number/runs of the whole sweep]: a shard's runs keep their
+         * sweep-wide numbers. */
+        long all = sweep_size(p->s);
         char desc[400], wall[32];
         sweep_describe(p->s, m->index, desc, sizeof desc);
         fmt_duration(m->wall_s, wall, sizeof wall);
         clear_line(p);
         if (!strcmp(m->status, "failed"))
-            fprintf(stderr, "[%ld/%ld] failed       %s: %s\n", m->index + 1, r->total, desc,
+            fprintf(stderr, "[%ld/%ld] failed       %s: %s\n", m->index + 1, all, desc,
                     m->text);
         else if (strcmp(m->status, "finished"))
             fprintf(stderr, "[%ld/%ld] %-12s %s  step %ld  %s  run %lld\n", m->index + 1,
-                    r->total, m->status, desc, m->step, wall, m->run_id);
+                    all, m->status, desc, m->step, wall, m->run_id);
         else
             fprintf(stderr,
                     "[%ld/%ld] %-12s %s  step %ld  test accuracy %.4f  test loss %.4f  %s  "
                     "run %lld\n",
-                    m->index + 1, r->total, m->status, desc, m->step, m->test_acc,
+                    m->index + 1, all, m->status, desc, m->step, m->test_acc,
                     m->test_loss, wall, m->run_id);
         break;
     }
@@ -465,7 +468,7 @@ static int parallel(worker *proto, int jobs, progress *view, ml_error *e) {
 int runner_run(const ml_sweep *s, const runner_opts *o, runner_result *r, ml_error *e) {
     memset(r, 0, sizeof *r);
     long n = sweep_size(s);
-    r->total = n;
+    r->total = o->shard ? shard_size(o->shard, n) : n;
     if (o->jobs < 1 || o->jobs > RUNNER_MAX_JOBS)
         return ML_FAIL(e, "jobs must be in [1, %d], got %d", RUNNER_MAX_JOBS, o->jobs);
     long *todo = malloc(sizeof *todo * (size_t)(n ? n : 1));
@@ -491,6 +494,7 @@ int runner_run(const ml_sweep *s, const runner_opts *o, runner_result *r, ml_err
         db_state st;
         long long id;
         run_config cfg;
+        if (o->shard && !shard_owns(o->shard, i)) continue;
         if (db_hash_state(db, sweep_hash(s, i), &st, &id, e) || sweep_config(s, i, &cfg, e))
             goto done;
         steps_of[i] = cfg.train.steps;
@@ -549,10 +553,11 @@ static const char *state_name(db_state st) {
     return "?";
 }
 
-int runner_dry_run(const ml_sweep *s, const char *db_path, FILE *out, ml_error *e) {
+int runner_dry_run(const ml_sweep *s, const char *db_path, const ml_shard *shard, FILE *out,
+                   ml_error *e) {
     ml_db *db = NULL;
     if (access(db_path, F_OK) == 0 && db_open_readonly(&db, db_path, e)) return -1;
-    long n = sweep_size(s), counts[6] = {0};
+    long n = sweep_size(s), counts[6] = {0}, owned = shard ? shard_size(shard, n) : n;
     db_state *states = malloc(sizeof *states * (size_t)(n ? n : 1));
     if (!states) {
         db_close(db);
@@ -561,6 +566,7 @@ int runner_dry_run(const ml_sweep *s, const char *db_path, FILE *out, ml_error *
     for (long i = 0; i < n; i++) {
         long long id;
         states[i] = DB_MISSING;
+        if (shard && !shard_owns(shard, i)) continue;
         if (db && db_hash_state(db, sweep_hash(s, i), &states[i], &id, e)) {
             free(states);
             db_close(db);
@@ -574,12 +580,16 @@ int runner_dry_run(const ml_sweep *s, const char *db_path, FILE *out, ml_error *
     if (dups > 0)
         fprintf(out, " (%ld expanded, %ld duplicate%s merged)", sweep_expanded(s), dups,
                 dups == 1 ? "" : "s");
+    if (shard && shard->count > 1)
+        fprintf(out, "; shard %ld of %ld (%s): %ld run%s", shard->index, shard->count,
+                shard->source, owned, owned == 1 ? "" : "s");
     long done = counts[DB_FINISHED] + counts[DB_DIVERGED];
-    fprintf(out, "; %ld already done, %ld to run", done, n - done);
+    fprintf(out, "; %ld already done, %ld to run", done, owned - done);
     if (counts[DB_RUNNING]) fprintf(out, " (%ld running elsewhere)", counts[DB_RUNNING]);
     fprintf(out, "\n");
     for (long i = 0; i < n; i++) {
         char desc[600];
+        if (shard && !shard_owns(shard, i)) continue;
         sweep_describe(s, i, desc, sizeof desc);
         fprintf(out, "%5ld  %-11s  %.12s  %s\n", i + 1, state_name(states[i]), sweep_hash(s, i),
                 desc);

@@ -11,6 +11,10 @@
  * left 'running' by a process that died (crash, kill -9) is marked
  * interrupted and trained again from the start when a later claim meets it.
  *
+ * Sharding: with o->shard only the runs the shard owns (shard.h) are looked
+ * at, counted and trained; the sweep row recorded is the whole sweep's, the
+ * same in every shard's database, so that merge.c finds one sweep.
+ *
  * Signals: when *stop becomes non-zero (SIGINT, SIGTERM) the workers finish
  * their current step, record their runs as interrupted and stop; forked
  * workers get SIGINT forwarded, and SIGTERM when the parent dies.
@@ -25,6 +29,7 @@
 #include <stdio.h>
 
 #include "error.h"
+#include "shard.h"
 #include "sweep.h"
 
 #define RUNNER_MAX_JOBS 64
@@ -35,10 +40,11 @@ typedef struct runner_opts {
     int progress;                  /* live progress line (stderr is a terminal) */
     int quiet;                     /* print nothing */
     volatile sig_atomic_t *stop;   /* set asynchronously: stop as interrupted */
+    const ml_shard *shard;         /* NULL: every run; else only the runs it owns */
 } runner_opts;
 
 typedef struct runner_result {
-    long total;        /* distinct runs of the sweep */
+    long total;        /* distinct runs of the sweep (of its shard, with o->shard) */
     long done_before;  /* already finished or diverged when it started */
     long finished, diverged, failed, interrupted; /* outcomes of runs trained now */
     long elsewhere;    /* claimed meanwhile by another process (done or running) */
@@ -53,8 +59,10 @@ typedef struct runner_result {
  * r->failed, recorded as failed, and the sweep goes on. */
 int runner_run(const ml_sweep *s, const runner_opts *o, runner_result *r, ml_error *e);
 
-/* Print the expanded runs of s and their state in the database at db_path
- * (missing file: nothing done) to out, without writing anything. */
-int runner_dry_run(const ml_sweep *s, const char *db_path, FILE *out, ml_error *e);
+/* Print the expanded runs of s (those shard owns, unless it is NULL) and
+ * their state in the database at db_path (missing file: nothing done) to
+ * out, without writing anything. */
+int runner_dry_run(const ml_sweep *s, const char *db_path, const ml_shard *shard, FILE *out,
+                   ml_error *e);
 
 #endif

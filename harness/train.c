@@ -19,6 +19,7 @@
 #include <xmmintrin.h>
 #endif
 
+#include "blas.h"
 #include "kernels.h"
 #include "model.h"
 #include "rng.h"
@@ -56,8 +57,8 @@ void machine_describe(char *buf, size_t cap) {
         }
         fclose(f);
     }
-    snprintf(buf, cap, "%s; %s; %ld cpus; OpenBLAS %s", host, cpu, sysconf(_SC_NPROCESSORS_ONLN),
-             openblas_get_config());
+    snprintf(buf, cap, "%s; %s; %ld cpus; OpenBLAS %s; core %s", host, cpu,
+             sysconf(_SC_NPROCESSORS_ONLN), openblas_get_config(), blas_core_note());
 }
 
 /* Fill input/target for `count` examples of split starting at the given
@@ -216,6 +217,29 @@ static int evaluate_slices(ml_model *m, const ml_task *task, const void *tcfg, c
     return rc ? -1 : 0;
 }
 
+/* Training FLOPs of one step of m on B sequences of T tokens, forward and
+ * backward, by the 6N rule of scaling-law papers (Kaplan et al. 2020): 6 per
+ * non-embedding parameter and token, plus the LM head at the m->S rows it ran
+ * on (6 S C V) and softmax attention's scores and mix (12 C per visible
+ * query-key pair and layer, as harness/bench.c counts them). Not counted:
+ * element-wise work and the state products of the other mixers (their
+ * per-token cost does not grow with L except memory caching's); a mixture of
+ * memories counts every memory's weights. The figures compare mixers on this
+ * one count (train/flops); bench.c's per-mixer formulas are the finer one. */
+static double step_flops(const ml_model *m, const run_config *cfg, int B, int T) {
+    double C = m->cfg.d_model, V = m->V;
+    double emb = V * C * (m->cfg.tie_embeddings ? 1 : 2);
+    if (m->cfg.position == POS_LEARNED) emb += (double)m->maxT * C;
+    double f = 6.0 * ((double)m->n_params - emb) * B * T + 6.0 * m->S * C * V;
+    if (!strcmp(m->cfg.mixer, "softmax")) {
+        char w[32];
+        long window = config_value(cfg, "model.window", w, sizeof w) ? 0 : atol(w), pairs = 0;
+        for (long t = 1; t <= T; t++) pairs += window > 0 && window < t ? window : t;
+        f += 12.0 * C * (double)pairs * B * m->cfg.n_layers;
+    }
+    return f;
+}
+
 /* Record a metric when there is a database. */
 static int put(ml_db *db, long long run, long step, const char *split, const char *name,
                double value, ml_error *e) {
@@ -341,7 +365,7 @@ static int train_run_body(const run_config *cfg, ml_db *db, const train_opts *o,
         goto done;
 
     long epoch = -1, pos = n_train; /* position in the current permutation */
-    double t_start = now_s(), t_train = 0.0, win_loss = 0.0, win_aux = 0.0;
+    double t_start = now_s(), t_train = 0.0, win_loss = 0.0, win_aux = 0.0, flops = 0.0;
     long win_n = 0;
     double last_acc = -1.0;
     const char *status = "finished";
@@ -379,6 +403,7 @@ static int train_run_body(const run_config *cfg, ml_db *db, const train_opts *o,
             snprintf(diverged_what, sizeof diverged_what, "loss is %g", loss);
             break;
         }
+        flops += step_flops(&m, cfg, B, T);
         model_zero_grad(&m);
         model_backward(&m);
         double gnorm = grad_clip(m.g, m.n_params, tc->grad_clip);
@@ -427,6 +452,7 @@ static int train_run_body(const run_config *cfg, ml_db *db, const train_opts *o,
                         put(db, run, done_steps, "train", "aux_loss", win_aux / (double)win_n, e)) ||
                        put(db, run, done_steps, "test", "accuracy", acc, e) ||
                        put(db, run, done_steps, "test", "loss", tloss, e) ||
+                       put(db, run, done_steps, "train", "flops", flops, e) ||
                        put_task_metrics(db, run, done_steps, &ev, e) || db_commit(db, e)))
                 goto done;
             win_loss = 0.0;
@@ -453,6 +479,8 @@ static int train_run_body(const run_config *cfg, ml_db *db, const train_opts *o,
                put(db, run, step, "train", "tokens_per_s", out->tokens_per_s, e) ||
                put(db, run, step, "train", "wall_time_s", out->wall_s, e) ||
                put(db, run, step, "train", "train_time_s", t_train, e) ||
+               (step > 0 && put(db, run, step, "train", "flops_per_token",
+                                flops / ((double)step * B * T), e)) ||
                put(db, run, step, "model", "peak_rss_mib", peak_rss_mib(), e) ||
                db_commit(db, e) ||
                db_run_end(db, run, status, step, err_text[0] ? err_text : NULL, e)))

@@ -429,8 +429,9 @@ static void la_chunk_forward(real *out, real *den, real *states, const real *q,
                 const real *vc = vb + (size_t)t0 * d->v_stride;
                 real *oc = ob + (size_t)t0 * ldo;
                 la_scores(A, qc, kc, L, L, d);
-                gemm(0, 0, L, Dv, Dk, 1, qc, d->q_stride, cur, Dv, 0, oc, ldo);
-                gemm(0, 0, L, Dv, L, 1, A, L, vc, d->v_stride, 1, oc, ldo);
+                /* the first chunk's prefix state is zero: skip its product */
+                if (c > 0) gemm(0, 0, L, Dv, Dk, 1, qc, d->q_stride, cur, Dv, 0, oc, ldo);
+                gemm(0, 0, L, Dv, L, 1, A, L, vc, d->v_stride, c > 0 ? 1 : 0, oc, ldo);
                 if (d->normalize) {
                     const real *z = cur + SS;
                     for (int i = 0; i < L; i++) {
@@ -492,11 +493,14 @@ static void la_chunk_backward(real *dq, real *dk, real *dv, const real *dout,
                     for (int i = 0; i < L; i++)
                         for (int j = 0; j <= i; j++) dA[(size_t)i * L + j] += g[i];
                 tril_mask(dA, L, L);
+                /* the first chunk's prefix state (S, z) and the last chunk's
+                 * dS, dz are zero: their products are skipped */
+                const int first = c == 0, last = c == NC - 1;
                 if (dq) {
                     real *dqc = dq + qo + (size_t)t0 * d->q_stride;
                     gemm(0, 0, L, Dk, L, 1, dA, L, kc, d->k_stride, 1, dqc, d->q_stride);
-                    gemm(0, 1, L, Dk, Dv, 1, dn, Dv, Sp, Dv, 1, dqc, d->q_stride);
-                    if (d->normalize)
+                    if (!first) gemm(0, 1, L, Dk, Dv, 1, dn, Dv, Sp, Dv, 1, dqc, d->q_stride);
+                    if (d->normalize && !first)
                         for (int i = 0; i < L; i++)
                             for (int j = 0; j < Dk; j++)
                                 dqc[(size_t)i * d->q_stride + j] += g[i] * zp[j];
@@ -504,15 +508,15 @@ static void la_chunk_backward(real *dq, real *dk, real *dv, const real *dout,
                 if (dk) {
                     real *dkc = dk + ko + (size_t)t0 * d->k_stride;
                     gemm(1, 0, L, Dk, L, 1, dA, L, qc, d->q_stride, 1, dkc, d->k_stride);
-                    gemm(0, 1, L, Dk, Dv, 1, vc, d->v_stride, dS, Dv, 1, dkc, d->k_stride);
-                    if (d->normalize)
+                    if (!last) gemm(0, 1, L, Dk, Dv, 1, vc, d->v_stride, dS, Dv, 1, dkc, d->k_stride);
+                    if (d->normalize && !last)
                         for (int i = 0; i < L; i++)
                             for (int j = 0; j < Dk; j++) dkc[(size_t)i * d->k_stride + j] += dz[j];
                 }
                 if (dv) {
                     real *dvc = dv + vo + (size_t)t0 * d->v_stride;
                     gemm(1, 0, L, Dv, L, 1, A, L, dn, Dv, 1, dvc, d->v_stride);
-                    gemm(0, 0, L, Dv, Dk, 1, kc, d->k_stride, dS, Dv, 1, dvc, d->v_stride);
+                    if (!last) gemm(0, 0, L, Dv, Dk, 1, kc, d->k_stride, dS, Dv, 1, dvc, d->v_stride);
                 }
                 if (c == 0) break;
                 gemm(1, 0, Dk, Dv, L, 1, qc, d->q_stride, dn, Dv, 1, dS, Dv);

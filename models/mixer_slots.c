@@ -1,4 +1,4 @@
-/* mixer_slots.c: the slot bottleneck mixer (models.md section 4): the context
+/* mixer_slots.c: the slot bottleneck mixer (README "Slot bottleneck"): the context
  * is compressed into k latent slots of width d, rewritten chunk by chunk.
  *
  * Notation per layer: x [B,T,C] the mixer's input (already normed by the
@@ -63,8 +63,8 @@
  * attention reads alone are (K + Ch/2) keys against T/2.
  *
  * State size: chunk K*C per layer, the slots carried across a chunk boundary
- * (models.md); context 2*K*C (M_ctx and the current M_q) once the context is
- * read. Not counted, as the issue defines it: the current chunk's tokens (at
+ * (k x d per layer); context 2*K*C (M_ctx and the current M_q) once the context is
+ * read. Not counted (state_size is the carried memory only): the current chunk's tokens (at
  * most Ch - 1 of them) that the next read and write still need, and, inside
  * the context, the context tokens the encoder will read.
  *
@@ -822,7 +822,7 @@ static long slots_state_size(const void *cfg, int C, int T) {
 
 const ml_mixer mixer_slots = {
     .name = "slots",
-    .help = "slot bottleneck (models.md 4): k learned slots; chunk: tokens read [slots ; "
+    .help = "slot bottleneck: k learned slots; chunk: tokens read [slots ; "
             "their chunk so far], slots rewritten at chunk ends by attention over [slots ; "
             "chunk] + MLP (+ GRU gate); context: slots encode the context, the question reads "
             "[M_ctx ; question slots ; its chunk so far]",

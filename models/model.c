@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #include "kernels.h"
 #include "rng.h"
@@ -151,6 +152,19 @@ static real *carve(carver *cv, size_t n) {
     return p;
 }
 
+/* The activation arena: zero-filled anonymous pages, so that buffers a run
+ * never touches (the logits of unsupervised rows with the supervised head, the
+ * MLP's when it is off) cost address space but no resident memory. */
+static real *acts_alloc(size_t n) {
+    size_t bytes = n * sizeof(real) + 64;
+    void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    return p == MAP_FAILED ? NULL : (real *)p;
+}
+
+static void acts_free(real *p, size_t n) {
+    if (p) munmap(p, n * sizeof(real) + 64);
+}
+
 /* Model-level scratch and the head, shared by all layers. */
 typedef struct head_bufs {
     real *xf;            /* [N,C] final residual stream */
@@ -283,7 +297,7 @@ int model_build(ml_model *m, const model_config *cfg, int vocab, int maxT, int m
     mfirst = mcount = NULL;
 
     m->n_acts = layout_acts(m, NULL);
-    m->acts = aligned_alloc(64, ((m->n_acts * sizeof(real)) + 63) & ~(size_t)63);
+    m->acts = acts_alloc(m->n_acts);
     m->n_stats = m->mixer->n_stats ? m->mixer->n_stats(cfg->mixer_cfg.bytes) : 0;
     if (m->n_stats > 0) {
         m->stats = calloc((size_t)m->n_stats * (size_t)cfg->n_layers, sizeof(double));
@@ -292,7 +306,6 @@ int model_build(ml_model *m, const model_config *cfg, int vocab, int maxT, int m
     m->rows = malloc(sizeof(int) * (size_t)maxB * (size_t)maxT);
     head_of(m)->targets = malloc(sizeof(int) * (size_t)maxB * (size_t)maxT);
     if (!m->acts || !m->rows || !head_of(m)->targets) goto oom;
-    memset(m->acts, 0, m->n_acts * sizeof(real));
     layout_acts(m, m->acts);
     return 0;
 oom:
@@ -310,7 +323,7 @@ void model_free(ml_model *m) {
     free(m->m);
     free(m->v);
     free(m->layers);
-    free(m->acts);
+    acts_free(m->acts, m->n_acts);
     free(m->rows);
     free(m->stats);
     memset(m, 0, sizeof *m);
@@ -542,5 +555,7 @@ void model_backward(ml_model *m) {
 
 long model_state_size(const ml_model *m, int T) {
     const model_config *c = &m->cfg;
-    return (long)c->n_layers * m->mixer->state_size(c->mixer_cfg.bytes, c->d_model, T);
+    /* the block's causal conv keeps its last K-1 inputs (K taps, width C) */
+    long conv = c->conv > 1 ? (long)(c->conv - 1) * c->d_model : 0;
+    return (long)c->n_layers * (m->mixer->state_size(c->mixer_cfg.bytes, c->d_model, T) + conv);
 }

@@ -91,7 +91,7 @@ void model_zero_grad(ml_model *m);
 /* Backward of the last forward: accumulates d(mean loss)/d(w) into m->g. */
 void model_backward(ml_model *m);
 /* Per-sequence state (floats) to generate the next token after T tokens,
- * summed over layers. */
+ * summed over layers: the mixer's state plus the block conv's K-1 past inputs. */
 long model_state_size(const ml_model *m, int T);
 
 #endif

@@ -29,10 +29,11 @@ if /usr/bin/python3 -c 'import torch' 2>/dev/null; then
     echo "== PyTorch twin: regenerating fixtures into $twin_dir"
     rm -rf "$twin_dir"
     if /usr/bin/python3 tests/twin/twin.py "$twin_dir" &&
-        /usr/bin/python3 tests/twin/twin_slots.py "$twin_dir"; then
+        /usr/bin/python3 tests/twin/twin_slots.py "$twin_dir" &&
+        /usr/bin/python3 tests/twin/twin_memcache.py "$twin_dir"; then
         passed=$((passed + 1))
     else
-        echo "FAIL twin.py or twin_slots.py"
+        echo "FAIL twin.py, twin_slots.py or twin_memcache.py"
         failed=$((failed + 1))
     fi
 else

@@ -23,7 +23,7 @@
 #include "test.h"
 
 /* The schema version db.c writes. */
-#define CODE_SCHEMA 2
+#define CODE_SCHEMA 3
 
 static const char CONFIG[] =
     "{\"name\":\"t\",\"task\":{\"name\":\"mqar\",\"seq_len\":64},\"train\":{\"lr\":0.001}}";
@@ -402,16 +402,16 @@ static void test_db_versions(void) {
     db_close(db);
     sqlite3 *h = raw_open(path);
     if (h) {
-        CHECK(raw_exec(h, "UPDATE schema_version SET version = 3") == SQLITE_OK, "raw update");
+        CHECK(raw_exec(h, "UPDATE schema_version SET version = 4") == SQLITE_OK, "raw update");
         sqlite3_close(h);
     }
     db = (ml_db *)1;
     CHECK(db_open(&db, path, &e) == -1, "newer schema accepted");
     CHECK(db == NULL, "failed db_open left *out set");
-    CHECK(strstr(e.msg, "newer") && strstr(e.msg, "version 3"), "newer-version message: %s",
+    CHECK(strstr(e.msg, "newer") && strstr(e.msg, "version 4"), "newer-version message: %s",
           e.msg);
     if ((h = raw_open(path))) {
-        CHECK(raw_int(h, "SELECT version FROM schema_version") == 3, "newer file modified");
+        CHECK(raw_int(h, "SELECT version FROM schema_version") == 4, "newer file modified");
         sqlite3_close(h);
     }
 

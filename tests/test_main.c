@@ -9,6 +9,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "blas.h"
 #include "test.h"
 
 /* A private build (-DTEST_PRIVATE) links only some suites: the others are
@@ -31,11 +32,14 @@ SUITE tests_sweep[];
 SUITE tests_tasks[];
 SUITE tests_perf[];
 SUITE tests_slots[];
+SUITE tests_fit[];
+SUITE tests_cluster[];
+SUITE tests_memcache[];
 
 static const test_case *const suites[] = {
     tests_ops,  tests_attention, tests_spec,  tests_mqar,  tests_db,    tests_model,
     tests_twin, tests_linfam,    tests_mom,   tests_sweep, tests_tasks, tests_perf,
-    tests_slots};
+    tests_slots, tests_fit, tests_cluster, tests_memcache};
 
 static int current_failures;
 static int verbose;
@@ -83,6 +87,7 @@ int main(int argc, char **argv) {
         else filter = argv[i];
     }
     setvbuf(stdout, NULL, _IOLBF, 0);
+    blas_select_core(NULL, 0);
     int passed = 0, failed = 0;
     for (size_t s = 0; s < sizeof suites / sizeof suites[0]; s++) {
         if (!suites[s]) continue;

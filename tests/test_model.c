@@ -239,6 +239,14 @@ static void test_model_state_size(void) {
           model_state_size(&m, 64));
     CHECK(model_state_size(&m, 1000) == model_state_size(&m, 64), "linear state is fixed");
     model_free(&m);
+    /* a 4-tap block conv adds its 3 past inputs of width 64 per layer */
+    const char *const s3[] = {"model.mixer=linear", "model.d_model=64", "model.heads=4",
+                              "model.n_layers=2", "model.conv=4", NULL};
+    if (make_cfg(&cfg, s3)) return;
+    CHECK(model_build(&m, &cfg.model, 100, 64, 1, &e) == 0, "%s", e.msg);
+    CHECK(model_state_size(&m, 64) == 2L * (4 * (16 * 16 + 16) + 3 * 64),
+          "linear with block conv: state %ld", model_state_size(&m, 64));
+    model_free(&m);
 }
 
 static const char *const train_sets[] = {
