@@ -49,6 +49,7 @@
 #include "model.h"
 #include "spec.h"
 #include "task.h"
+#include "tmpdir.h"
 #include "train.h"
 #include "version.h"
 
@@ -735,12 +736,12 @@ static double run_sweep(const char *self, const char *spec, const char *db, int 
  * a temporary directory (removed afterwards). */
 static void measure_jobs(const bench_opts *o, jobs_result *jr) {
     memset(jr, 0, sizeof *jr);
-    char dir[] = "/tmp/memlab-bench-XXXXXX";
-    if (!mkdtemp(dir)) {
-        snprintf(jr->note, sizeof jr->note, "mkdtemp: %s", strerror(errno));
+    char dir[512];
+    if (temp_dir_make(dir, sizeof dir, "memlab-bench")) {
+        snprintf(jr->note, sizeof jr->note, "temporary directory: %s", strerror(errno));
         return;
     }
-    char spec[64], db[2][64];
+    char spec[600], db[2][600];
     snprintf(spec, sizeof spec, "%s/jobs.yaml", dir);
     FILE *f = fopen(spec, "w");
     int ok = f && fputs(jobs_spec, f) >= 0;
@@ -754,12 +755,12 @@ static void measure_jobs(const bench_opts *o, jobs_result *jr) {
         }
     }
     jr->ok = ok;
-    if (!ok && !jr->note[0]) snprintf(jr->note, sizeof jr->note, "cannot write %s", spec);
+    if (!ok && !jr->note[0]) snprintf(jr->note, sizeof jr->note, "cannot write %.150s", spec);
     /* the databases, their WAL files and the spec */
     static const char *const tails[] = {"", "-wal", "-shm", "-journal"};
     for (int k = 0; k < 2; k++)
         for (int t = 0; t < 4; t++) {
-            char path[96];
+            char path[640];
             snprintf(path, sizeof path, "%s/jobs%d.db%s", dir, k + 1, tails[t]);
             unlink(path);
         }

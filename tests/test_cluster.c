@@ -33,14 +33,14 @@
 #include "slurm.h"
 #include "sweep.h"
 #include "test.h"
+#include "tmpdir.h"
 
 /* ------------------------------------------------------------------------ */
 /* Helpers.                                                                   */
 
-/* A fresh directory "/tmp/memlab_cluster_XXXXXX" in dir[cap]; 0 or -1. */
+/* A fresh directory "$TMPDIR/memlab-cluster-XXXXXX" in dir[cap]; 0 or -1. */
 static int tmp_dir(char *dir, size_t cap) {
-    snprintf(dir, cap, "/tmp/memlab_cluster_XXXXXX");
-    if (!mkdtemp(dir)) {
+    if (temp_dir_make(dir, cap, "memlab-cluster")) {
         CHECK(0, "mkdtemp failed");
         return -1;
     }

@@ -1,6 +1,6 @@
 /* test_db.c: the results store (harness/db.c).
  *
- * Every test works in its own mkdtemp directory under /tmp, removed at the
+ * Every test works in its own fresh directory under $TMPDIR, removed at the
  * end, and reads back what db.c wrote through a separate raw sqlite3
  * connection, so the checks do not trust db.c's own statements. What the
  * stored config contains (spec.c) and which metrics a run writes (train.c)
@@ -21,6 +21,7 @@
 
 #include "db.h"
 #include "test.h"
+#include "tmpdir.h"
 
 /* The schema version db.c writes. */
 #define CODE_SCHEMA 3
@@ -28,10 +29,9 @@
 static const char CONFIG[] =
     "{\"name\":\"t\",\"task\":{\"name\":\"mqar\",\"seq_len\":64},\"train\":{\"lr\":0.001}}";
 
-/* A fresh directory "/tmp/memlab_db_XXXXXX" in dir[cap]; 0 or -1. */
+/* A fresh directory "$TMPDIR/memlab-db-XXXXXX" in dir[cap]; 0 or -1. */
 static int tmp_dir(char *dir, size_t cap) {
-    snprintf(dir, cap, "/tmp/memlab_db_XXXXXX");
-    if (!mkdtemp(dir)) {
+    if (temp_dir_make(dir, cap, "memlab-db")) {
         CHECK(0, "mkdtemp failed");
         return -1;
     }

@@ -36,6 +36,7 @@
 #include "sweep.h"
 #include "task.h"
 #include "test.h"
+#include "tmpdir.h"
 #ifdef __SSE__
 #include <xmmintrin.h>
 #endif
@@ -84,8 +85,7 @@ static int task_int(const run_config *c, const char *key) {
 }
 
 static int tmp_dir(char *dir, size_t cap) {
-    snprintf(dir, cap, "/tmp/memlab_sweep_XXXXXX");
-    if (!mkdtemp(dir)) {
+    if (temp_dir_make(dir, cap, "memlab-sweep")) {
         CHECK(0, "mkdtemp failed");
         return -1;
     }

@@ -23,6 +23,7 @@
 #include "spec.h"
 #include "task.h"
 #include "test.h"
+#include "tmpdir.h"
 #include "train.h"
 
 extern const ml_task task_joint_recall, task_in_context_recall, task_noisy_recall,
@@ -735,8 +736,7 @@ static char lm_dir[128];
 
 /* Create lm_dir; -1 (a failed check) when it cannot be made. */
 static int lm_setup(void) {
-    snprintf(lm_dir, sizeof lm_dir, "/tmp/memlab-test-lm-XXXXXX");
-    if (!mkdtemp(lm_dir)) {
+    if (temp_dir_make(lm_dir, sizeof lm_dir, "memlab-test-lm")) {
         CHECK(0, "mkdtemp failed");
         return -1;
     }
