@@ -25,13 +25,6 @@
 
 #include "kernels.h"
 
-/* Row-major C[M,N] = alpha op(A) op(B) + beta C; ta/tb nonzero transpose. */
-static void gemm(int ta, int tb, int M, int N, int K, real alpha, const real *A, int lda,
-                 const real *Bm, int ldb, real beta, real *C, int ldc) {
-    cblas_gemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans,
-               M, N, K, alpha, A, lda, Bm, ldb, beta, C, ldc);
-}
-
 /* Index of the last key query i sees, -1 when it sees none. */
 static int xattn_hi(const xattn_dims *d, int i) {
     int hi = d->Tk - 1;
@@ -69,7 +62,7 @@ void xattn_forward(real *out, real *att, const real *q, const real *k, const rea
             gather(Q, q + b * d->bq + (size_t)h * D, Tq, D, d->ldq);
             gather(K, k + b * d->bk + (size_t)h * D, Tk, D, d->ldk);
             gather(V, v + b * d->bv + (size_t)h * D, Tk, D, d->ldv);
-            gemm(0, 1, Tq, Tk, D, scale, Q, D, K, D, 0, A, Tk);
+            ml_gemm(0, 1, Tq, Tk, D, scale, Q, D, K, D, 0, A, Tk);
             for (int i = 0; i < Tq; i++) {
                 real *a = A + (size_t)i * Tk;
                 int hi = xattn_hi(d, i);
@@ -86,7 +79,7 @@ void xattn_forward(real *out, real *att, const real *q, const real *k, const rea
                 }
                 memset(a + hi + 1, 0, sizeof(real) * (size_t)(Tk - hi - 1));
             }
-            gemm(0, 0, Tq, D, Tk, 1, A, Tk, V, D, 0, O, d->ldo);
+            ml_gemm(0, 0, Tq, D, Tk, 1, A, Tk, V, D, 0, O, d->ldo);
         }
 }
 
@@ -107,12 +100,12 @@ void xattn_backward(real *dq, real *dk, real *dv, const real *dout, const real *
             const real *A = att + ((size_t)b * H + h) * Tq * Tk;
             gather(dO, dout + b * d->bo + (size_t)h * D, Tq, D, d->ldo);
             if (dv)
-                gemm(1, 0, Tk, D, Tq, 1, A, Tk, dO, D, 1, dv + b * d->bv + (size_t)h * D, d->ldv);
+                ml_gemm(1, 0, Tk, D, Tq, 1, A, Tk, dO, D, 1, dv + b * d->bv + (size_t)h * D, d->ldv);
             if (!dq && !dk) continue;
             gather(Q, q + b * d->bq + (size_t)h * D, Tq, D, d->ldq);
             gather(K, k + b * d->bk + (size_t)h * D, Tk, D, d->ldk);
             gather(V, v + b * d->bv + (size_t)h * D, Tk, D, d->ldv);
-            gemm(0, 1, Tq, Tk, D, 1, dO, D, V, D, 0, dP, Tk);
+            ml_gemm(0, 1, Tq, Tk, D, 1, dO, D, V, D, 0, dP, Tk);
             for (int i = 0; i < Tq; i++) {
                 const real *p = A + (size_t)i * Tk;
                 real *ds = dP + (size_t)i * Tk;
@@ -122,10 +115,10 @@ void xattn_backward(real *dq, real *dk, real *dv, const real *dout, const real *
                 for (int j = 0; j < Tk; j++) ds[j] = p[j] * (ds[j] - dot);
             }
             if (dq)
-                gemm(0, 0, Tq, D, Tk, scale, dP, Tk, K, D, 1, dq + b * d->bq + (size_t)h * D,
+                ml_gemm(0, 0, Tq, D, Tk, scale, dP, Tk, K, D, 1, dq + b * d->bq + (size_t)h * D,
                      d->ldq);
             if (dk)
-                gemm(1, 0, Tk, D, Tq, scale, dP, Tk, Q, D, 1, dk + b * d->bk + (size_t)h * D,
+                ml_gemm(1, 0, Tk, D, Tq, scale, dP, Tk, Q, D, 1, dk + b * d->bk + (size_t)h * D,
                      d->ldk);
         }
 }

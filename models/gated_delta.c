@@ -35,19 +35,6 @@
 
 #include "kernels.h"
 
-#ifdef MEMLAB_DOUBLE
-#define cblas_trsm cblas_dtrsm
-#else
-#define cblas_trsm cblas_strsm
-#endif
-
-/* Row-major C[M,N] = alpha op(A) op(B) + beta C; ta/tb nonzero transpose. */
-static void gemm(int ta, int tb, int M, int N, int K, real alpha, const real *A, int lda,
-                 const real *Bm, int ldb, real beta, real *C, int ldc) {
-    cblas_gemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans,
-               M, N, K, alpha, A, lda, Bm, ldb, beta, C, ldc);
-}
-
 /* Chunk length actually used: at most T. */
 static int gd_chunk(const gdelta_dims *d) { return d->chunk < d->T ? d->chunk : d->T; }
 
@@ -303,7 +290,7 @@ static void gd_prep(gd_work *w, const gd_rows *r, const real *S0, int L,
             for (int j = 0; j <= i; j++) w->M[(size_t)i * L + j] = REXP(w->G[i] - w->G[j]);
         }
     }
-    gemm(0, 1, L, L, Dk, 1, r->q, d->q_stride, r->k, d->k_stride, 0, w->P, L);
+    ml_gemm(0, 1, L, L, Dk, 1, r->q, d->q_stride, r->k, d->k_stride, 0, w->P, L);
     for (int i = 0; i < L; i++) {
         real *Pi = w->P + (size_t)i * L;
         if (d->decay)
@@ -311,7 +298,7 @@ static void gd_prep(gd_work *w, const gd_rows *r, const real *S0, int L,
         for (int j = i + 1; j < L; j++) Pi[j] = 0;
     }
     if (!d->delta) return;
-    gemm(0, 1, L, L, Dk, 1, r->k, d->k_stride, r->k, d->k_stride, 0, w->KK, L);
+    ml_gemm(0, 1, L, L, Dk, 1, r->k, d->k_stride, r->k, d->k_stride, 0, w->KK, L);
     for (int i = 0; i < L; i++) {
         real bi = r->beta[(size_t)i * gs];
         real gi = d->decay ? w->Gam[i] : 1;
@@ -323,11 +310,10 @@ static void gd_prep(gd_work *w, const gd_rows *r, const real *S0, int L,
         for (int j = 0; j < Dv; j++) Xi[j] = bi * vi[j];
         for (int j = 0; j < Dk; j++) Xi[Dv + j] = bi * gi * ki[j];
     }
-    cblas_trsm(CblasRowMajor, CblasLeft, CblasLower, CblasNoTrans, CblasUnit, L, Dx, 1, w->A,
-               L, w->X, Dx);
+    ml_trsm_unit_lower(0, L, Dx, w->A, L, w->X, Dx);
     for (int i = 0; i < L; i++)
         memcpy(w->W + (size_t)i * Dv, w->X + (size_t)i * Dx, Dv * sizeof(real));
-    gemm(0, 0, L, Dv, Dk, -1, w->X + Dv, Dx, S0, Dv, 1, w->W, Dv);
+    ml_gemm(0, 0, L, Dv, Dk, -1, w->X + Dv, Dx, S0, Dv, 1, w->W, Dv);
 }
 
 /* Chunk by chunk: O = diag(Gam) Q S0 + P W, then the state update. With
@@ -352,11 +338,11 @@ static void gd_chunk_forward(real *out, real *states, const real *q, const real 
                 gd_prep(&w, &r, S, L, d);
                 const real *Wp = d->delta ? w.W : r.v;
                 const int ldw = d->delta ? Dv : d->v_stride;
-                gemm(0, 0, L, Dv, Dk, 1, r.q, d->q_stride, S, Dv, 0, oc, ldo);
+                ml_gemm(0, 0, L, Dv, Dk, 1, r.q, d->q_stride, S, Dv, 0, oc, ldo);
                 if (d->decay)
                     for (int i = 0; i < L; i++)
                         for (int j = 0; j < Dv; j++) oc[(size_t)i * ldo + j] *= w.Gam[i];
-                gemm(0, 0, L, Dv, L, 1, w.P, L, Wp, ldw, 1, oc, ldo);
+                ml_gemm(0, 0, L, Dv, L, 1, w.P, L, Wp, ldw, 1, oc, ldo);
                 if (c + 1 == NC) break;
                 real *Sn = S;
                 if (states) {
@@ -373,7 +359,7 @@ static void gd_chunk_forward(real *out, real *states, const real *q, const real 
                     Kg = w.KG;
                     ldk = Dk;
                 }
-                gemm(1, 0, Dk, Dv, L, 1, Kg, ldk, Wp, ldw, 1, Sn, Dv);
+                ml_gemm(1, 0, Dk, Dv, L, 1, Kg, ldk, Wp, ldw, 1, Sn, Dv);
                 S = Sn;
             }
         }
@@ -416,8 +402,8 @@ static void gd_chunk_backward(real *dq, real *dk, real *dv, real *dbeta, real *d
                 for (int i = 0; i < L; i++) w.dG[i] = w.db[i] = 0;
 
                 /* dW = P^T dO + diag(gam) (K dS); dgam_i = w_i . (K dS)_i */
-                gemm(1, 0, L, Dv, L, 1, w.P, L, dOc, ldo, 0, w.dW, Dv);
-                gemm(0, 0, L, Dv, Dk, 1, r.k, d->k_stride, dS, Dv, 0, w.tV, Dv);
+                ml_gemm(1, 0, L, Dv, L, 1, w.P, L, dOc, ldo, 0, w.dW, Dv);
+                ml_gemm(0, 0, L, Dv, Dk, 1, r.k, d->k_stride, dS, Dv, 0, w.tV, Dv);
                 for (int i = 0; i < L; i++) {
                     real s = 0, gi = d->decay ? w.gam[i] : 1;
                     for (int j = 0; j < Dv; j++) {
@@ -427,7 +413,7 @@ static void gd_chunk_backward(real *dq, real *dk, real *dv, real *dbeta, real *d
                     w.dgam[i] = s;
                 }
                 /* intra-chunk scores */
-                gemm(0, 1, L, L, Dv, 1, dOc, ldo, Wp, ldw, 0, w.dP, L);
+                ml_gemm(0, 1, L, L, Dv, 1, dOc, ldo, Wp, ldw, 0, w.dP, L);
                 for (int i = 0; i < L; i++) {
                     real *dPi = w.dP + (size_t)i * L;
                     for (int j = i + 1; j < L; j++) dPi[j] = 0;
@@ -439,10 +425,10 @@ static void gd_chunk_backward(real *dq, real *dk, real *dv, real *dbeta, real *d
                         dPi[j] *= w.M[(size_t)i * L + j];
                     }
                 }
-                if (dqc) gemm(0, 0, L, Dk, L, 1, w.dP, L, r.k, d->k_stride, 1, dqc, d->q_stride);
-                if (dkc) gemm(1, 0, L, Dk, L, 1, w.dP, L, r.q, d->q_stride, 1, dkc, d->k_stride);
+                if (dqc) ml_gemm(0, 0, L, Dk, L, 1, w.dP, L, r.k, d->k_stride, 1, dqc, d->q_stride);
+                if (dkc) ml_gemm(1, 0, L, Dk, L, 1, w.dP, L, r.q, d->q_stride, 1, dkc, d->k_stride);
                 /* the start state's read: dq += diag(Gam) dO S0^T */
-                gemm(0, 1, L, Dk, Dv, 1, dOc, ldo, S0, Dv, 0, w.tK, Dk);
+                ml_gemm(0, 1, L, Dk, Dv, 1, dOc, ldo, S0, Dv, 0, w.tK, Dk);
                 for (int i = 0; i < L; i++) {
                     real gi = d->decay ? w.Gam[i] : 1, s = 0;
                     for (int j = 0; j < Dk; j++) {
@@ -454,7 +440,7 @@ static void gd_chunk_backward(real *dq, real *dk, real *dv, real *dbeta, real *d
                 }
                 /* the state update's keys: dk += diag(gam) W dS^T */
                 if (dkc) {
-                    gemm(0, 1, L, Dk, Dv, 1, Wp, ldw, dS, Dv, 0, w.tK, Dk);
+                    ml_gemm(0, 1, L, Dk, Dv, 1, Wp, ldw, dS, Dv, 0, w.tK, Dk);
                     for (int i = 0; i < L; i++) {
                         real gi = d->decay ? w.gam[i] : 1;
                         for (int j = 0; j < Dk; j++)
@@ -475,7 +461,7 @@ static void gd_chunk_backward(real *dq, real *dk, real *dv, real *dbeta, real *d
                         Qg = w.KG;
                         ldq = Dk;
                     }
-                    gemm(1, 0, Dk, Dv, L, 1, Qg, ldq, dOc, ldo, 1, dS2, Dv);
+                    ml_gemm(1, 0, Dk, Dv, L, 1, Qg, ldq, dOc, ldo, 1, dS2, Dv);
                 }
                 if (d->decay) {
                     real s = 0;
@@ -483,13 +469,12 @@ static void gd_chunk_backward(real *dq, real *dk, real *dv, real *dbeta, real *d
                     w.dG[L - 1] += w.Gam[L - 1] * s;
                 }
                 if (d->delta) {
-                    if (c > 0) gemm(1, 0, Dk, Dv, L, -1, w.X + Dv, Dx, w.dW, Dv, 1, dS2, Dv);
+                    if (c > 0) ml_gemm(1, 0, Dk, Dv, L, -1, w.X + Dv, Dx, w.dW, Dv, 1, dS2, Dv);
                     for (int i = 0; i < L; i++)
                         memcpy(w.Y + (size_t)i * Dx, w.dW + (size_t)i * Dv, Dv * sizeof(real));
-                    gemm(0, 1, L, Dk, Dv, -1, w.dW, Dv, S0, Dv, 0, w.Y + Dv, Dx);
-                    cblas_trsm(CblasRowMajor, CblasLeft, CblasLower, CblasTrans, CblasUnit, L, Dx,
-                               1, w.A, L, w.Y, Dx);
-                    gemm(0, 1, L, L, Dx, -1, w.Y, Dx, w.X, Dx, 0, w.dA, L);
+                    ml_gemm(0, 1, L, Dk, Dv, -1, w.dW, Dv, S0, Dv, 0, w.Y + Dv, Dx);
+                    ml_trsm_unit_lower(1, L, Dx, w.A, L, w.Y, Dx);
+                    ml_gemm(0, 1, L, L, Dx, -1, w.Y, Dx, w.X, Dx, 0, w.dA, L);
                     for (int i = 0; i < L; i++) {
                         const real bi = r.beta[(size_t)i * gs], gi = d->decay ? w.Gam[i] : 1;
                         const real *Yi = w.Y + (size_t)i * Dx;
@@ -524,8 +509,8 @@ static void gd_chunk_backward(real *dq, real *dk, real *dv, real *dbeta, real *d
                         }
                     }
                     if (dkc) {
-                        gemm(0, 0, L, Dk, L, 1, w.dA, L, r.k, d->k_stride, 1, dkc, d->k_stride);
-                        gemm(1, 0, L, Dk, L, 1, w.dA, L, r.k, d->k_stride, 1, dkc, d->k_stride);
+                        ml_gemm(0, 0, L, Dk, L, 1, w.dA, L, r.k, d->k_stride, 1, dkc, d->k_stride);
+                        ml_gemm(1, 0, L, Dk, L, 1, w.dA, L, r.k, d->k_stride, 1, dkc, d->k_stride);
                     }
                     if (dbeta)
                         for (int i = 0; i < L; i++) dbeta[(bt0 + i) * gs + h] += w.db[i];

@@ -34,6 +34,21 @@ void rmsnorm_forward(real *out, real *rstd, const real *x, const real *w, int N,
 void rmsnorm_backward(real *dx, real *dw, const real *dout, const real *x, const real *w,
                       const real *rstd, int N, int C);
 
+/* ---- matrix products (OpenBLAS) and their operation count ---------------- */
+/* Row-major C[M,N] = alpha op(A) op(B) + beta C; ta/tb nonzero: transpose. */
+void ml_gemm(int ta, int tb, int M, int N, int K, real alpha, const real *A, int lda,
+             const real *B, int ldb, real beta, real *C, int ldc);
+/* y = alpha op(A) x + beta y, A [M,N] row-major; x, y with strides incx, incy. */
+void ml_gemv(int ta, int M, int N, real alpha, const real *A, int lda, const real *x, int incx,
+             real beta, real *y, int incy);
+/* X[n,m] <- op(A)^-1 X for A [n,n] unit lower triangular (ta: A^T). */
+void ml_trsm_unit_lower(int ta, int n, int m, const real *A, int lda, real *X, int ldx);
+/* Process-wide count of the FLOPs of every matrix product since the last
+ * reset (matmul.c); kernels calling BLAS directly add theirs with _add. */
+void ml_flops_add(double n);
+double ml_flops_read(void);
+void ml_flops_reset(void);
+
 /* ---- linear layer (OpenBLAS GEMM) ---------------------------------------- */
 /* out[N,OC] = x[N,IC] w[OC,IC]^T + b[OC] (b may be NULL). */
 void linear_forward(real *out, const real *x, const real *w, const real *b, int N, int IC,
@@ -92,6 +107,9 @@ void attention_forward(real *out, real *att, const real *qkv, int B, int T, int 
 void attention_backward(real *dqkv, const real *dout, const real *qkv, const real *att,
                         int B, int T, int H, int D, int window, real *scratch);
 size_t attention_scratch_size(int T, int D);
+/* Query-key pairs the fast kernel's GEMMs compute per (b, h): the visible
+ * pairs plus the masked corners of its row blocks (FLOP accounting). */
+double attention_band_pairs(int T, int D, int window);
 /* naive loop references with the same contract (scratch unused). */
 void attention_forward_ref(real *out, real *att, const real *qkv, int B, int T, int H,
                            int D, int window);

@@ -42,11 +42,12 @@ static int lin_threads(long work) {
 static void gemm_par(int ta, int tb, int M, int N, int K, real alpha, const real *A, int lda,
                      const real *Bm, int ldb, real beta, real *C, int ldc) {
     int nt = lin_threads((long)M * N * K);
-    CBLAS_TRANSPOSE TA = ta ? CblasTrans : CblasNoTrans, TB = tb ? CblasTrans : CblasNoTrans;
     if (nt == 1) {
-        cblas_gemm(CblasRowMajor, TA, TB, M, N, K, alpha, A, lda, Bm, ldb, beta, C, ldc);
+        ml_gemm(ta, tb, M, N, K, alpha, A, lda, Bm, ldb, beta, C, ldc);
         return;
     }
+    ml_flops_add(2.0 * M * N * K);
+    CBLAS_TRANSPOSE TA = ta ? CblasTrans : CblasNoTrans, TB = tb ? CblasTrans : CblasNoTrans;
     int blas = openblas_get_num_threads();
     openblas_set_num_threads(1);
     int split_m = M >= N;

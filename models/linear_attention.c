@@ -129,13 +129,6 @@ void featuremap_backward(real *dx, const real *dout, const real *x, size_t n, fm
 
 /* ---- shared pieces -------------------------------------------------------- */
 
-/* Row-major C[M,N] = alpha op(A) op(B) + beta C; ta/tb nonzero transpose. */
-static void gemm(int ta, int tb, int M, int N, int K, real alpha, const real *A, int lda,
-                 const real *Bm, int ldb, real beta, real *C, int ldc) {
-    cblas_gemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans,
-               M, N, K, alpha, A, lda, Bm, ldb, beta, C, ldc);
-}
-
 /* Chunk length actually used: chunks longer than T are one chunk of T. */
 static int la_chunk(const linattn_dims *d) {
     assert(d->chunk >= 1);
@@ -339,7 +332,7 @@ static void la_recurrent_backward(real *dq, real *dk, real *dv, const real *dout
  * strides from d), leading dimension lda. */
 static void la_scores(real *A, const real *qb, const real *kb, int L, int lda,
                       const linattn_dims *d) {
-    gemm(0, 1, L, L, d->Dk, 1, qb, d->q_stride, kb, d->k_stride, 0, A, lda);
+    ml_gemm(0, 1, L, L, d->Dk, 1, qb, d->q_stride, kb, d->k_stride, 0, A, lda);
     tril_mask(A, L, lda);
 }
 
@@ -355,7 +348,7 @@ static void la_parallel_forward(real *out, real *den, const real *q, const real 
             const real *vb = v + (size_t)b * T * d->v_stride + (size_t)h * Dv;
             real *ob = out + ((size_t)b * T * H + h) * Dv;
             la_scores(A, qb, kb, T, T, d);
-            gemm(0, 0, T, Dv, T, 1, A, T, vb, d->v_stride, 0, ob, ldo);
+            ml_gemm(0, 0, T, Dv, T, 1, A, T, vb, d->v_stride, 0, ob, ldo);
             if (!d->normalize) continue;
             for (int t = 0; t < T; t++) {
                 real s = d->eps;
@@ -383,19 +376,19 @@ static void la_parallel_backward(real *dq, real *dk, real *dv, const real *dout,
             size_t ob = ((size_t)b * T * H + h) * Dv;
             la_dnum(dn, g, dout + ob, out + ob, den ? den + (size_t)b * T * H + h : NULL, T, d);
             la_scores(A, qb, kb, T, T, d);
-            gemm(0, 1, T, T, Dv, 1, dn, Dv, vb, d->v_stride, 0, dA, T);
+            ml_gemm(0, 1, T, T, Dv, 1, dn, Dv, vb, d->v_stride, 0, dA, T);
             if (d->normalize)
                 for (int t = 0; t < T; t++)
                     for (int j = 0; j <= t; j++) dA[(size_t)t * T + j] += g[t];
             tril_mask(dA, T, T);
             if (dq)
-                gemm(0, 0, T, Dk, T, 1, dA, T, kb, d->k_stride, 1,
+                ml_gemm(0, 0, T, Dk, T, 1, dA, T, kb, d->k_stride, 1,
                      dq + (size_t)b * T * d->q_stride + (size_t)h * Dk, d->q_stride);
             if (dk)
-                gemm(1, 0, T, Dk, T, 1, dA, T, qb, d->q_stride, 1,
+                ml_gemm(1, 0, T, Dk, T, 1, dA, T, qb, d->q_stride, 1,
                      dk + (size_t)b * T * d->k_stride + (size_t)h * Dk, d->k_stride);
             if (dv)
-                gemm(1, 0, T, Dv, T, 1, A, T, dn, Dv, 1,
+                ml_gemm(1, 0, T, Dv, T, 1, A, T, dn, Dv, 1,
                      dv + (size_t)b * T * d->v_stride + (size_t)h * Dv, d->v_stride);
         }
 }
@@ -430,8 +423,8 @@ static void la_chunk_forward(real *out, real *den, real *states, const real *q,
                 real *oc = ob + (size_t)t0 * ldo;
                 la_scores(A, qc, kc, L, L, d);
                 /* the first chunk's prefix state is zero: skip its product */
-                if (c > 0) gemm(0, 0, L, Dv, Dk, 1, qc, d->q_stride, cur, Dv, 0, oc, ldo);
-                gemm(0, 0, L, Dv, L, 1, A, L, vc, d->v_stride, c > 0 ? 1 : 0, oc, ldo);
+                if (c > 0) ml_gemm(0, 0, L, Dv, Dk, 1, qc, d->q_stride, cur, Dv, 0, oc, ldo);
+                ml_gemm(0, 0, L, Dv, L, 1, A, L, vc, d->v_stride, c > 0 ? 1 : 0, oc, ldo);
                 if (d->normalize) {
                     const real *z = cur + SS;
                     for (int i = 0; i < L; i++) {
@@ -449,7 +442,7 @@ static void la_chunk_forward(real *out, real *den, real *states, const real *q,
                     memcpy(cur + ss, cur, ss * sizeof(real));
                     cur += ss;
                 }
-                gemm(1, 0, Dk, Dv, L, 1, kc, d->k_stride, vc, d->v_stride, 1, cur, Dv);
+                ml_gemm(1, 0, Dk, Dv, L, 1, kc, d->k_stride, vc, d->v_stride, 1, cur, Dv);
                 if (d->normalize)
                     for (int i = 0; i < L; i++)
                         for (int j = 0; j < Dk; j++) cur[SS + j] += kc[(size_t)i * d->k_stride + j];
@@ -488,7 +481,7 @@ static void la_chunk_backward(real *dq, real *dk, real *dv, const real *dout,
                 la_dnum(dn, g, dout + oo + (size_t)t0 * ldo, out + oo + (size_t)t0 * ldo,
                         den ? den + ((size_t)b * T + t0) * H + h : NULL, L, d);
                 la_scores(A, qc, kc, L, L, d);
-                gemm(0, 1, L, L, Dv, 1, dn, Dv, vc, d->v_stride, 0, dA, L);
+                ml_gemm(0, 1, L, L, Dv, 1, dn, Dv, vc, d->v_stride, 0, dA, L);
                 if (d->normalize)
                     for (int i = 0; i < L; i++)
                         for (int j = 0; j <= i; j++) dA[(size_t)i * L + j] += g[i];
@@ -498,8 +491,8 @@ static void la_chunk_backward(real *dq, real *dk, real *dv, const real *dout,
                 const int first = c == 0, last = c == NC - 1;
                 if (dq) {
                     real *dqc = dq + qo + (size_t)t0 * d->q_stride;
-                    gemm(0, 0, L, Dk, L, 1, dA, L, kc, d->k_stride, 1, dqc, d->q_stride);
-                    if (!first) gemm(0, 1, L, Dk, Dv, 1, dn, Dv, Sp, Dv, 1, dqc, d->q_stride);
+                    ml_gemm(0, 0, L, Dk, L, 1, dA, L, kc, d->k_stride, 1, dqc, d->q_stride);
+                    if (!first) ml_gemm(0, 1, L, Dk, Dv, 1, dn, Dv, Sp, Dv, 1, dqc, d->q_stride);
                     if (d->normalize && !first)
                         for (int i = 0; i < L; i++)
                             for (int j = 0; j < Dk; j++)
@@ -507,19 +500,19 @@ static void la_chunk_backward(real *dq, real *dk, real *dv, const real *dout,
                 }
                 if (dk) {
                     real *dkc = dk + ko + (size_t)t0 * d->k_stride;
-                    gemm(1, 0, L, Dk, L, 1, dA, L, qc, d->q_stride, 1, dkc, d->k_stride);
-                    if (!last) gemm(0, 1, L, Dk, Dv, 1, vc, d->v_stride, dS, Dv, 1, dkc, d->k_stride);
+                    ml_gemm(1, 0, L, Dk, L, 1, dA, L, qc, d->q_stride, 1, dkc, d->k_stride);
+                    if (!last) ml_gemm(0, 1, L, Dk, Dv, 1, vc, d->v_stride, dS, Dv, 1, dkc, d->k_stride);
                     if (d->normalize && !last)
                         for (int i = 0; i < L; i++)
                             for (int j = 0; j < Dk; j++) dkc[(size_t)i * d->k_stride + j] += dz[j];
                 }
                 if (dv) {
                     real *dvc = dv + vo + (size_t)t0 * d->v_stride;
-                    gemm(1, 0, L, Dv, L, 1, A, L, dn, Dv, 1, dvc, d->v_stride);
-                    if (!last) gemm(0, 0, L, Dv, Dk, 1, kc, d->k_stride, dS, Dv, 1, dvc, d->v_stride);
+                    ml_gemm(1, 0, L, Dv, L, 1, A, L, dn, Dv, 1, dvc, d->v_stride);
+                    if (!last) ml_gemm(0, 0, L, Dv, Dk, 1, kc, d->k_stride, dS, Dv, 1, dvc, d->v_stride);
                 }
                 if (c == 0) break;
-                gemm(1, 0, Dk, Dv, L, 1, qc, d->q_stride, dn, Dv, 1, dS, Dv);
+                ml_gemm(1, 0, Dk, Dv, L, 1, qc, d->q_stride, dn, Dv, 1, dS, Dv);
                 if (d->normalize)
                     for (int i = 0; i < L; i++)
                         for (int j = 0; j < Dk; j++)

@@ -25,18 +25,7 @@
 #include <math.h>
 #include <string.h>
 
-#ifdef MEMLAB_DOUBLE
-#define cblas_trsm cblas_dtrsm
-#else
-#define cblas_trsm cblas_strsm
-#endif
-
-/* Row-major C[M,N] = alpha op(A) op(B) + beta C; ta/tb nonzero transpose. */
-static void gemm(int ta, int tb, int M, int N, int K, real alpha, const real *A, int lda,
-                 const real *Bm, int ldb, real beta, real *C, int ldc) {
-    cblas_gemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans,
-               M, N, K, alpha, A, lda, Bm, ldb, beta, C, ldc);
-}
+#include "kernels.h"
 
 /* Chunk length for runs of up to n tokens (at least 1). */
 static int mcs_chunk(const mcs_dims *d, int n) {
@@ -237,7 +226,7 @@ static void mcs_prep(mcs_work *w, const real *k, const real *v, const real *beta
         }
     }
     if (!d->delta) return;
-    gemm(0, 1, L, L, Dk, 1, k, d->k_stride, k, d->k_stride, 0, w->KK, L);
+    ml_gemm(0, 1, L, L, Dk, 1, k, d->k_stride, k, d->k_stride, 0, w->KK, L);
     for (int i = 0; i < L; i++) {
         real bi = beta[(size_t)i * gs], gi = d->decay ? w->Gam[i] : 1;
         const real *vi = v + (size_t)i * d->v_stride, *ki = k + (size_t)i * d->k_stride;
@@ -248,11 +237,10 @@ static void mcs_prep(mcs_work *w, const real *k, const real *v, const real *beta
         for (int j = 0; j < Dv; j++) Xi[j] = bi * vi[j];
         for (int j = 0; j < Dk; j++) Xi[Dv + j] = bi * gi * ki[j];
     }
-    cblas_trsm(CblasRowMajor, CblasLeft, CblasLower, CblasNoTrans, CblasUnit, L, Dx, 1, w->A,
-               L, w->X, Dx);
+    ml_trsm_unit_lower(0, L, Dx, w->A, L, w->X, Dx);
     for (int i = 0; i < L; i++)
         memcpy(w->W + (size_t)i * Dv, w->X + (size_t)i * Dx, Dv * sizeof(real));
-    gemm(0, 0, L, Dv, Dk, -1, w->X + Dv, Dx, S0, Dv, 1, w->W, Dv);
+    ml_gemm(0, 0, L, Dv, Dk, -1, w->X + Dv, Dx, S0, Dv, 1, w->W, Dv);
 }
 
 /* S = Gam_{L-1} S + K^T diag(gam) W for one chunk, in place (W was formed
@@ -270,7 +258,7 @@ static void mcs_advance(real *S, mcs_work *w, const real *k, const real *v, int 
         Kg = w->KG;
         ldk = Dk;
     }
-    gemm(1, 0, Dk, Dv, L, 1, Kg, ldk, Wp, ldw, 1, S, Dv);
+    ml_gemm(1, 0, Dk, Dv, L, 1, Kg, ldk, Wp, ldw, 1, S, Dv);
 }
 
 void mcs_forward(real *S_out, const real *S_in, const real *k, const real *v,
@@ -327,7 +315,7 @@ void mcs_backward(real *dS_in, real *dk, real *dv, real *dbeta, real *dg,
         for (int i = 0; i < L; i++) w.dG[i] = w.db[i] = 0;
 
         /* dW = diag(gam) K dS; dgam_i = w_i . (K dS)_i */
-        gemm(0, 0, L, Dv, Dk, 1, kc, d->k_stride, dS, Dv, 0, w.tV, Dv);
+        ml_gemm(0, 0, L, Dv, Dk, 1, kc, d->k_stride, dS, Dv, 0, w.tV, Dv);
         for (int i = 0; i < L; i++) {
             real s = 0, gi = d->decay ? w.gam[i] : 1;
             for (int j = 0; j < Dv; j++) {
@@ -338,7 +326,7 @@ void mcs_backward(real *dS_in, real *dk, real *dv, real *dbeta, real *dg,
         }
         /* dK += diag(gam) W dS^T */
         if (dkc) {
-            gemm(0, 1, L, Dk, Dv, 1, Wp, ldw, dS, Dv, 0, w.tK, Dk);
+            ml_gemm(0, 1, L, Dk, Dv, 1, Wp, ldw, dS, Dv, 0, w.tK, Dk);
             for (int i = 0; i < L; i++) {
                 real gi = d->decay ? w.gam[i] : 1;
                 for (int j = 0; j < Dk; j++)
@@ -354,13 +342,12 @@ void mcs_backward(real *dS_in, real *dk, real *dv, real *dbeta, real *dg,
             w.dG[L - 1] += gl * s;
         }
         if (d->delta) {
-            gemm(1, 0, Dk, Dv, L, -1, w.X + Dv, Dx, w.dW, Dv, 1, dS2, Dv);
+            ml_gemm(1, 0, Dk, Dv, L, -1, w.X + Dv, Dx, w.dW, Dv, 1, dS2, Dv);
             for (int i = 0; i < L; i++)
                 memcpy(w.Y + (size_t)i * Dx, w.dW + (size_t)i * Dv, Dv * sizeof(real));
-            gemm(0, 1, L, Dk, Dv, -1, w.dW, Dv, S0, Dv, 0, w.Y + Dv, Dx);
-            cblas_trsm(CblasRowMajor, CblasLeft, CblasLower, CblasTrans, CblasUnit, L, Dx, 1,
-                       w.A, L, w.Y, Dx);
-            gemm(0, 1, L, L, Dx, -1, w.Y, Dx, w.X, Dx, 0, w.dA, L);
+            ml_gemm(0, 1, L, Dk, Dv, -1, w.dW, Dv, S0, Dv, 0, w.Y + Dv, Dx);
+            ml_trsm_unit_lower(1, L, Dx, w.A, L, w.Y, Dx);
+            ml_gemm(0, 1, L, L, Dx, -1, w.Y, Dx, w.X, Dx, 0, w.dA, L);
             for (int i = 0; i < L; i++) {
                 const real bi = bc[(size_t)i * gs], gi = d->decay ? w.Gam[i] : 1;
                 const real *Yi = w.Y + (size_t)i * Dx;
@@ -394,8 +381,8 @@ void mcs_backward(real *dS_in, real *dk, real *dv, real *dbeta, real *dg,
                 }
             }
             if (dkc) {
-                gemm(0, 0, L, Dk, L, 1, w.dA, L, kc, d->k_stride, 1, dkc, d->k_stride);
-                gemm(1, 0, L, Dk, L, 1, w.dA, L, kc, d->k_stride, 1, dkc, d->k_stride);
+                ml_gemm(0, 0, L, Dk, L, 1, w.dA, L, kc, d->k_stride, 1, dkc, d->k_stride);
+                ml_gemm(1, 0, L, Dk, L, 1, w.dA, L, kc, d->k_stride, 1, dkc, d->k_stride);
             }
             if (dbeta)
                 for (int i = 0; i < L; i++) dbeta[(size_t)(t0 + i) * gs] += w.db[i];

@@ -719,7 +719,7 @@ static void mc_gates_forward(mc_ctx *m) {
             if (t1 > d->T) t1 = d->T;
             size_t r0 = (size_t)b * d->T + t0;
             for (int h = 0; h < d->H; h++)
-                cblas_gemv(CblasRowMajor, CblasNoTrans, t1 - t0, d->Pw, 1,
+                ml_gemv(0, t1 - t0, d->Pw, 1,
                            m->a.u + r0 * ldu + (size_t)h * d->Pw, ldu,
                            m->a.poolm + ((size_t)b * d->nmem + P - 1) * W + mc_hoff(d, h), 1, 0,
                            m->a.gam + r0 * ldg + (size_t)h * d->nslot + mc_slot(d, P), ldg);
@@ -767,10 +767,10 @@ static void mc_aggregate_forward(mc_ctx *m, int b, int h) {
         int nr = t1 - t0, slot = mc_slot(d, P);
         size_t r0 = (size_t)b * d->T + t0;
         const real *S = mc_Sm(m, b, h, P);
-        cblas_gemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, nr, Dv, d->F, 1, mc_q(m, r0, h),
+        ml_gemm(0, 0, nr, Dv, d->F, 1, mc_q(m, r0, h),
                    ld, S, Dv, 0, m->s.rd, Dv);
         if (d->norm)
-            cblas_gemv(CblasRowMajor, CblasNoTrans, nr, d->F, 1, mc_q(m, r0, h), ld,
+            ml_gemv(0, nr, d->F, 1, mc_q(m, r0, h), ld,
                        mc_zm(m, b, h, P), 1, 0, m->s.rden, 1);
         for (int i = 0; i < nr; i++) {
             size_t row = r0 + i;
@@ -853,10 +853,10 @@ static void mc_aggregate_backward(mc_ctx *m, int b, int h) {
         size_t r0 = (size_t)b * d->T + t0;
         const real *S = mc_Sm(m, b, h, P), *z = d->norm ? mc_zm(m, b, h, P) : NULL;
         const real *Q = mc_q(m, r0, h);
-        cblas_gemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, nr, Dv, d->F, 1, Q, ld, S, Dv, 0,
+        ml_gemm(0, 0, nr, Dv, d->F, 1, Q, ld, S, Dv, 0,
                    m->s.rd, Dv);
         if (d->norm)
-            cblas_gemv(CblasRowMajor, CblasNoTrans, nr, d->F, 1, Q, ld, z, 1, 0, m->s.rden, 1);
+            ml_gemv(0, nr, d->F, 1, Q, ld, z, 1, 0, m->s.rden, 1);
         for (int i = 0; i < nr; i++) {
             size_t row = r0 + i;
             int t = t0 + i;
@@ -868,7 +868,7 @@ static void mc_aggregate_backward(mc_ctx *m, int b, int h) {
             if (d->gagg) m->s.dgam[(row * d->H + h) * d->nslot + slot] = dgw;
         }
         real *dQ = dphi + r0 * ld + (size_t)h * d->F;
-        cblas_gemm(CblasRowMajor, CblasNoTrans, CblasTrans, nr, d->F, Dv, 1, m->s.drd, Dv, S, Dv,
+        ml_gemm(0, 1, nr, d->F, Dv, 1, m->s.drd, Dv, S, Dv,
                    1, dQ, ld);
         if (d->norm)
             for (int i = 0; i < nr; i++)
@@ -877,7 +877,7 @@ static void mc_aggregate_backward(mc_ctx *m, int b, int h) {
         /* each memory is read by this one run of rows: its gradient starts here
          * (the chain backward then adds its successors') */
         real *dS = m->s.dSm + (size_t)(P - 1) * d->F * Dv;
-        cblas_gemm(CblasRowMajor, CblasTrans, CblasNoTrans, d->F, Dv, nr, 1, Q, ld, m->s.drd, Dv,
+        ml_gemm(1, 0, d->F, Dv, nr, 1, Q, ld, m->s.drd, Dv,
                    0, dS, Dv);
         if (d->norm) {
             real *dz = m->s.dzm + (size_t)(P - 1) * d->F;

@@ -53,11 +53,16 @@ static int att_lo(int i, int window) {
     return lo > 0 ? lo : 0;
 }
 
-/* Row-major C[M,N] = alpha op(A) op(B) + beta C; ta/tb nonzero transpose. */
-static void gemm(int ta, int tb, int M, int N, int K, real alpha, const real *A, int lda,
-                 const real *Bm, int ldb, real beta, real *C, int ldc) {
-    cblas_gemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans,
-               M, N, K, alpha, A, lda, Bm, ldb, beta, C, ldc);
+/* Query-key pairs one (b, h) computes in its band GEMMs: per block of query
+ * rows, the keys from the first one its first row sees to its last row. */
+double attention_band_pairs(int T, int D, int window) {
+    const int rows = att_rows(D);
+    double n = 0;
+    for (int r0 = 0; r0 < T; r0 += rows) {
+        int r1 = r0 + rows < T ? r0 + rows : T;
+        n += (double)(r1 - r0) * (r1 - att_lo(r0, window));
+    }
+    return n;
 }
 
 /* exp(x) in float for x <= 0, vectorisable: the same routine as
@@ -172,9 +177,9 @@ static void att_forward_pair(real *O, real *A, const real *Q, const real *K, con
         int r1 = r0 + rows < T ? r0 + rows : T;
         int c0 = att_lo(r0, window), M = r1 - r0, N = r1 - c0;
         real *Ab = A + (size_t)r0 * T + c0;
-        gemm(0, 1, M, N, D, scale, Q + (size_t)r0 * ld, ld, K + (size_t)c0 * ld, ld, 0, Ab, T);
+        ml_gemm(0, 1, M, N, D, scale, Q + (size_t)r0 * ld, ld, K + (size_t)c0 * ld, ld, 0, Ab, T);
         for (int i = r0; i < r1; i++) att_softmax_row(A + (size_t)i * T, att_lo(i, window), i, T);
-        gemm(0, 0, M, D, N, 1, Ab, T, V + (size_t)c0 * ld, ld, 0, O + (size_t)r0 * ldo, ldo);
+        ml_gemm(0, 0, M, D, N, 1, Ab, T, V + (size_t)c0 * ld, ld, 0, O + (size_t)r0 * ldo, ldo);
     }
 }
 
@@ -191,8 +196,8 @@ static void att_backward_pair(real *dQ, real *dK, real *dV, const real *dO, cons
         int r1 = r0 + rows < T ? r0 + rows : T;
         int c0 = att_lo(r0, window), M = r1 - r0, N = r1 - c0;
         const real *Pb = A + (size_t)r0 * T + c0;
-        gemm(1, 0, N, D, M, 1, Pb, T, dO + (size_t)r0 * ldo, ldo, 1, dV + (size_t)c0 * ld, ld);
-        gemm(0, 1, M, N, D, 1, dO + (size_t)r0 * ldo, ldo, V + (size_t)c0 * ld, ld, 0, dP, N);
+        ml_gemm(1, 0, N, D, M, 1, Pb, T, dO + (size_t)r0 * ldo, ldo, 1, dV + (size_t)c0 * ld, ld);
+        ml_gemm(0, 1, M, N, D, 1, dO + (size_t)r0 * ldo, ldo, V + (size_t)c0 * ld, ld, 0, dP, N);
         for (int i = r0; i < r1; i++) {
             const real *p = A + (size_t)i * T + c0;
             real *ds = dP + (size_t)(i - r0) * N;
@@ -204,8 +209,8 @@ static void att_backward_pair(real *dQ, real *dK, real *dV, const real *dO, cons
 #pragma omp simd
             for (int j = 0; j < N; j++) ds[j] = p[j] * (ds[j] - dot);
         }
-        gemm(0, 0, M, D, N, scale, dP, N, K + (size_t)c0 * ld, ld, 1, dQ + (size_t)r0 * ld, ld);
-        gemm(1, 0, N, D, M, scale, dP, N, Q + (size_t)r0 * ld, ld, 1, dK + (size_t)c0 * ld, ld);
+        ml_gemm(0, 0, M, D, N, scale, dP, N, K + (size_t)c0 * ld, ld, 1, dQ + (size_t)r0 * ld, ld);
+        ml_gemm(1, 0, N, D, M, scale, dP, N, Q + (size_t)r0 * ld, ld, 1, dK + (size_t)c0 * ld, ld);
     }
 }
 

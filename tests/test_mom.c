@@ -37,6 +37,7 @@
 #include "model.h"
 #include "spec.h"
 #include "test.h"
+#include "tmpdir.h"
 #include "train.h"
 
 /* Zeroed n doubles, aborting on failure. */
@@ -801,9 +802,12 @@ static void test_mom_training_records(void) {
     run_config cfg;
     ml_error e;
     if (config_defaults(&cfg, &e) || apply_sets(&cfg, sets)) return;
-    char path[64];
-    snprintf(path, sizeof path, "/tmp/memlab_mom_%d.db", (int)getpid());
-    unlink(path);
+    char dir[256], path[300];
+    if (temp_dir_make(dir, sizeof dir, "memlab-mom")) {
+        CHECK(0, "cannot make a scratch directory");
+        return;
+    }
+    snprintf(path, sizeof path, "%s/mom.db", dir);
     ml_db *db = NULL;
     if (db_open(&db, path, &e)) {
         CHECK(0, "db_open: %s", e.msg);
@@ -848,11 +852,12 @@ static void test_mom_training_records(void) {
     test_note("mom: test loss %.3f accuracy %.3f, aux %.4f", out.test_loss, out.test_accuracy, aux);
     sqlite3_close(h);
     unlink(path);
-    char side[80];
+    char side[320];
     snprintf(side, sizeof side, "%s-wal", path);
     unlink(side);
     snprintf(side, sizeof side, "%s-shm", path);
     unlink(side);
+    rmdir(dir);
 }
 
 const test_case tests_mom[] = {

@@ -29,6 +29,7 @@
 #include <string.h>
 #include <sys/resource.h>
 
+#include "bench.h"
 #include "gradcheck.h"
 #include "kernels.h"
 #include "model.h"
@@ -509,6 +510,95 @@ static void test_step_allocates_nothing(void) {
     free(in), free(tg);
 }
 
+/* The analytic FLOP formulas of memlab bench (harness/bench.c) against the
+ * count of the matrix products a forward and backward actually ran
+ * (models/matmul.c), for the mixers that have a formula, in every form and
+ * with and without an MLP, the full head and a window: a formula that drifts
+ * from the kernels (or a kernel that stops doing what its formula says) fails.
+ * Softmax's fast kernel also computes the masked corners of its row blocks
+ * (attention_band_pairs counts them; the formula counts visible pairs only),
+ * and the recurrent linear form runs loops the counter does not see. */
+static void test_flop_formulas(void) {
+    const int B = 3, V = 97;
+    static const char *const cases[][6] = {
+        {"model.mixer=softmax", "task.seq_len=64", NULL},
+        {"model.mixer=softmax", "task.seq_len=128", "model.mlp=false", NULL},
+        {"model.mixer=softmax", "task.seq_len=64", "model.window=5", NULL},
+        {"model.mixer=softmax", "task.seq_len=256", "model.window=40", "model.mlp=false", NULL},
+        {"model.mixer=softmax", "task.seq_len=200", "model.d_model=256", "model.heads=1", NULL},
+        {"model.mixer=softmax", "task.seq_len=64", "model.heads=4", "train.full_head=true", NULL},
+        {"model.mixer=linear", "task.seq_len=64", NULL},
+        {"model.mixer=linear", "task.seq_len=50", "model.chunk=16", NULL},
+        {"model.mixer=linear", "task.seq_len=64", "model.form=parallel", "model.heads=2", NULL},
+        {"model.mixer=linear", "task.seq_len=64", "model.form=recurrent", NULL},
+        {"model.mixer=linear", "task.seq_len=64", "model.normalize=false", NULL},
+    };
+    for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+        run_config cfg;
+        ml_error e;
+        if (config_defaults(&cfg, &e)) {
+            CHECK(0, "%s", e.msg);
+            return;
+        }
+        int bad = 0;
+        const char *base[] = {"model.d_model=32", "model.conv=4", "model.mlp_ratio=2",
+                              "task.num_kv_pairs=4"};
+        for (size_t i = 0; i < 4 && !bad; i++) bad = spec_set(&cfg, base[i], &e) != 0;
+        for (int i = 0; cases[k][i] && !bad; i++) bad = spec_set(&cfg, cases[k][i], &e) != 0;
+        if (bad || spec_validate(&cfg, &e)) {
+            CHECK(0, "case %zu: %s", k, e.msg);
+            continue;
+        }
+        const ml_task *task = task_find(cfg.task);
+        const void *tcfg = cfg.task_cfg.bytes;
+        int T = task->seq_len(tcfg);
+        int *in = malloc(sizeof(int) * B * T), *tg = malloc(sizeof(int) * B * T);
+        for (int i = 0; i < B * T; i++) {
+            in[i] = (i * 37 + 11) % V;
+            tg[i] = i % 5 == 0 ? (i * 13) % V : -1;
+        }
+        ml_model m;
+        if (model_build(&m, &cfg.model, V, T, B, &e)) {
+            CHECK(0, "case %zu: model_build: %s", k, e.msg);
+            free(in), free(tg);
+            continue;
+        }
+        m.full_head = cfg.train.full_head;
+        model_init_weights(&m, 3);
+        ml_flops_reset();
+        model_forward(&m, in, tg, B, T, NULL);
+        model_zero_grad(&m);
+        model_backward(&m);
+        double counted = ml_flops_read();
+        int S = 0;
+        for (int i = 0; i < B * T; i++) S += tg[i] >= 0;
+        double formula = bench_step_flops(&cfg, B, T, V, m.full_head ? B * T : S);
+        /* what the formula leaves out on purpose: softmax's masked corners of
+         * the row blocks (computed, not useful), the recurrent form's loops
+         * (useful, not BLAS) */
+        double C = cfg.model.d_model, L2 = 2.0 * cfg.model.n_layers, expect = formula;
+        char form[32] = "", win[32] = "0", heads[32] = "1";
+        config_value(&cfg, "model.form", form, sizeof form);
+        config_value(&cfg, "model.window", win, sizeof win);
+        config_value(&cfg, "model.heads", heads, sizeof heads);
+        if (!strcmp(cfg.model.mixer, "softmax")) {
+            int w = atoi(win), H = atoi(heads);
+            double vis = 0;
+            for (int i = 0; i < T; i++) vis += w > 0 && w < i + 1 ? w : i + 1;
+            double band = attention_band_pairs(T, (int)C / H, w);
+            CHECK(band >= vis, "case %zu: band %.0f < visible %.0f", k, band, vis);
+            expect += 12.0 * C * B * (band - vis) * L2 / 2;
+        }
+        if (strstr(form, "recurrent")) expect -= 12.0 * B * T * C * C * L2 / 2;
+        CHECK(formula > 0 && fabs(counted - expect) <= 1e-12 * expect,
+              "case %zu (%s %s %s): formula %.0f, expected count %.0f, counted %.0f (%+.4f%%)",
+              k, cases[k][0], cases[k][1], cases[k][2] ? cases[k][2] : "", formula, expect,
+              counted, 100 * (counted - expect) / expect);
+        model_free(&m);
+        free(in), free(tg);
+    }
+}
+
 const test_case tests_perf[] = {
     {"perf/fast_exp", test_fast_exp},
     {"perf/crossentropy_fast_matches_ref", test_crossentropy_fast_matches_ref},
@@ -520,5 +610,6 @@ const test_case tests_perf[] = {
     {"perf/embedding_threads", test_embedding_threads},
     {"perf/model_threads", test_model_threads},
     {"perf/step_allocates_nothing", test_step_allocates_nothing},
+    {"perf/flop_formulas", test_flop_formulas},
     {NULL, NULL},
 };

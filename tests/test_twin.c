@@ -22,6 +22,7 @@
 #include "spec.h"
 #include "task.h"
 #include "test.h"
+#include "tmpdir.h"
 
 /* Both sides compute in float64; the agreement is limited by summation
  * order, a few ulps amplified by at most a few layers. */
@@ -81,19 +82,32 @@ static void small_fixture(bytebuf *w) {
     put_f64(w, -0.1);
 }
 
-/* Write n bytes to a fresh temporary file; its path goes to path[cap]. */
+/* Write n bytes to a fresh file in a fresh scratch directory; the file's
+ * path goes to path[cap] (rm_temp removes both). */
 static int write_temp(const void *p, size_t n, char *path, size_t cap) {
-    /* mkstemp's six-letter template suffix is written with memset so that a
-     * grep for leftover markers does not trip on it. */
-    int len = snprintf(path, cap, "/tmp/memlab_fx_");
-    if (len < 0 || (size_t)len + 7 > cap) return -1;
-    memset(path + len, 'X', 6);
-    path[len + 6] = '\0';
-    int fd = mkstemp(path);
-    if (fd < 0) return -1;
-    ssize_t got = write(fd, p, n);
-    close(fd);
-    return got == (ssize_t)n ? 0 : -1;
+    char dir[256];
+    if (temp_dir_make(dir, sizeof dir, "memlab-fx")) return -1;
+    int len = snprintf(path, cap, "%s/fixture.fx", dir);
+    if (len < 0 || (size_t)len >= cap) {
+        rmdir(dir);
+        return -1;
+    }
+    FILE *f = fopen(path, "wb");
+    if (!f) return -1;
+    size_t got = fwrite(p, 1, n, f);
+    return fclose(f) == 0 && got == n ? 0 : -1;
+}
+
+/* Remove the file write_temp made and its directory. */
+static void rm_temp(const char *path) {
+    char dir[300];
+    snprintf(dir, sizeof dir, "%s", path);
+    char *slash = strrchr(dir, '/');
+    unlink(path);
+    if (slash) {
+        *slash = '\0';
+        rmdir(dir);
+    }
 }
 
 /* Parsing buf[len] must fail with a message that contains want (if not NULL). */
@@ -220,19 +234,19 @@ static void test_fixture_format(void) {
     expect_refused(bad.b, bad.n, "truncated", "dims larger than the file");
 
     /* The same refusals through files on disk, with the path in the message. */
-    char path[64];
+    char path[300];
     CHECK(write_temp(w.b, w.n, path, sizeof path) == 0, "cannot write a temp file");
     CHECK(fixture_load(path, &f, &e) == 0, "valid file refused: %s", e.msg);
     CHECK(f.n == 3, "file entries %d", f.n);
     fixture_free(&f);
-    unlink(path);
+    rm_temp(path);
 
     CHECK(write_temp(w.b, w.n - 3, path, sizeof path) == 0, "cannot write a temp file");
     memset(&e, 0, sizeof e);
     CHECK(fixture_load(path, &f, &e) == -1, "truncated file accepted");
     CHECK(strstr(e.msg, path) && strstr(e.msg, "truncated"), "truncated file: '%s'", e.msg);
     fixture_free(&f);
-    unlink(path);
+    rm_temp(path);
 
     bad = w;
     memcpy(bad.b, "PK\3\4", 4);
@@ -241,7 +255,7 @@ static void test_fixture_format(void) {
     CHECK(fixture_load(path, &f, &e) == -1, "wrong magic file accepted");
     CHECK(strstr(e.msg, path) && strstr(e.msg, "MLFX"), "wrong magic file: '%s'", e.msg);
     fixture_free(&f);
-    unlink(path);
+    rm_temp(path);
 
     memset(&e, 0, sizeof e);
     CHECK(fixture_load("/nonexistent/memlab.fx", &f, &e) == -1, "missing file accepted");
