@@ -4,7 +4,7 @@
 
 #include <stddef.h>
 
-/* Create a fresh directory "$TMPDIR/PREFIX-XXXXXX" (TMPDIR unset or empty:
+/* Create a fresh directory "$TMPDIR/PREFIX-" plus six random characters (TMPDIR unset or empty:
  * the system's temporary directory, /tmp) with mode 0700; its path goes to
  * dir[cap]. Returns 0, or -1 with errno set (ENAMETOOLONG when the path does
  * not fit). The caller removes it. */

@@ -38,7 +38,7 @@
 /* ------------------------------------------------------------------------ */
 /* Helpers.                                                                   */
 
-/* A fresh directory "$TMPDIR/memlab-cluster-XXXXXX" in dir[cap]; 0 or -1. */
+/* A fresh directory "$TMPDIR/memlab-cluster-" + six random characters in dir[cap]; 0 or -1. */
 static int tmp_dir(char *dir, size_t cap) {
     if (temp_dir_make(dir, cap, "memlab-cluster")) {
         CHECK(0, "mkdtemp failed");

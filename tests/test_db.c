@@ -29,7 +29,7 @@
 static const char CONFIG[] =
     "{\"name\":\"t\",\"task\":{\"name\":\"mqar\",\"seq_len\":64},\"train\":{\"lr\":0.001}}";
 
-/* A fresh directory "$TMPDIR/memlab-db-XXXXXX" in dir[cap]; 0 or -1. */
+/* A fresh directory "$TMPDIR/memlab-db-" + six random characters in dir[cap]; 0 or -1. */
 static int tmp_dir(char *dir, size_t cap) {
     if (temp_dir_make(dir, cap, "memlab-db")) {
         CHECK(0, "mkdtemp failed");

@@ -576,7 +576,7 @@ static void test_flop_formulas(void) {
         /* what the formula leaves out on purpose: softmax's masked corners of
          * the row blocks (computed, not useful), the recurrent form's loops
          * (useful, not BLAS) */
-        double C = cfg.model.d_model, L2 = 2.0 * cfg.model.n_layers, expect = formula;
+        double C = cfg.model.d_model, layers = cfg.model.n_layers, expect = formula;
         char form[32] = "", win[32] = "0", heads[32] = "1";
         config_value(&cfg, "model.form", form, sizeof form);
         config_value(&cfg, "model.window", win, sizeof win);
@@ -587,9 +587,9 @@ static void test_flop_formulas(void) {
             for (int i = 0; i < T; i++) vis += w > 0 && w < i + 1 ? w : i + 1;
             double band = attention_band_pairs(T, (int)C / H, w);
             CHECK(band >= vis, "case %zu: band %.0f < visible %.0f", k, band, vis);
-            expect += 12.0 * C * B * (band - vis) * L2 / 2;
+            expect += 12.0 * C * B * (band - vis) * layers;
         }
-        if (strstr(form, "recurrent")) expect -= 12.0 * B * T * C * C * L2 / 2;
+        if (strstr(form, "recurrent")) expect -= 12.0 * B * T * C * C * layers;
         CHECK(formula > 0 && fabs(counted - expect) <= 1e-12 * expect,
               "case %zu (%s %s %s): formula %.0f, expected count %.0f, counted %.0f (%+.4f%%)",
               k, cases[k][0], cases[k][1], cases[k][2] ? cases[k][2] : "", formula, expect,
