@@ -34,6 +34,10 @@
 #include <string.h>
 
 #include "kernels.h"
+#include "parallel.h"
+
+/* Fewest multiply-adds worth a second thread. */
+#define GD_MIN_WORK (1L << 20)
 
 /* Chunk length actually used: at most T. */
 static int gd_chunk(const gdelta_dims *d) { return d->chunk < d->T ? d->chunk : d->T; }
@@ -106,10 +110,11 @@ size_t gdelta_save_size(const gdelta_dims *d) {
     return (size_t)d->B * d->H * gd_nchunks(d) * d->Dk * d->Dv;
 }
 
-/* Scratch for forward or backward of d's form. */
+/* Scratch for forward or backward of d's form: one slot per thread
+ * (parallel.h). */
 size_t gdelta_scratch_size(const gdelta_dims *d) {
     gd_work w;
-    return gd_carve(d, NULL, &w);
+    return (size_t)ml_par_slots() * gd_carve(d, NULL, &w);
 }
 
 /* Pointers to one (b, h) head's rows starting at token t. */
@@ -540,14 +545,66 @@ static void gd_chunk_backward(real *dq, real *dk, real *dv, real *dbeta, real *d
 
 /* ---- dispatch -------------------------------------------------------------------- */
 
+/* One call's tensors; a thread's share is the sequences [b0, b1) of it. */
+typedef struct gd_call {
+    real *out, *save, *dq, *dk, *dv, *dbeta, *dg, *scratch;
+    const real *dout, *csave, *q, *k, *v, *beta, *g;
+    const gdelta_dims *d;
+    int backward;
+} gd_call;
+
+/* Forward or backward of sequences [b0, b1) in scratch slot `slot`: the form
+ * functions on the sub-batch, every tensor offset to sequence b0. */
+static void gd_range(void *ctx, int b0, int b1, int slot) {
+    const gd_call *c = ctx;
+    const gdelta_dims *d = c->d;
+    gdelta_dims s = *d;
+    s.B = b1 - b0;
+    gd_work w;
+    const size_t T = (size_t)d->T, B0 = (size_t)b0;
+    const size_t qo = B0 * T * d->q_stride, ko = B0 * T * d->k_stride, vo = B0 * T * d->v_stride;
+    const size_t go = B0 * T * d->gate_stride, oo = B0 * T * d->H * d->Dv;
+    const size_t so = B0 * d->H * gd_nchunks(d) * d->Dk * d->Dv;
+    real *scr = c->scratch + (size_t)slot * gd_carve(d, NULL, &w);
+    const real *beta = c->beta ? c->beta + go : NULL, *g = c->g ? c->g + go : NULL;
+    if (!c->backward) {
+        real *states = c->save ? c->save + so : NULL;
+        if (d->form == GD_CHUNKWISE)
+            gd_chunk_forward(c->out + oo, states, c->q + qo, c->k + ko, c->v + vo, beta, g, &s,
+                             scr);
+        else
+            gd_rec_forward(c->out + oo, states, c->q + qo, c->k + ko, c->v + vo, beta, g, &s, scr);
+        return;
+    }
+    real *dq = c->dq ? c->dq + qo : NULL, *dk = c->dk ? c->dk + ko : NULL;
+    real *dv = c->dv ? c->dv + vo : NULL, *dbeta = c->dbeta ? c->dbeta + go : NULL;
+    real *dg = c->dg ? c->dg + go : NULL;
+    if (d->form == GD_CHUNKWISE)
+        gd_chunk_backward(dq, dk, dv, dbeta, dg, c->dout + oo, c->csave + so, c->q + qo,
+                          c->k + ko, c->v + vo, beta, g, &s, scr);
+    else
+        gd_rec_backward(dq, dk, dv, dbeta, dg, c->dout + oo, c->csave + so, c->q + qo, c->k + ko,
+                        c->v + vo, beta, g, &s, scr);
+}
+
+/* All sequences, one contiguous block per thread (parallel.h). Each (b, h)
+ * writes only its own rows of out, the states and the gradients, in the same
+ * order at any thread count. */
+static void gd_run(gd_call *c) {
+    const gdelta_dims *d = c->d;
+    /* about T Dk Dv (state) + T C (Dk + Dv) (chunk) multiply-adds per head */
+    double work = (double)d->B * d->H * d->T *
+                  ((double)d->Dk * d->Dv + (double)gd_chunk(d) * (d->Dk + d->Dv));
+    ml_par_ranges(d->B, ml_par_threads(d->B, work, GD_MIN_WORK), gd_range, c);
+}
+
 /* Forward: contract in kernels.h. */
 void gdelta_forward(real *out, real *save, const real *q, const real *k, const real *v,
                     const real *beta, const real *g, const gdelta_dims *d, real *scratch) {
-    if (d->T <= 0) return;
-    if (d->form == GD_CHUNKWISE)
-        gd_chunk_forward(out, save, q, k, v, beta, g, d, scratch);
-    else
-        gd_rec_forward(out, save, q, k, v, beta, g, d, scratch);
+    if (d->T <= 0 || d->B <= 0) return;
+    gd_call c = {.out = out, .save = save, .q = q, .k = k, .v = v, .beta = beta, .g = g,
+                 .d = d, .scratch = scratch};
+    gd_run(&c);
 }
 
 /* Backward: contract in kernels.h; save is what forward wrote for the same
@@ -555,9 +612,9 @@ void gdelta_forward(real *out, real *save, const real *q, const real *k, const r
 void gdelta_backward(real *dq, real *dk, real *dv, real *dbeta, real *dg, const real *dout,
                      const real *save, const real *q, const real *k, const real *v,
                      const real *beta, const real *g, const gdelta_dims *d, real *scratch) {
-    if (d->T <= 0) return;
-    if (d->form == GD_CHUNKWISE)
-        gd_chunk_backward(dq, dk, dv, dbeta, dg, dout, save, q, k, v, beta, g, d, scratch);
-    else
-        gd_rec_backward(dq, dk, dv, dbeta, dg, dout, save, q, k, v, beta, g, d, scratch);
+    if (d->T <= 0 || d->B <= 0) return;
+    gd_call c = {.dq = dq, .dk = dk, .dv = dv, .dbeta = dbeta, .dg = dg, .dout = dout,
+                 .csave = save, .q = q, .k = k, .v = v, .beta = beta, .g = g, .d = d,
+                 .scratch = scratch, .backward = 1};
+    gd_run(&c);
 }

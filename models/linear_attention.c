@@ -33,44 +33,14 @@
 #include <xmmintrin.h>
 #endif
 
+#include "fastexp.h"
 #include "kernels.h"
+#include "parallel.h"
 
-/* Most scratch slots (threads) the core provides for. */
-#define LA_MAX_SLOTS 64
 /* Fewest multiply-adds per thread worth a parallel region. */
 #define LA_MIN_WORK (1L << 20)
 
 /* ---- feature maps ------------------------------------------------------- */
-
-/* exp(x) in float for x <= 0, vectorisable: the same routine as
- * cross_entropy.c's (Cody-Waite reduction, Cephes' degree-6 polynomial, 2^n
- * in the exponent bits; below 2 ulp; 0 below -87.3; NaN stays NaN). The double
- * build keeps libm's exp (gradient checks). */
-static inline float expf_fast(float x) {
-    const float lo = -87.33654f, hi = 88.0f;
-    float xc = x < lo ? lo : x;
-    xc = xc > hi ? hi : xc;
-    float t = xc * 1.44269504088896341f + 12582912.0f;
-    float n = t - 12582912.0f;
-    float r = xc - n * 0.693359375f;
-    r = r - n * -2.12194440e-4f;
-    float p = 1.9875691500e-4f;
-    p = p * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
-    float y = p * r * r + r + 1.0f;
-    /* 2^n; a NaN x leaves n NaN, which must not reach the integer
-     * conversion (y is NaN already and stays so) */
-    union {
-        float f;
-        uint32_t u;
-    } s;
-    s.u = (uint32_t)((int32_t)(n == n ? n : 0.0f) + 127) << 23;
-    y = y * s.f;
-    return x < lo ? 0.0f : y;
-}
 
 /* Exported for tests/test_perf.c only (no header declares it). */
 float featuremap_expf(float x);
@@ -210,20 +180,9 @@ static size_t la_slot_size(const linattn_dims *d) {
     return (n + 15) & ~(size_t)15;
 }
 
-/* Scratch slots: one per processor (fixed for the process, so the size asked
- * for at build time holds whatever the thread setting is later). */
-static int la_slots(void) {
-#ifdef _OPENMP
-    int p = omp_get_num_procs();
-    return p < 1 ? 1 : p > LA_MAX_SLOTS ? LA_MAX_SLOTS : p;
-#else
-    return 1;
-#endif
-}
-
 /* One slot (above) per thread that may run: batches are shared among
  * memlab's threads (see linattn_forward). */
-size_t linattn_scratch_size(const linattn_dims *d) { return (size_t)la_slots() * la_slot_size(d); }
+size_t linattn_scratch_size(const linattn_dims *d) { return (size_t)ml_par_slots() * la_slot_size(d); }
 
 /* ---- recurrent form --------------------------------------------------------- */
 
@@ -523,36 +482,19 @@ static void la_chunk_backward(real *dq, real *dk, real *dv, const real *dout,
 
 /* ---- dispatch -------------------------------------------------------------------- */
 
-/* Threads for a call: memlab's thread setting (OpenBLAS's thread count, set
- * by --threads), at most one per slot, per sequence and per LA_MIN_WORK
- * multiply-adds; 1 inside a parallel region or without OpenMP. */
-static int la_threads(const linattn_dims *d) {
-#ifdef _OPENMP
-    if (omp_in_parallel()) return 1;
-    long n = openblas_get_num_threads(), s = la_slots();
-    /* about T (Dk Dv + C Dk) multiply-adds per sequence and head: small calls
-     * (gradient checks) stay serial rather than wake a thread team */
-    long work = (long)d->B * d->H * d->T * ((long)d->Dk * d->Dv + (long)la_chunk(d) * d->Dk);
-    if (n > s) n = s;
-    if (n > d->B) n = d->B;
-    if (n > work / LA_MIN_WORK) n = work / LA_MIN_WORK;
-    return n > 1 ? (int)n : 1;
-#else
-    (void)d;
-    return 1;
-#endif
-}
-
 /* One call's tensors; a thread's share is the batches [b0, b1) of it. */
 typedef struct la_call {
     real *out, *save, *dq, *dk, *dv, *scratch;
     const real *dout, *cout, *csave, *q, *k, *v;
     const linattn_dims *d;
+    int backward;
 } la_call;
 
 /* Forward or backward of batches [b0, b1) with scratch slot `slot`: the same
  * form functions on the sub-batch, every tensor offset to batch b0. */
-static void la_range(const la_call *c, int backward, int b0, int b1, int slot) {
+static void la_range(void *ctx, int b0, int b1, int slot) {
+    const la_call *c = ctx;
+    const int backward = c->backward;
     if (b0 >= b1) return;
     const linattn_dims *d = c->d;
     linattn_dims s = *d;
@@ -600,34 +542,15 @@ static void la_range(const la_call *c, int backward, int b0, int b1, int slot) {
     }
 }
 
-/* All batches: in this thread when memlab runs one thread (no OpenMP region
- * is entered), else one contiguous block of batches per thread with BLAS
- * single-threaded inside. Each (b, h) writes only its own rows of out, den,
- * states and the gradients, in the same order at any thread count. */
-static void la_run(const la_call *c, int backward) {
-    int B = c->d->B, nt = la_threads(c->d);
-    if (nt == 1) {
-        la_range(c, backward, 0, B, 0);
-        return;
-    }
-    int blas = openblas_get_num_threads();
-#ifdef __SSE__
-    unsigned csr = _mm_getcsr(); /* denormal flushing is per thread */
-#endif
-    openblas_set_num_threads(1);
-#pragma omp parallel num_threads(nt)
-    {
-#ifdef _OPENMP
-        int t = omp_get_thread_num(), n = omp_get_num_threads();
-#else
-        int t = 0, n = 1;
-#endif
-#ifdef __SSE__
-        _mm_setcsr(csr);
-#endif
-        la_range(c, backward, (int)((long)B * t / n), (int)((long)B * (t + 1) / n), t);
-    }
-    openblas_set_num_threads(blas);
+/* All batches, one contiguous block per thread (parallel.h). Each (b, h)
+ * writes only its own rows of out, den, states and the gradients, in the same
+ * order at any thread count. */
+static void la_run(la_call *c, int backward) {
+    const linattn_dims *d = c->d;
+    /* about T (Dk Dv + C Dk) multiply-adds per sequence and head */
+    double work = (double)d->B * d->H * d->T * ((double)d->Dk * d->Dv + (double)la_chunk(d) * d->Dk);
+    c->backward = backward;
+    ml_par_ranges(d->B, ml_par_threads(d->B, work, LA_MIN_WORK), la_range, c);
 }
 
 /* Forward: contract in kernels.h. save may be NULL when no backward follows;

@@ -21,6 +21,7 @@ typedef double real;
 #define RSQRTF sqrt
 #define RTANH tanh
 #define RERF erf
+#define RABS fabs
 #else
 typedef float real;
 #define REAL_NAME "float"
@@ -34,6 +35,7 @@ typedef float real;
 #define RSQRTF sqrtf
 #define RTANH tanhf
 #define RERF erff
+#define RABS fabsf
 #endif
 
 #endif

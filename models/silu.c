@@ -6,22 +6,32 @@
 #include <math.h>
 #include <stddef.h>
 
+#include "fastexp.h"
 #include "kernels.h"
 
-/* sigmoid without overflow for large |x|. */
-static real sigmoid_of(real x) {
-    if (x >= 0) return 1 / (1 + REXP(-x));
-    real e = REXP(x);
-    return e / (1 + e);
+#ifdef MEMLAB_DOUBLE
+#define SILU_EXP(x) exp(x)
+#else
+#define SILU_EXP(x) expf_fast(x)
+#endif
+
+/* sigmoid without overflow for large |x|: e = exp(-|x|) <= 1, then 1/(1+e)
+ * or e/(1+e); branch-free so that the loops below vectorise. */
+static inline real sigmoid_of(real x) {
+    real e = SILU_EXP(-RABS(x));
+    real r = 1 / (1 + e);
+    return x >= 0 ? r : e * r;
 }
 
 /* out[i] = x[i] sigmoid(x[i]) for n elements; out may alias x. */
 void silu_forward(real *out, const real *x, size_t n) {
+#pragma omp simd
     for (size_t i = 0; i < n; i++) out[i] = x[i] * sigmoid_of(x[i]);
 }
 
 /* dx[i] += dout[i] * s (1 + x (1 - s)), s = sigmoid(x[i]). */
 void silu_backward(real *dx, const real *dout, const real *x, size_t n) {
+#pragma omp simd
     for (size_t i = 0; i < n; i++) {
         real s = sigmoid_of(x[i]);
         dx[i] += dout[i] * s * (1 + x[i] * (1 - s));

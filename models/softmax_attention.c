@@ -27,7 +27,9 @@
 #include <xmmintrin.h>
 #endif
 
+#include "fastexp.h"
 #include "kernels.h"
+#include "parallel.h"
 
 /* Exported for tests/test_perf.c only (no header declares it). */
 float attention_expf(float x);
@@ -38,8 +40,6 @@ float attention_expf(float x);
  * 128 rows; D <= 128 slower). */
 #define ATT_ROWS 64
 #define ATT_ROWS_WIDE 128
-/* Most scratch slots (threads) the fast path provides for. */
-#define ATT_MAX_SLOTS 64
 /* Fewest multiply-adds per thread worth a parallel region. */
 #define ATT_MIN_WORK (1L << 20)
 
@@ -65,35 +65,6 @@ double attention_band_pairs(int T, int D, int window) {
     return n;
 }
 
-/* exp(x) in float for x <= 0, vectorisable: the same routine as
- * cross_entropy.c's (Cody-Waite reduction, Cephes' degree-6 polynomial, 2^n
- * in the exponent bits; below 2 ulp; 0 below -87.3; NaN stays NaN). */
-static inline float expf_fast(float x) {
-    const float lo = -87.33654f, hi = 88.0f;
-    float xc = x < lo ? lo : x;
-    xc = xc > hi ? hi : xc;
-    float t = xc * 1.44269504088896341f + 12582912.0f;
-    float n = t - 12582912.0f;
-    float r = xc - n * 0.693359375f;
-    r = r - n * -2.12194440e-4f;
-    float p = 1.9875691500e-4f;
-    p = p * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
-    float y = p * r * r + r + 1.0f;
-    /* 2^n; a NaN x leaves n NaN, which must not reach the integer
-     * conversion (y is NaN already and stays so) */
-    union {
-        float f;
-        uint32_t u;
-    } s;
-    s.u = (uint32_t)((int32_t)(n == n ? n : 0.0f) + 127) << 23;
-    y = y * s.f;
-    return x < lo ? 0.0f : y;
-}
-
 float attention_expf(float x) { return expf_fast(x); }
 
 #ifdef MEMLAB_DOUBLE
@@ -101,36 +72,6 @@ float attention_expf(float x) { return expf_fast(x); }
 #else
 #define ATT_EXP(x) expf_fast(x)
 #endif
-
-/* Scratch slots: one per processor (fixed for the process), so that the size
- * asked for at build time still holds whatever the thread setting is later. */
-static int att_slots(void) {
-#ifdef _OPENMP
-    int p = omp_get_num_procs();
-    return p < 1 ? 1 : p > ATT_MAX_SLOTS ? ATT_MAX_SLOTS : p;
-#else
-    return 1;
-#endif
-}
-
-/* Threads for B*H pairs of T x T x D: memlab's thread setting (OpenBLAS's
- * thread count), at most one per slot, per pair and per ATT_MIN_WORK. */
-static int att_threads(int pairs, int T, int D) {
-#ifdef _OPENMP
-    if (omp_in_parallel()) return 1;
-    long n = openblas_get_num_threads(), s = att_slots();
-    /* about T^2 D / 2 multiply-adds per pair and GEMM: small calls (gradient
-     * checks) stay serial rather than wake a thread team */
-    long work = (long)pairs * T * (T + 1) / 2 * D;
-    if (n > s) n = s;
-    if (n > pairs) n = pairs;
-    if (n > work / ATT_MIN_WORK) n = work / ATT_MIN_WORK;
-    return n > 1 ? (int)n : 1;
-#else
-    (void)pairs, (void)T, (void)D;
-    return 1;
-#endif
-}
 
 /* Reals of one slot: a block of dP [rows, T] for backward (rows: the
  * tallest block att_rows picks). */
@@ -143,7 +84,7 @@ static size_t att_slot_size(int T) {
  * v are read in place; it stays in the signature the mixers call. */
 size_t attention_scratch_size(int T, int D) {
     (void)D;
-    return (size_t)att_slots() * att_slot_size(T);
+    return (size_t)ml_par_slots() * att_slot_size(T);
 }
 
 /* Softmax of row a[lo..i] in place (scores already scaled); the rest of the
@@ -219,6 +160,7 @@ typedef struct att_call {
     real *out, *att, *dqkv, *scratch;
     const real *qkv, *dout, *att_in;
     int B, T, H, D, window;
+    int backward;
 } att_call;
 
 /* Pairs bh0..bh1 of the forward (one thread's share). */
@@ -250,42 +192,25 @@ static void att_backward_range(const att_call *c, int bh0, int bh1, int slot) {
     }
 }
 
-/* Run the forward (backward = 0) or backward over all B*H pairs: in this
- * thread when memlab runs one thread (no OpenMP region is entered, so a
- * forked sweep worker never touches the OpenMP runtime), else split into
- * contiguous ranges of pairs, one per thread, BLAS single-threaded inside. */
-static void att_run(const att_call *c, int backward) {
+/* Forward or backward of pairs [bh0, bh1) in scratch slot `slot`. */
+static void att_range(void *ctx, int bh0, int bh1, int slot) {
+    const att_call *c = ctx;
+    if (c->backward)
+        att_backward_range(c, bh0, bh1, slot);
+    else
+        att_forward_range(c, bh0, bh1);
+}
+
+/* Run the forward (backward = 0) or backward over all B*H pairs, one
+ * contiguous range of pairs per thread (parallel.h). With one thread no
+ * OpenMP region is entered, so a forked sweep worker never touches the
+ * OpenMP runtime. */
+static void att_run(att_call *c, int backward) {
     const int pairs = c->B * c->H;
-    int nt = att_threads(pairs, c->T, c->D);
-    if (nt == 1) {
-        if (backward)
-            att_backward_range(c, 0, pairs, 0);
-        else
-            att_forward_range(c, 0, pairs);
-        return;
-    }
-    int blas = openblas_get_num_threads();
-#ifdef __SSE__
-    unsigned csr = _mm_getcsr(); /* denormal flushing is per thread */
-#endif
-    openblas_set_num_threads(1);
-#pragma omp parallel num_threads(nt)
-    {
-#ifdef _OPENMP
-        int t = omp_get_thread_num(), n = omp_get_num_threads();
-#else
-        int t = 0, n = 1;
-#endif
-#ifdef __SSE__
-        _mm_setcsr(csr);
-#endif
-        int bh0 = (int)((long)pairs * t / n), bh1 = (int)((long)pairs * (t + 1) / n);
-        if (backward)
-            att_backward_range(c, bh0, bh1, t);
-        else
-            att_forward_range(c, bh0, bh1);
-    }
-    openblas_set_num_threads(blas);
+    /* about T^2 D / 2 multiply-adds per pair and GEMM */
+    double work = (double)pairs * c->T * (c->T + 1) / 2 * c->D;
+    c->backward = backward;
+    ml_par_ranges(pairs, ml_par_threads(pairs, work, ATT_MIN_WORK), att_range, c);
 }
 
 /* Fast forward: contract in kernels.h. att rows get exact zeros outside the

@@ -33,6 +33,7 @@
 #include "gradcheck.h"
 #include "kernels.h"
 #include "model.h"
+#include "parallel.h"
 #include "spec.h"
 #include "task.h"
 #include "test.h"
@@ -255,6 +256,59 @@ static void test_linattn_threads(void) {
         }
     }
     free(q), free(k), free(v), free(dout);
+}
+
+/* Every rule of the decay/delta kernel in both forms with 2 threads: bitwise
+ * equal to 1 thread (states, outputs and all five gradients), on a shape the
+ * kernel does split. */
+static void test_gdelta_threads(void) {
+    const int B = 6, T = 150, H = 2, Dk = 12, Dv = 10;
+    size_t nq = (size_t)B * T * H * Dk, nv = (size_t)B * T * H * Dv, ng = (size_t)B * T * H;
+    double *q = dfilled(nq, 81, -1, 1), *k = dfilled(nq, 82, -0.5, 0.5);
+    double *v = dfilled(nv, 83, -1, 1), *dout = dfilled(nv, 84, -1, 1);
+    double *beta = dfilled(ng, 85, 0.1, 0.9), *g = dfilled(ng, 86, -0.3, -0.01);
+    int old = openblas_get_num_threads();
+    threads_set(2);
+    int split = ml_par_threads(B, 1e12, 1);
+    threads_set(old);
+    CHECK(split == (ml_par_slots() >= 2 ? 2 : 1), "2 threads asked for, %d granted", split);
+    for (int form = 0; form < 2; form++)
+        for (int rule = 0; rule < 4; rule++) {
+            gdelta_dims d;
+            memset(&d, 0, sizeof d);
+            d.B = B, d.T = T, d.H = H, d.Dk = Dk, d.Dv = Dv;
+            d.q_stride = d.k_stride = H * Dk;
+            d.v_stride = H * Dv;
+            d.gate_stride = H;
+            d.delta = rule & 1;
+            d.decay = rule >> 1;
+            d.chunk = 32;
+            d.form = form ? GD_CHUNKWISE : GD_RECURRENT;
+            size_t ns = gdelta_save_size(&d);
+            double *out[2], *save[2], *dq[2], *dk[2], *dv[2], *db[2], *dg[2];
+            double *scr = dalloc(gdelta_scratch_size(&d));
+            for (int r = 0; r < 2; r++) {
+                out[r] = dalloc(nv), save[r] = dalloc(ns);
+                dq[r] = dalloc(nq), dk[r] = dalloc(nq), dv[r] = dalloc(nv);
+                db[r] = dalloc(ng), dg[r] = dalloc(ng);
+                threads_set(r + 1);
+                gdelta_forward(out[r], save[r], q, k, v, beta, g, &d, scr);
+                gdelta_backward(dq[r], dk[r], dv[r], db[r], dg[r], dout, save[r], q, k, v, beta,
+                                g, &d, scr);
+            }
+            threads_set(old);
+            size_t bad = bits_differ(out[0], out[1], nv) + bits_differ(save[0], save[1], ns) +
+                         bits_differ(dq[0], dq[1], nq) + bits_differ(dk[0], dk[1], nq) +
+                         bits_differ(dv[0], dv[1], nv) + bits_differ(db[0], db[1], ng) +
+                         bits_differ(dg[0], dg[1], ng);
+            CHECK(bad == 0, "%s delta %d decay %d: %zu elements differ between 1 and 2 threads",
+                  form ? "chunkwise" : "recurrent", d.delta, d.decay, bad);
+            for (int r = 0; r < 2; r++)
+                free(out[r]), free(save[r]), free(dq[r]), free(dk[r]), free(dv[r]), free(db[r]),
+                    free(dg[r]);
+            free(scr);
+        }
+    free(q), free(k), free(v), free(dout), free(beta), free(g);
 }
 
 /* ---- the linear layer -------------------------------------------------------------------- */
@@ -604,6 +658,7 @@ const test_case tests_perf[] = {
     {"perf/crossentropy_fast_matches_ref", test_crossentropy_fast_matches_ref},
     {"perf/attention_threads", test_attention_threads},
     {"perf/linattn_threads", test_linattn_threads},
+    {"perf/gdelta_threads", test_gdelta_threads},
     {"perf/linear_threads", test_linear_threads},
     {"perf/norm_threads", test_norm_threads},
     {"perf/optimiser_threads", test_optimiser_threads},

@@ -1,0 +1,61 @@
+/* parallel.c: the kernels' thread pool (parallel.h). */
+#include "parallel.h"
+
+#include <cblas.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+#ifdef __SSE__
+#include <xmmintrin.h>
+#endif
+
+#define PAR_MAX_SLOTS 64
+
+int ml_par_slots(void) {
+#ifdef _OPENMP
+    int p = omp_get_num_procs();
+    return p < 1 ? 1 : p > PAR_MAX_SLOTS ? PAR_MAX_SLOTS : p;
+#else
+    return 1;
+#endif
+}
+
+int ml_par_threads(long units, double work, double min_work) {
+#ifdef _OPENMP
+    if (omp_in_parallel()) return 1;
+    long n = openblas_get_num_threads(), s = ml_par_slots();
+    if (n > s) n = s;
+    if (n > units) n = units;
+    if (min_work > 0 && n > work / min_work) n = (long)(work / min_work);
+    return n > 1 ? (int)n : 1;
+#else
+    (void)units, (void)work, (void)min_work;
+    return 1;
+#endif
+}
+
+void ml_par_ranges(int n, int nt, void (*fn)(void *ctx, int u0, int u1, int slot), void *ctx) {
+    if (nt <= 1 || n <= 1) {
+        fn(ctx, 0, n, 0);
+        return;
+    }
+    int blas = openblas_get_num_threads();
+#ifdef __SSE__
+    unsigned csr = _mm_getcsr(); /* denormal flushing is per thread */
+#endif
+    openblas_set_num_threads(1);
+#pragma omp parallel num_threads(nt)
+    {
+#ifdef _OPENMP
+        int t = omp_get_thread_num(), m = omp_get_num_threads();
+#else
+        int t = 0, m = 1;
+#endif
+#ifdef __SSE__
+        _mm_setcsr(csr);
+#endif
+        int u0 = (int)((long)n * t / m), u1 = (int)((long)n * (t + 1) / m);
+        if (u0 < u1) fn(ctx, u0, u1, t);
+    }
+    openblas_set_num_threads(blas);
+}
