@@ -6,7 +6,8 @@
 #   make run        the main job: the default spec into results/memlab.db
 #   make bench      training-step benchmark against PyTorch into results/bench.db and
 #                   results/bench.md (BENCH_ARGS="..." adds memlab bench options)
-#   make twin       regenerate the PyTorch twin fixtures (needs python3-torch)
+#   make twin       check the timing twin's chunk kernel, regenerate the PyTorch twin
+#                   fixtures (needs python3-torch)
 #   make fuzz       the spec parser's libFuzzer target (clang): build/fuzz/fuzz_spec
 #   make deps       install the Debian packages memlab needs
 #   make figures    run what is missing of the paper sweeps (PRESET=quick, the
@@ -111,7 +112,7 @@ FIGURE_ARGS ?=
 figures: release
 	bash plots/figures.sh --preset $(PRESET) --db results/memlab.db $(FIGURE_ARGS) $(FIGS)
 
-# The default: the mixers with a PyTorch twin over the whole grid (d 64,128,256 x
+# The default: softmax and linear attention over the whole grid (d 64,128,256 x
 # L 64,256,1024 x 1,2 threads x both heads), the twin where torch imports, and the
 # --jobs sweep. Every mixer: make bench BENCH_ARGS="--mixers all"; a smoke run:
 # BENCH_ARGS=--quick.
@@ -131,6 +132,7 @@ fuzz: deps-ok
 	    -o build/fuzz/fuzz_spec tests/fuzz_spec.c $(LIB_SRC) $(LDLIBS)
 
 twin:
+	/usr/bin/python3 tests/twin/bench_torch.py --self-check
 	/usr/bin/python3 tests/twin/twin.py tests/fixtures
 	/usr/bin/python3 tests/twin/twin_slots.py tests/fixtures
 	/usr/bin/python3 tests/twin/twin_memcache.py tests/fixtures

@@ -17,8 +17,10 @@ Two heads, as in memlab:
 It does not check numbers (tests/twin/twin.py does, in float64) and it does not
 generate MQAR data: inputs are random tokens and each sequence has
 num_kv_pairs supervised positions at random places in its query region, which
-is all that the cost of a step depends on. It knows the mixers softmax and
-linear (chunkwise or parallel form); other configs are answered with a skip.
+is all that the cost of a step depends on. It knows the mixers softmax,
+linear (chunkwise or parallel form), deltanet, gated_deltanet, mamba2 and based
+(chunkwise: chunk_rule below); other configs (mom, slots, memcache, recurrent
+forms) are answered with a skip.
 
 Threads: OMP_NUM_THREADS, OPENBLAS_NUM_THREADS and MKL_NUM_THREADS must be set
 before torch is imported (torch.set_num_threads does not bound the OpenBLAS
@@ -37,6 +39,11 @@ Usage:
                    model is freed)
         The first line written is "ready torch VERSION threads N", or
         "unavailable REASON" when torch cannot be imported.
+    bench_torch.py --self-check
+        chunk_rule against the token-by-token definition of tests/twin/twin.py
+        (rule_step) in float64, every rule, with and without the normaliser
+        trick, T not a multiple of the chunk; prints one line per case and
+        exits non-zero on a mismatch.
     bench_torch.py --threads N --config CONFIG.json [--head full] [--steps N]
         one measurement by hand: 2 warm-up steps, then N timed steps (at least
         3, at most --budget seconds once 3 are done), printed as
@@ -54,13 +61,15 @@ import time
 
 def parse_argv(argv):
     """--serve | --threads N --config FILE [--head H] [--steps N] [--budget S]."""
-    opts = {"serve": False, "threads": None, "config": None, "head": "supervised",
+    opts = {"serve": False, "self_check": False, "threads": None, "config": None, "head": "supervised",
             "steps": 10, "budget": 10.0}
     i = 0
     while i < len(argv):
         a = argv[i]
         if a == "--serve":
             opts["serve"] = True
+        elif a == "--self-check":
+            opts["self_check"] = True
         elif a in ("--threads", "--config", "--head", "--steps", "--budget") and i + 1 < len(argv):
             opts[a[2:]] = argv[i + 1]
             i += 1
@@ -96,6 +105,66 @@ def peak_rss_mib():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+# The rules of memlab's linear family: (delta, decay).
+RULES = {"additive": (False, False), "decay": (False, True), "delta": (True, False),
+         "gated_delta": (True, True)}
+
+
+def chunk_rule(torch, q, k, v, beta, g, c, delta, decay):
+    """The decay/delta rules chunk by chunk, as a researcher writes them in
+    PyTorch (the WY form of the delta rule with one batched triangular solve
+    per layer, a Python loop over chunks for the state): q, k [B,H,T,Dk],
+    v [B,H,T,Dv], beta and g (log decay) [B,H,T] or None. Per chunk, from
+    the file header of models/gated_delta.c:
+        A = strict_tril(diag(beta) (K K^T) .* M);  (I + A) [U | Wk] = [diag(beta) V | diag(beta Gam) K]
+        W = U - Wk S;  O = diag(Gam) Q S + ((Q K^T) .* M) W;  S = Gam_last S + K^T diag(gam) W."""
+    F = torch.nn.functional
+    B, H, T, Dk = q.shape
+    Dv = v.shape[-1]
+    n = (T + c - 1) // c
+    pad = n * c - T
+    if pad:
+        q, k, v = (F.pad(t, (0, 0, 0, pad)) for t in (q, k, v))
+        beta = F.pad(beta, (0, pad)) if beta is not None else None
+        g = F.pad(g, (0, pad)) if g is not None else None
+    qc, kc, vc = (t.reshape(B, H, n, c, t.shape[-1]) for t in (q, k, v))
+    tril = torch.ones(c, c, dtype=torch.bool).tril()
+    if decay:
+        G = g.reshape(B, H, n, c).cumsum(-1)
+        Gam = G.exp()
+        gam = (G[..., -1:] - G).exp()
+        M = (G.unsqueeze(-1) - G.unsqueeze(-2)).masked_fill(~tril, float("-inf")).exp()
+    else:
+        M = tril.to(q.dtype)
+    P = (qc @ kc.transpose(-1, -2)) * M
+    if delta:
+        b = beta.reshape(B, H, n, c).unsqueeze(-1)
+        A = (b * (kc @ kc.transpose(-1, -2)) * M).tril(-1)
+        rhs = torch.cat([b * vc, b * (Gam.unsqueeze(-1) if decay else 1) * kc], -1)
+        eye = torch.eye(c, dtype=q.dtype)
+        X = torch.linalg.solve_triangular(eye + A, rhs, upper=False, unitriangular=True)
+        U, Wk = X[..., :Dv], X[..., Dv:]
+    S = q.new_zeros(B, H, Dk, Dv)
+    outs = []
+    for i in range(n):
+        W = U[:, :, i] - Wk[:, :, i] @ S if delta else vc[:, :, i]
+        qS = qc[:, :, i] @ S
+        if decay:
+            qS = qS * Gam[:, :, i].unsqueeze(-1)
+        outs.append(qS + P[:, :, i] @ W)
+        if i + 1 < n:
+            kg = kc[:, :, i] * gam[:, :, i].unsqueeze(-1) if decay else kc[:, :, i]
+            S = (S * Gam[:, :, i, -1, None, None] if decay else S) + kg.transpose(-1, -2) @ W
+    return torch.cat(outs, 2)[:, :, :T]
+
+
+def taylor_map(torch, x):
+    """Based's feature map: [1, x / d^(1/4), vec(x x^T) / sqrt(2 d)]."""
+    D = x.shape[-1]
+    x2 = (x.unsqueeze(-1) * x.unsqueeze(-2)).flatten(start_dim=-2) / math.sqrt(2.0 * D)
+    return torch.cat([torch.ones_like(x[..., :1]), x / D ** 0.25, x2], dim=-1)
+
+
 def build(torch, cfg):
     """The model of a memlab config, or a string saying why it cannot be built."""
     nn = torch.nn
@@ -104,11 +173,11 @@ def build(torch, cfg):
     if task.get("name") != "mqar":
         return "task %s has no torch twin" % task.get("name")
     mixer = m["mixer"]
-    if mixer not in ("softmax", "linear"):
+    if mixer not in ("softmax", "linear", "deltanet", "gated_deltanet", "mamba2", "based"):
         return "mixer %s has no torch twin" % mixer
     if m.get("position", "none") != "none":
         return "learned positions are not in the timing twin"
-    if mixer == "linear" and m.get("form", "chunkwise") == "recurrent":
+    if mixer != "softmax" and m.get("form", "chunkwise") == "recurrent":
         return "the recurrent form is not timed in PyTorch"
     V, C = task["vocab_size"], m["d_model"]
     H = m.get("heads", 1)
@@ -198,13 +267,93 @@ def build(torch, cfg):
             o = num / den.unsqueeze(-1) if self.normalize else num
             return self.wo(o.transpose(1, 2).reshape(B, T, C))
 
+    class LinFam(nn.Module):
+        """The rest of memlab's linear family (mixer_linear.c): qkv projection,
+        optional short conv, feature map and L2 norm on q and k, sigmoid
+        beta and Mamba-2 style log decay from their own projections, the
+        rule chunk by chunk (chunk_rule), the normaliser for additive rules,
+        the per-head RMS output norm (gated: times silu(x Wgate)), out
+        projection."""
+
+        def __init__(self):
+            super().__init__()
+            self.H = m.get("heads", 1)
+            self.Dv = C // self.H
+            self.Dk = m.get("feature_dim", 0) or self.Dv
+            self.delta, self.decay = RULES[m.get("rule", "additive")]
+            Cp = 2 * self.H * self.Dk + C
+            self.wqkv = nn.Linear(C, Cp, bias=m.get("qkv_bias", False))
+            K = m.get("short_conv", 0)
+            self.sconv = nn.Conv1d(Cp, Cp, K, groups=Cp, padding=K - 1, bias=False) if K else None
+            self.wbeta = nn.Linear(C, self.H, bias=False) if self.delta else None
+            if self.decay:
+                self.wdecay = nn.Linear(C, self.H, bias=False)
+                self.A_log = nn.Parameter(torch.zeros(self.H))
+                self.dt_bias = nn.Parameter(torch.zeros(self.H))
+                lo, hi = math.log(m.get("dt_min", 0.001)), math.log(m.get("dt_max", 0.1))
+                self.register_buffer("shift", torch.tensor(
+                    [math.log(math.expm1(math.exp(lo + (h + 0.5) / self.H * (hi - lo))))
+                     for h in range(self.H)]))
+            self.onorm = m.get("out_norm", "none")
+            if self.onorm != "none":
+                self.onorm_w = nn.Parameter(torch.ones(self.Dv))
+            self.wgate = nn.Linear(C, C, bias=False) if self.onorm == "gated" else None
+            self.wo = nn.Linear(C, C)
+            self.fmap = m.get("feature_map", "elu1")
+            self.l2 = m.get("qk_l2norm", False)
+            self.normalize = m.get("normalize", False)
+            self.eps = m.get("eps", 1e-6)
+            self.chunk = m.get("chunk", 64)
+
+        def phi(self, x):
+            if self.fmap == "silu":
+                y = F.silu(x)
+            elif self.fmap == "taylor":
+                y = taylor_map(torch, x)
+            elif self.fmap == "elu1":
+                y = F.elu(x) + 1
+            elif self.fmap == "relu":
+                y = F.relu(x)
+            else:
+                y = x
+            if self.l2:
+                y = y * torch.rsqrt((y * y).sum(-1, keepdim=True) + 1e-6)
+            return y
+
+        def forward(self, x):
+            B, T, _ = x.shape
+            H, Dk, Dv = self.H, self.Dk, self.Dv
+            qkv = self.wqkv(x)
+            if self.sconv is not None:
+                qkv = self.sconv(qkv.transpose(1, 2))[..., :T].transpose(1, 2)
+            q = self.phi(qkv[..., :H * Dk].reshape(B, T, H, Dk).transpose(1, 2))
+            k = self.phi(qkv[..., H * Dk:2 * H * Dk].reshape(B, T, H, Dk).transpose(1, 2))
+            v = qkv[..., 2 * H * Dk:].reshape(B, T, H, Dv).transpose(1, 2)
+            beta = torch.sigmoid(self.wbeta(x)).transpose(1, 2) if self.delta else None
+            g = None
+            if self.decay:
+                z = self.wdecay(x) + self.dt_bias + self.shift
+                g = (-torch.exp(self.A_log) * F.softplus(z)).transpose(1, 2)
+            if self.normalize:
+                v = torch.cat([v, torch.ones_like(v[..., :1])], -1)
+            o = chunk_rule(torch, q, k, v, beta, g, self.chunk, self.delta, self.decay)
+            if self.normalize:
+                o = o[..., :Dv] / (o[..., Dv:] + self.eps)
+            if self.onorm != "none":
+                o = o * torch.rsqrt((o * o).mean(-1, keepdim=True) + 1e-5) * self.onorm_w
+            o = o.transpose(1, 2).reshape(B, T, C)
+            if self.wgate is not None:
+                o = o * F.silu(self.wgate(x))
+            return self.wo(o)
+
     class Block(nn.Module):
         def __init__(self):
             super().__init__()
             self.norm1 = norm()
             K = m.get("conv", 0)
             self.conv = nn.Conv1d(C, C, K, groups=C, padding=K - 1) if K > 0 else None
-            self.mixer = Softmax() if mixer == "softmax" else Linear()
+            self.mixer = (Softmax() if mixer == "softmax" else Linear() if mixer == "linear"
+                          else LinFam())
             self.mlp = None
             if m.get("mlp", False):
                 R = m.get("mlp_ratio", 4) * C
@@ -362,6 +511,46 @@ def serve(torch):
         print(reply, flush=True)
 
 
+def self_check(torch):
+    """chunk_rule against twin.py's definition (the --self-check mode)."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import twin
+    g = torch.Generator().manual_seed(3)
+    B, H, T, Dk, Dv, c = 2, 2, 23, 5, 4, 8
+    bad = 0
+    for rule, (delta, decay) in RULES.items():
+        for normalize in (False, True):
+            if normalize and (delta or decay):
+                continue
+            q = torch.rand(B, H, T, Dk, generator=g, dtype=torch.float64)
+            k = torch.rand(B, H, T, Dk, generator=g, dtype=torch.float64) / Dk
+            v = torch.randn(B, H, T, Dv, generator=g, dtype=torch.float64)
+            beta = torch.rand(B, H, T, generator=g, dtype=torch.float64)
+            gl = -0.5 * torch.rand(B, H, T, generator=g, dtype=torch.float64)
+            S = torch.zeros(B, H, Dk, Dv, dtype=torch.float64)
+            z = torch.zeros(B, H, Dk, dtype=torch.float64)
+            want = []
+            for t in range(T):
+                S = twin.rule_step(S, k[:, :, t], v[:, :, t], beta[:, :, t], gl[:, :, t], rule)
+                o = torch.einsum("bhk,bhkv->bhv", q[:, :, t], S)
+                if normalize:
+                    z = z + k[:, :, t]
+                    o = o / ((q[:, :, t] * z).sum(-1, keepdim=True) + 1e-6)
+                want.append(o)
+            want = torch.stack(want, 2)
+            vv = torch.cat([v, torch.ones_like(v[..., :1])], -1) if normalize else v
+            got = chunk_rule(torch, q, k, vv, beta if delta else None, gl if decay else None, c,
+                             delta, decay)
+            if normalize:
+                got = got[..., :Dv] / (got[..., Dv:] + 1e-6)
+            err = ((got - want).abs().max() / want.abs().max()).item()
+            ok = err < 1e-12
+            bad += not ok
+            print("%s %-12s normalize %d: max relative difference %.3g" %
+                  ("ok  " if ok else "FAIL", rule, normalize, err))
+    sys.exit(1 if bad else 0)
+
+
 def main():
     opts = parse_argv(sys.argv[1:])
     if opts["threads"] is not None:
@@ -374,6 +563,8 @@ def main():
         return
 
     torch.set_num_threads(threads)
+    if opts["self_check"]:
+        self_check(torch)
     torch.set_flush_denormal(True)  # memlab flushes denormals too
     if opts["serve"]:
         print("ready torch %s threads %d" % (torch.__version__, torch.get_num_threads()),
