@@ -31,6 +31,7 @@
 
 #include "fastexp.h"
 #include "kernels.h"
+#include "parallel.h"
 
 /* Exported for tests/test_perf.c (no header declares them: they are not part
  * of the kernel library's interface). */
@@ -101,6 +102,21 @@ static double ce_rows(real *probs, const real *logits, const int *targets, int i
     return loss;
 }
 
+/* One call of the forward; thread t's block of rows sums into part[t]. */
+typedef struct ce_call {
+    real *probs;
+    const real *logits;
+    const int *targets;
+    int V;
+    double part[CE_MAX_THREADS];
+    int kept[CE_MAX_THREADS];
+} ce_call;
+
+static void ce_range(void *ctx, int i0, int i1, int slot) {
+    ce_call *c = ctx;
+    c->part[slot] = ce_rows(c->probs, c->logits, c->targets, i0, i1, c->V, &c->kept[slot]);
+}
+
 /* probs[S,V] = softmax(logits) row by row, for every row (probs may alias
  * logits). Returns sum over kept rows of -log p[target] = logsumexp(row) -
  * row[target], accumulated in double from the max-shifted logits, so it stays
@@ -109,36 +125,14 @@ static double ce_rows(real *probs, const real *logits, const int *targets, int i
 double crossentropy_forward(real *probs, const real *logits, const int *targets, int S,
                             int V, int *count) {
     assert(V > 0);
+    ce_call c = {.probs = probs, .logits = logits, .targets = targets, .V = V};
     int nt = ce_threads((size_t)S * V);
-    double part[CE_MAX_THREADS];
-    int kept[CE_MAX_THREADS];
-    if (nt == 1) {
-        part[0] = ce_rows(probs, logits, targets, 0, S, V, &kept[0]);
-    } else {
-#ifdef __SSE__
-        unsigned csr = _mm_getcsr(); /* denormal flushing is per thread */
-#endif
-#pragma omp parallel num_threads(nt)
-        {
-#ifdef _OPENMP
-            int t = omp_get_thread_num(), n = omp_get_num_threads();
-#else
-            int t = 0, n = 1;
-#endif
-#ifdef __SSE__
-            _mm_setcsr(csr);
-#endif
-            int i0 = (int)((long)S * t / n), i1 = (int)((long)S * (t + 1) / n);
-            part[t] = ce_rows(probs, logits, targets, i0, i1, V, &kept[t]);
-            if (t == 0)
-                for (int k = n; k < nt; k++) part[k] = 0, kept[k] = 0;
-        }
-    }
+    ml_par_ranges(S, nt, ce_range, &c);
     double loss = 0.0;
     int total = 0;
     for (int t = 0; t < nt; t++) {
-        loss += part[t];
-        total += kept[t];
+        loss += c.part[t];
+        total += c.kept[t];
     }
     if (count) *count = total;
     return loss;
