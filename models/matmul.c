@@ -7,10 +7,21 @@
  * so every mixer gets a GFLOP/s figure from the products it actually ran,
  * and the tests check the analytic formulas of harness/bench.c against it.
  * Element-wise work (norms, exp, feature maps) is not counted anywhere. The
- * counter is atomic: kernels call these from OpenMP regions. */
+ * counter is atomic: kernels call these from OpenMP regions.
+ *
+ * Threads: OpenBLAS never runs its own thread pool during training. A GEMM
+ * large enough to share is cut into one block of output rows or columns per
+ * thread (the larger of M and N, edges on multiples of 16 so BLAS's vector
+ * kernels see whole panels) and the blocks run through parallel.h, BLAS
+ * single-threaded inside; every other product runs single-threaded in the
+ * calling thread. Two pools spinning on the same cores (OpenMP's, which the
+ * kernels use, and OpenBLAS's) slow each other down: before this rule the
+ * mixers whose kernels call BLAS outside a parallel region ran slower on two
+ * threads than on one. */
 #include <stdatomic.h>
 
 #include "kernels.h"
+#include "parallel.h"
 
 #ifdef MEMLAB_DOUBLE
 #define cblas_trsm cblas_dtrsm
@@ -30,22 +41,81 @@ double ml_flops_read(void) {
 
 void ml_flops_reset(void) { atomic_store_explicit(&flop_count, 0, memory_order_relaxed); }
 
+/* Fewest multiply-adds per thread worth cutting a GEMM. */
+#define GEMM_MIN_WORK (1L << 20)
+/* Block edges: multiples of this many rows or columns. */
+#define GEMM_PANEL 16
+
+/* OpenBLAS single-threaded for one call outside a parallel region (inside
+ * one it already is); returns what to restore. */
+static int blas_solo(void) {
+    int n = openblas_get_num_threads();
+    if (n > 1) openblas_set_num_threads(1);
+    return n;
+}
+
+static void blas_restore(int n) {
+    if (n > 1) openblas_set_num_threads(n);
+}
+
+typedef struct gemm_call {
+    int ta, tb, M, N, K, lda, ldb, ldc, split_m;
+    real alpha, beta;
+    const real *A, *B;
+    real *C;
+} gemm_call;
+
+/* Panels [u0, u1) of the split dimension: rows of C (rows of op(A)) or
+ * columns of C (columns of op(B)). */
+static void gemm_block(void *ctx, int u0, int u1, int slot) {
+    const gemm_call *g = ctx;
+    (void)slot;
+    int len = g->split_m ? g->M : g->N;
+    int i0 = u0 * GEMM_PANEL, i1 = u1 * GEMM_PANEL < len ? u1 * GEMM_PANEL : len;
+    if (i0 >= i1) return;
+    CBLAS_TRANSPOSE TA = g->ta ? CblasTrans : CblasNoTrans, TB = g->tb ? CblasTrans : CblasNoTrans;
+    if (g->split_m) {
+        const real *Ai = g->ta ? g->A + i0 : g->A + (size_t)i0 * g->lda;
+        cblas_gemm(CblasRowMajor, TA, TB, i1 - i0, g->N, g->K, g->alpha, Ai, g->lda, g->B, g->ldb,
+                   g->beta, g->C + (size_t)i0 * g->ldc, g->ldc);
+    } else {
+        const real *Bi = g->tb ? g->B + (size_t)i0 * g->ldb : g->B + i0;
+        cblas_gemm(CblasRowMajor, TA, TB, g->M, i1 - i0, g->K, g->alpha, g->A, g->lda, Bi, g->ldb,
+                   g->beta, g->C + i0, g->ldc);
+    }
+}
+
 void ml_gemm(int ta, int tb, int M, int N, int K, real alpha, const real *A, int lda,
              const real *B, int ldb, real beta, real *C, int ldc) {
     ml_flops_add(2.0 * M * N * K);
+    int split_m = M >= N, len = split_m ? M : N, panels = (len + GEMM_PANEL - 1) / GEMM_PANEL;
+    int nt = ml_par_threads(panels, (double)M * N * K, GEMM_MIN_WORK);
+    if (nt > 1) {
+        gemm_call g = {.ta = ta, .tb = tb, .M = M, .N = N, .K = K, .lda = lda, .ldb = ldb,
+                       .ldc = ldc, .split_m = split_m, .alpha = alpha, .beta = beta, .A = A,
+                       .B = B, .C = C};
+        ml_par_ranges(panels, nt, gemm_block, &g);
+        return;
+    }
+    int blas = blas_solo();
     cblas_gemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, M,
                N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    blas_restore(blas);
 }
 
 void ml_gemv(int ta, int M, int N, real alpha, const real *A, int lda, const real *x, int incx,
              real beta, real *y, int incy) {
     ml_flops_add(2.0 * M * N);
+    int blas = blas_solo();
     cblas_gemv(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, M, N, alpha, A, lda, x, incx, beta,
                y, incy);
+    blas_restore(blas);
 }
 
 void ml_trsm_unit_lower(int ta, int n, int m, const real *A, int lda, real *X, int ldx) {
     ml_flops_add((double)n * (n - 1) * m);
+    int blas = blas_solo();
     cblas_trsm(CblasRowMajor, CblasLeft, CblasLower, ta ? CblasTrans : CblasNoTrans, CblasUnit, n,
                m, 1, A, lda, X, ldx);
+    blas_restore(blas);
 }
