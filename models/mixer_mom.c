@@ -34,6 +34,7 @@
 #include "kernels.h"
 #include "linfam.h"
 #include "mixer.h"
+#include "parallel.h"
 
 typedef struct mom_cfg {
     int heads;
@@ -241,34 +242,23 @@ static size_t mom_acts_at(const mom_cfg *c, const mom_dims *d, real *base, mom_a
     return used;
 }
 
-/* Scratch: the rule's, the compact sequences of one memory, the gradients. */
-typedef struct mom_scr {
-    real *core, *shift, *logits, *frac, *mean, *dp_all;
+/* One thread's workspace for the routed memories: the rule's scratch and
+ * the compact sequence of one (sequence, memory) pair. */
+typedef struct mom_ws {
+    real *core;
     int *idx;                              /* [T] routed (token * K + slot) */
     real *cq, *ck, *cv, *cb, *cg, *co;     /* compact inputs [T,HF|C|H], output [T,C] */
     real *cdo, *cdq, *cdk, *cdv, *cdb, *cdg;
-    real *dy, *tmp, *dO, *dgz;             /* [N,C] */
-    real *dphq, *dphq_raw, *dqraw;         /* [N,HF], [N,HF], [N,Cq] */
-    real *dphk, *dphk_raw, *dkraw;         /* [N,Mt,HF], [N,Mt,HF], [N,Mt,Cq] */
-    real *dv;                              /* [N,Mt,C] */
-    real *dbeta, *dg, *dz;                 /* [N,Mt,H] */
-    real *drw, *dlogits;                   /* [N,K], [N,E] */
-} mom_scr;
+} mom_ws;
 
-static size_t mom_scr_at(const mom_cfg *c, const mom_dims *d, real *base, mom_scr *s) {
-    size_t N = (size_t)d->N, T = (size_t)d->T, Mt = (size_t)d->Mt, used = 0;
-    size_t HF = (size_t)d->HF, C = (size_t)d->C, H = (size_t)d->H;
-#define TAKE(p, n) (s->p = base ? base + used : NULL, used += (n))
-    memset(s, 0, sizeof *s);
+static size_t mom_ws_at(const mom_cfg *c, const mom_dims *d, real *base, mom_ws *w) {
+    size_t T = (size_t)d->T, used = 0, HF = (size_t)d->HF, C = (size_t)d->C, H = (size_t)d->H;
+#define TAKE(p, n) (w->p = base ? base + used : NULL, used += (n))
+    memset(w, 0, sizeof *w);
     gdelta_dims one = mom_gd(c, d, d->T), sh = mom_gd(c, d, -1);
     size_t core = gdelta_scratch_size(&one), core_sh = gdelta_scratch_size(&sh);
     TAKE(core, core > core_sh ? core : core_sh);
-    if (d->decay) TAKE(shift, H);
-    TAKE(logits, N * d->E);
-    TAKE(frac, (size_t)d->E);
-    TAKE(mean, (size_t)d->E);
-    TAKE(dp_all, (size_t)d->E);
-    s->idx = base ? (int *)(void *)(base + used) : NULL;
+    w->idx = base ? (int *)(void *)(base + used) : NULL;
     used += ints_as_reals(T);
     TAKE(cq, T * HF);
     TAKE(ck, T * HF);
@@ -282,6 +272,37 @@ static size_t mom_scr_at(const mom_cfg *c, const mom_dims *d, real *base, mom_sc
     TAKE(cdv, T * C);
     TAKE(cdb, T * H);
     TAKE(cdg, T * H);
+#undef TAKE
+    return (used + 15) & ~(size_t)15;
+}
+
+/* Scratch: one workspace per thread (parallel.h), the router's, the
+ * gradients. */
+typedef struct mom_scr {
+    real *ws;                              /* ml_par_slots() workspaces of ws_size */
+    size_t ws_size;
+    real *shift, *logits, *frac, *mean, *dp_all;
+    real *dy, *tmp, *dO, *dgz;             /* [N,C] */
+    real *dphq, *dphq_raw, *dqraw;         /* [N,HF], [N,HF], [N,Cq] */
+    real *dphk, *dphk_raw, *dkraw;         /* [N,Mt,HF], [N,Mt,HF], [N,Mt,Cq] */
+    real *dv;                              /* [N,Mt,C] */
+    real *dbeta, *dg, *dz;                 /* [N,Mt,H] */
+    real *drw, *dlogits;                   /* [N,K], [N,E] */
+} mom_scr;
+
+static size_t mom_scr_at(const mom_cfg *c, const mom_dims *d, real *base, mom_scr *s) {
+    size_t N = (size_t)d->N, Mt = (size_t)d->Mt, used = 0;
+    size_t HF = (size_t)d->HF, C = (size_t)d->C, H = (size_t)d->H;
+#define TAKE(p, n) (s->p = base ? base + used : NULL, used += (n))
+    memset(s, 0, sizeof *s);
+    mom_ws w;
+    s->ws_size = mom_ws_at(c, d, NULL, &w);
+    TAKE(ws, (size_t)ml_par_slots() * s->ws_size);
+    if (d->decay) TAKE(shift, H);
+    TAKE(logits, N * d->E);
+    TAKE(frac, (size_t)d->E);
+    TAKE(mean, (size_t)d->E);
+    TAKE(dp_all, (size_t)d->E);
     if (d->onorm) {
         TAKE(dy, N * C);
         TAKE(tmp, N * C);
@@ -328,7 +349,7 @@ static int mom_routed(int *idx, const int *sel, int b, int m, const mom_dims *d)
 
 /* Copy memory m's rows of the routed tokens of sequence b into the compact
  * buffers (q is shared; beta and g only when the rule uses them). */
-static void mom_gather(const mom_scr *s, const mom_acts *a, const int *idx, int n, int b,
+static void mom_gather(const mom_ws *s, const mom_acts *a, const int *idx, int n, int b,
                        int m, const mom_dims *d) {
     const size_t HF = (size_t)d->HF, C = (size_t)d->C, H = (size_t)d->H, Mt = (size_t)d->Mt;
     for (int i = 0; i < n; i++) {
@@ -339,6 +360,81 @@ static void mom_gather(const mom_scr *s, const mom_acts *a, const int *idx, int 
         if (d->delta) memcpy(s->cb + i * H, a->beta + (r * Mt + m) * H, H * sizeof(real));
         if (d->decay) memcpy(s->cg + i * H, a->g + (r * Mt + m) * H, H * sizeof(real));
     }
+}
+
+/* The routed memories of sequences [b0, b1), forward or backward, in
+ * workspace `slot`. Each sequence writes only its own rows (omem, o, the
+ * saves; the gradients of its tokens), memories in order, so the result
+ * does not depend on the thread count. */
+typedef struct mom_task {
+    const mom_cfg *c;
+    const mom_dims *d;
+    const mom_acts *a;
+    const mom_scr *s;
+    int backward;
+} mom_task;
+
+static void mom_routed_range(void *ctx, int b0, int b1, int slot) {
+    const mom_task *t = ctx;
+    const mom_cfg *c = t->c;
+    const mom_dims *d = t->d;
+    const mom_acts *a = t->a;
+    const mom_scr *s = t->s;
+    const int C = d->C, H = d->H, Mt = d->Mt, E = d->E, K = d->K;
+    const size_t HF = (size_t)d->HF;
+    mom_ws w;
+    mom_ws_at(c, d, s->ws + (size_t)slot * s->ws_size, &w);
+    for (int b = b0; b < b1; b++)
+        for (int m = 0; m < E; m++) {
+            int n = mom_routed(w.idx, a->sel, b, m, d);
+            if (n == 0) continue;
+            mom_gather(&w, a, w.idx, n, b, m, d);
+            gdelta_dims gd = mom_gd(c, d, n);
+            real *save = a->save + ((size_t)b * E + m) * a->save_one;
+            if (!t->backward) {
+                gdelta_forward(w.co, save, w.cq, w.ck, w.cv, w.cb, w.cg, &gd, w.core);
+                for (int i = 0; i < n; i++) {
+                    size_t sl = (size_t)b * d->T * K + w.idx[i];
+                    real wgt = a->rw[sl];
+                    real *om = a->omem + sl * C, *o = a->o + (sl / K) * C;
+                    memcpy(om, w.co + (size_t)i * C, sizeof(real) * (size_t)C);
+                    for (int j = 0; j < C; j++) o[j] += wgt * om[j];
+                }
+                continue;
+            }
+            for (int i = 0; i < n; i++) {
+                size_t sl = (size_t)b * d->T * K + w.idx[i];
+                const real *dO = s->dO + (sl / K) * C;
+                for (int j = 0; j < C; j++) w.cdo[(size_t)i * C + j] = a->rw[sl] * dO[j];
+            }
+            memset(w.cdq, 0, (size_t)n * HF * sizeof(real));
+            memset(w.cdk, 0, (size_t)n * HF * sizeof(real));
+            memset(w.cdv, 0, (size_t)n * C * sizeof(real));
+            memset(w.cdb, 0, (size_t)n * H * sizeof(real));
+            memset(w.cdg, 0, (size_t)n * H * sizeof(real));
+            gdelta_backward(w.cdq, w.cdk, w.cdv, w.cdb, w.cdg, w.cdo, save, w.cq, w.ck, w.cv,
+                            w.cb, w.cg, &gd, w.core);
+            for (int i = 0; i < n; i++) {
+                size_t r = (size_t)b * d->T + w.idx[i] / K, rm = r * Mt + m;
+                for (size_t j = 0; j < HF; j++) {
+                    s->dphq[r * HF + j] += w.cdq[i * HF + j];
+                    s->dphk[rm * HF + j] += w.cdk[i * HF + j];
+                }
+                for (int j = 0; j < C; j++) s->dv[rm * C + j] += w.cdv[(size_t)i * C + j];
+                for (int j = 0; j < H; j++) {
+                    if (d->delta) s->dbeta[rm * H + j] += w.cdb[(size_t)i * H + j];
+                    if (d->decay) s->dg[rm * H + j] += w.cdg[(size_t)i * H + j];
+                }
+            }
+        }
+}
+
+/* Every sequence's routed memories, one block of sequences per thread. */
+static void mom_routed_all(mom_task *t) {
+    const mom_dims *d = t->d;
+    /* about K T (Dk Dv + chunk (Dk + Dv)) H multiply-adds per sequence */
+    double work = (double)d->N * d->K * d->H * ((double)d->F * d->Dv + 64.0 * (d->F + d->Dv));
+    ml_par_ranges(d->B, ml_par_threads(d->B, work, 1 << 20), mom_routed_range, t);
 }
 
 static void mom_forward(const mixer_call *mc, real *out, const real *x) {
@@ -379,30 +475,19 @@ static void mom_forward(const mixer_call *mc, real *out, const real *x) {
     if (mc->stats)
         for (int e = 0; e < E; e++) mc->stats[e] += s.frac[e];
 
-    /* the routed memories on their own tokens, then the shared one */
+    /* the routed memories on their own tokens (sequences split among the
+     * threads), then the shared one */
     memset(a.o, 0, sizeof(real) * (size_t)N * C);
-    for (int b = 0; b < d.B; b++)
-        for (int m = 0; m < E; m++) {
-            int n = mom_routed(s.idx, a.sel, b, m, &d);
-            if (n == 0) continue;
-            mom_gather(&s, &a, s.idx, n, b, m, &d);
-            gdelta_dims gd = mom_gd(c, &d, n);
-            gdelta_forward(s.co, a.save + ((size_t)b * E + m) * a.save_one, s.cq, s.ck, s.cv,
-                           s.cb, s.cg, &gd, s.core);
-            for (int i = 0; i < n; i++) {
-                size_t slot = (size_t)b * d.T * K + s.idx[i];
-                real wgt = a.rw[slot];
-                real *om = a.omem + slot * C, *o = a.o + (slot / K) * C;
-                memcpy(om, s.co + (size_t)i * C, sizeof(real) * (size_t)C);
-                for (int j = 0; j < C; j++) o[j] += wgt * om[j];
-            }
-        }
+    mom_task task = {.c = c, .d = &d, .a = &a, .s = &s};
+    mom_routed_all(&task);
+    mom_ws w0;
+    mom_ws_at(c, &d, s.ws, &w0);
     if (c->shared) {
         gdelta_dims gd = mom_gd(c, &d, -1);
         real *osh = s.dO; /* free until the backward */
         gdelta_forward(osh, a.save + (size_t)E * d.B * a.save_one, a.phq, a.phk + (size_t)E * d.HF,
                        a.v + (size_t)E * C, d.delta ? a.beta + (size_t)E * H : NULL,
-                       d.decay ? a.g + (size_t)E * H : NULL, &gd, s.core);
+                       d.decay ? a.g + (size_t)E * H : NULL, &gd, w0.core);
         for (size_t i = 0; i < (size_t)N * C; i++) a.o[i] += osh[i];
     }
 
@@ -454,38 +539,10 @@ static void mom_backward(const mixer_call *mc, real *dx, const real *dout, const
         for (int j = 0; j < C; j++) v += om[j] * dO[j];
         s.drw[slot] = v;
     }
-    for (int b = 0; b < d.B; b++)
-        for (int m = 0; m < E; m++) {
-            int n = mom_routed(s.idx, a.sel, b, m, &d);
-            if (n == 0) continue;
-            mom_gather(&s, &a, s.idx, n, b, m, &d);
-            for (int i = 0; i < n; i++) {
-                size_t slot = (size_t)b * d.T * K + s.idx[i];
-                const real *dO = s.dO + (slot / K) * C;
-                for (int j = 0; j < C; j++) s.cdo[(size_t)i * C + j] = a.rw[slot] * dO[j];
-            }
-            memset(s.cdq, 0, (size_t)n * HF * sizeof(real));
-            memset(s.cdk, 0, (size_t)n * HF * sizeof(real));
-            memset(s.cdv, 0, (size_t)n * C * sizeof(real));
-            memset(s.cdb, 0, (size_t)n * H * sizeof(real));
-            memset(s.cdg, 0, (size_t)n * H * sizeof(real));
-            gdelta_dims gd = mom_gd(c, &d, n);
-            gdelta_backward(s.cdq, s.cdk, s.cdv, s.cdb, s.cdg, s.cdo,
-                            a.save + ((size_t)b * E + m) * a.save_one, s.cq, s.ck, s.cv, s.cb,
-                            s.cg, &gd, s.core);
-            for (int i = 0; i < n; i++) {
-                size_t r = (size_t)b * d.T + s.idx[i] / K, rm = r * Mt + m;
-                for (size_t j = 0; j < HF; j++) {
-                    s.dphq[r * HF + j] += s.cdq[i * HF + j];
-                    s.dphk[rm * HF + j] += s.cdk[i * HF + j];
-                }
-                for (int j = 0; j < C; j++) s.dv[rm * C + j] += s.cdv[(size_t)i * C + j];
-                for (int j = 0; j < H; j++) {
-                    if (d.delta) s.dbeta[rm * H + j] += s.cdb[(size_t)i * H + j];
-                    if (d.decay) s.dg[rm * H + j] += s.cdg[(size_t)i * H + j];
-                }
-            }
-        }
+    mom_task task = {.c = c, .d = &d, .a = &a, .s = &s, .backward = 1};
+    mom_routed_all(&task);
+    mom_ws w0;
+    mom_ws_at(c, &d, s.ws, &w0);
     if (c->shared) {
         gdelta_dims gd = mom_gd(c, &d, -1);
         gdelta_backward(s.dphq, s.dphk + (size_t)E * HF, s.dv + (size_t)E * C,
@@ -493,7 +550,7 @@ static void mom_backward(const mixer_call *mc, real *dx, const real *dout, const
                         d.decay ? s.dg + (size_t)E * H : NULL, s.dO,
                         a.save + (size_t)E * d.B * a.save_one, a.phq, a.phk + (size_t)E * HF,
                         a.v + (size_t)E * C, d.delta ? a.beta + (size_t)E * H : NULL,
-                        d.decay ? a.g + (size_t)E * H : NULL, &gd, s.core);
+                        d.decay ? a.g + (size_t)E * H : NULL, &gd, w0.core);
     }
 
     /* router: the weights' gradient and the load-balancing loss's, d aux /

@@ -470,8 +470,9 @@ static int perf_cfg(run_config *cfg, const char *mixer) {
     return 0;
 }
 
-/* A 2-layer model at sizes past every threshold: loss and every gradient
- * with 2 threads against 1 (the split reductions allow rounding). */
+/* Every mixer in a 2-layer model at sizes past the thresholds: loss and
+ * every gradient with 2 threads against 1 (the split reductions allow
+ * rounding). */
 static void test_model_threads(void) {
     const int B = 16, T = 128, V = 300;
     int *in = malloc(sizeof(int) * B * T), *tg = malloc(sizeof(int) * B * T);
@@ -480,10 +481,10 @@ static void test_model_threads(void) {
         in[i] = (int)(u[i] * V);
         tg[i] = u[B * T + i] < 0.3 ? (i * 31) % V : -1;
     }
-    const char *mixers[] = {"softmax", "linear"};
-    for (int k = 0; k < 2; k++) {
+    for (int k = 0; ml_mixers[k]; k++) {
+        const char *name = ml_mixers[k]->name;
         run_config cfg;
-        if (perf_cfg(&cfg, mixers[k])) break;
+        if (perf_cfg(&cfg, name)) break;
         ml_model m;
         ml_error e;
         if (model_build(&m, &cfg.model, V, T, B, &e)) {
@@ -503,8 +504,7 @@ static void test_model_threads(void) {
         threads_set(old);
         double eg = max_rel_diff(g[1], g[0], m.n_params);
         CHECK(fabs(loss[1] - loss[0]) <= TOL_ORDER * fabs(loss[0]) && eg <= 1e-10,
-              "%s: loss %.17g vs %.17g, gradients differ by %.3g", mixers[k], loss[1], loss[0],
-              eg);
+              "%s: loss %.17g vs %.17g, gradients differ by %.3g", name, loss[1], loss[0], eg);
         free(g[0]), free(g[1]);
         model_free(&m);
     }
