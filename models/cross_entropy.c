@@ -13,7 +13,7 @@
  * forbid to the compiler) and the float build uses its own vectorisable exp
  * (softmax_expf, below; the double build keeps libm's exp so that gradient
  * checks stay exact). Rows are shared among the threads of memlab's thread
- * setting (OpenBLAS's thread count, see ce_threads), each thread summing its
+ * setting (parallel.h), each thread summing its
  * own contiguous block of rows, and the blocks added in order: the loss is the
  * same from run to run at a given thread count. crossentropy_forward_ref keeps
  * the plain loops as the oracle. */
@@ -22,12 +22,6 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
-#ifdef _OPENMP
-#include <omp.h>
-#endif
-#ifdef __SSE__
-#include <xmmintrin.h>
-#endif
 
 #include "fastexp.h"
 #include "kernels.h"
@@ -39,8 +33,6 @@ float softmax_expf(float x);
 double crossentropy_forward_ref(real *probs, const real *logits, const int *targets, int S,
                                 int V, int *count);
 
-/* Most threads a kernel here splits its rows among. */
-#define CE_MAX_THREADS 64
 /* Fewest logits per thread worth a parallel region. */
 #define CE_MIN_WORK (1 << 16)
 
@@ -52,20 +44,10 @@ float softmax_expf(float x) { return expf_fast(x); }
 #define SOFTMAX_EXP(x) expf_fast(x)
 #endif
 
-/* Threads for work over `work` logits: memlab's thread setting is OpenBLAS's
- * thread count (memlab --threads sets it), so one knob bounds both. 1 when
- * the work is too small to pay for a parallel region or without OpenMP. */
-static int ce_threads(size_t work) {
-#ifdef _OPENMP
-    int n = openblas_get_num_threads();
-    if (n > CE_MAX_THREADS) n = CE_MAX_THREADS;
-    size_t most = work / CE_MIN_WORK;
-    if ((size_t)n > most) n = most > 0 ? (int)most : 1;
-    return n > 1 ? n : 1;
-#else
-    (void)work;
-    return 1;
-#endif
+/* Threads for S rows of V logits (parallel.h): 1 when the work is too
+ * small to pay for a parallel region. */
+static int ce_threads(int S, int V) {
+    return ml_par_threads(S, (double)S * V, CE_MIN_WORK);
 }
 
 /* One row: p = softmax(l); returns -log p[tgt] (0 when tgt < 0). p may alias l. */
@@ -108,8 +90,8 @@ typedef struct ce_call {
     const real *logits;
     const int *targets;
     int V;
-    double part[CE_MAX_THREADS];
-    int kept[CE_MAX_THREADS];
+    double part[ML_PAR_MAX_SLOTS];
+    int kept[ML_PAR_MAX_SLOTS];
 } ce_call;
 
 static void ce_range(void *ctx, int i0, int i1, int slot) {
@@ -126,7 +108,7 @@ double crossentropy_forward(real *probs, const real *logits, const int *targets,
                             int V, int *count) {
     assert(V > 0);
     ce_call c = {.probs = probs, .logits = logits, .targets = targets, .V = V};
-    int nt = ce_threads((size_t)S * V);
+    int nt = ce_threads(S, V);
     ml_par_ranges(S, nt, ce_range, &c);
     double loss = 0.0;
     int total = 0;
@@ -174,7 +156,7 @@ double crossentropy_forward_ref(real *probs, const real *logits, const int *targ
  * usually 1/count for a mean loss. */
 void crossentropy_backward(real *dlogits, const real *probs, const int *targets, int S,
                            int V, real scale) {
-    int nt = ce_threads((size_t)S * V);
+    int nt = ce_threads(S, V);
 #pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
     for (int i = 0; i < S; i++) {
         int tgt = targets[i];

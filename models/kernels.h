@@ -44,7 +44,8 @@ void ml_gemv(int ta, int M, int N, real alpha, const real *A, int lda, const rea
 /* X[n,m] <- op(A)^-1 X for A [n,n] unit lower triangular (ta: A^T). */
 void ml_trsm_unit_lower(int ta, int n, int m, const real *A, int lda, real *X, int ldx);
 /* Process-wide count of the FLOPs of every matrix product since the last
- * reset (matmul.c); kernels calling BLAS directly add theirs with _add. */
+ * reset (matmul.c; the products above add theirs, no kernel calls BLAS
+ * directly). */
 void ml_flops_add(double n);
 double ml_flops_read(void);
 void ml_flops_reset(void);

@@ -9,12 +9,10 @@
 #include <xmmintrin.h>
 #endif
 
-#define PAR_MAX_SLOTS 64
-
 int ml_par_slots(void) {
 #ifdef _OPENMP
     int p = omp_get_num_procs();
-    return p < 1 ? 1 : p > PAR_MAX_SLOTS ? PAR_MAX_SLOTS : p;
+    return p < 1 ? 1 : p > ML_PAR_MAX_SLOTS ? ML_PAR_MAX_SLOTS : p;
 #else
     return 1;
 #endif

@@ -13,8 +13,12 @@
 #ifndef MEMLAB_PARALLEL_H
 #define MEMLAB_PARALLEL_H
 
+/* Most threads (and scratch slots) a kernel ever uses. */
+#define ML_PAR_MAX_SLOTS 64
+
 /* Scratch slots a kernel provides: one per processor (fixed for the process,
- * at most 64), so the size asked for at build time holds at any setting. */
+ * at most ML_PAR_MAX_SLOTS), so the size asked for at build time holds at any
+ * setting. */
 int ml_par_slots(void);
 
 /* Threads for `units` independent units of `work` multiply-adds in all:

@@ -20,12 +20,6 @@
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
-#ifdef _OPENMP
-#include <omp.h>
-#endif
-#ifdef __SSE__
-#include <xmmintrin.h>
-#endif
 
 #include "fastexp.h"
 #include "kernels.h"
