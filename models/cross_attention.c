@@ -16,7 +16,8 @@
  *
  * The fast path works one (b, h) at a time on rows gathered into contiguous
  * scratch, with one GEMM for the scores, one for the output, and three in the
- * backward; the shapes it serves are small (a chunk of queries against slots
+ * backward, the batch split across threads (parallel.h; one scratch slot per
+ * thread); the shapes it serves are small (a chunk of queries against slots
  * plus a chunk of keys), so it does not band the mask as softmax_attention.c
  * does. Projections, packing and what the rows mean are the caller's business
  * (mixer_slots.c). */
@@ -24,6 +25,10 @@
 #include <string.h>
 
 #include "kernels.h"
+#include "parallel.h"
+
+/* Below this many multiply-adds a call stays on one thread. */
+#define XA_MIN_WORK (1L << 20)
 
 /* Index of the last key query i sees, -1 when it sees none. */
 static int xattn_hi(const xattn_dims *d, int i) {
@@ -38,30 +43,46 @@ static void gather(real *dst, const real *src, int T, int D, int ld) {
         memcpy(dst + (size_t)t * D, src + (size_t)t * ld, (size_t)D * sizeof(real));
 }
 
-/* Scratch of the fast path: Q, dO [Tq,D], K, V [Tk,D] and dP [Tq,Tk]. */
-size_t xattn_scratch_size(const xattn_dims *d) {
+/* One thread's scratch: Q, dO [Tq,D], K, V [Tk,D] and dP [Tq,Tk]. */
+static size_t xa_slot_size(const xattn_dims *d) {
     return (size_t)(2 * d->Tq + 2 * d->Tk) * d->D + (size_t)d->Tq * d->Tk;
 }
 
-/* Fast forward: contract in kernels.h. att rows are exact zeros outside the
- * visible keys, so the backward can use whole rows as GEMM operands. */
-void xattn_forward(real *out, real *att, const real *q, const real *k, const real *v,
-                   const xattn_dims *d, real *scratch) {
+size_t xattn_scratch_size(const xattn_dims *d) { return (size_t)ml_par_slots() * xa_slot_size(d); }
+
+/* Threads for a call: the score, output and (backward) gradient GEMMs of
+ * every (b, h). */
+static int xa_threads(const xattn_dims *d) {
+    double work = 3.0 * d->B * d->H * (double)d->Tq * d->Tk * d->D;
+    return ml_par_threads(d->B, work, XA_MIN_WORK);
+}
+
+/* One call's arguments, for the batch ranges. */
+typedef struct xa_call {
+    real *out, *att, *dq, *dk, *dv;
+    const real *q, *k, *v, *dout, *catt;
+    const xattn_dims *d;
+    real *scratch;
+} xa_call;
+
+static void xa_forward_range(void *ctx, int b0, int b1, int slot) {
+    const xa_call *c = ctx;
+    const xattn_dims *d = c->d;
     const int Tq = d->Tq, Tk = d->Tk, H = d->H, D = d->D;
-    if (Tq <= 0) return;
     const real scale = RSQRT((real)D);
-    real *Q = scratch, *K = Q + (size_t)Tq * D, *V = K + (size_t)Tk * D;
-    for (int b = 0; b < d->B; b++)
+    real *Q = c->scratch + (size_t)slot * xa_slot_size(d), *K = Q + (size_t)Tq * D;
+    real *V = K + (size_t)Tk * D;
+    for (int b = b0; b < b1; b++)
         for (int h = 0; h < H; h++) {
-            real *A = att + ((size_t)b * H + h) * Tq * Tk;
-            real *O = out + b * d->bo + (size_t)h * D;
+            real *A = c->att + ((size_t)b * H + h) * Tq * Tk;
+            real *O = c->out + b * d->bo + (size_t)h * D;
             if (Tk <= 0) {
                 for (int i = 0; i < Tq; i++) memset(O + (size_t)i * d->ldo, 0, sizeof(real) * D);
                 continue;
             }
-            gather(Q, q + b * d->bq + (size_t)h * D, Tq, D, d->ldq);
-            gather(K, k + b * d->bk + (size_t)h * D, Tk, D, d->ldk);
-            gather(V, v + b * d->bv + (size_t)h * D, Tk, D, d->ldv);
+            gather(Q, c->q + b * d->bq + (size_t)h * D, Tq, D, d->ldq);
+            gather(K, c->k + b * d->bk + (size_t)h * D, Tk, D, d->ldk);
+            gather(V, c->v + b * d->bv + (size_t)h * D, Tk, D, d->ldv);
             ml_gemm(0, 1, Tq, Tk, D, scale, Q, D, K, D, 0, A, Tk);
             for (int i = 0; i < Tq; i++) {
                 real *a = A + (size_t)i * Tk;
@@ -83,28 +104,33 @@ void xattn_forward(real *out, real *att, const real *q, const real *k, const rea
         }
 }
 
-/* Fast backward: contract in kernels.h. With P the saved probabilities:
- *   dV += P^T dO,  dP = dO V^T,  dS = P .* (dP - rowsum(dP .* P)),
- *   dQ += scale dS K,  dK += scale dS^T Q,
- * the accumulating GEMMs writing straight into the strided gradients. */
-void xattn_backward(real *dq, real *dk, real *dv, const real *dout, const real *q,
-                    const real *k, const real *v, const real *att, const xattn_dims *d,
-                    real *scratch) {
+/* Fast forward: contract in kernels.h. att rows are exact zeros outside the
+ * visible keys, so the backward can use whole rows as GEMM operands. */
+void xattn_forward(real *out, real *att, const real *q, const real *k, const real *v,
+                   const xattn_dims *d, real *scratch) {
+    if (d->Tq <= 0) return;
+    xa_call c = {out, att, NULL, NULL, NULL, q, k, v, NULL, NULL, d, scratch};
+    ml_par_ranges(d->B, xa_threads(d), xa_forward_range, &c);
+}
+
+static void xa_backward_range(void *ctx, int b0, int b1, int slot) {
+    const xa_call *c = ctx;
+    const xattn_dims *d = c->d;
     const int Tq = d->Tq, Tk = d->Tk, H = d->H, D = d->D;
-    if (Tq <= 0 || Tk <= 0 || (!dq && !dk && !dv)) return;
     const real scale = RSQRT((real)D);
-    real *Q = scratch, *dO = Q + (size_t)Tq * D, *K = dO + (size_t)Tq * D;
-    real *V = K + (size_t)Tk * D, *dP = V + (size_t)Tk * D;
-    for (int b = 0; b < d->B; b++)
+    real *Q = c->scratch + (size_t)slot * xa_slot_size(d), *dO = Q + (size_t)Tq * D;
+    real *K = dO + (size_t)Tq * D, *V = K + (size_t)Tk * D, *dP = V + (size_t)Tk * D;
+    for (int b = b0; b < b1; b++)
         for (int h = 0; h < H; h++) {
-            const real *A = att + ((size_t)b * H + h) * Tq * Tk;
-            gather(dO, dout + b * d->bo + (size_t)h * D, Tq, D, d->ldo);
-            if (dv)
-                ml_gemm(1, 0, Tk, D, Tq, 1, A, Tk, dO, D, 1, dv + b * d->bv + (size_t)h * D, d->ldv);
-            if (!dq && !dk) continue;
-            gather(Q, q + b * d->bq + (size_t)h * D, Tq, D, d->ldq);
-            gather(K, k + b * d->bk + (size_t)h * D, Tk, D, d->ldk);
-            gather(V, v + b * d->bv + (size_t)h * D, Tk, D, d->ldv);
+            const real *A = c->catt + ((size_t)b * H + h) * Tq * Tk;
+            gather(dO, c->dout + b * d->bo + (size_t)h * D, Tq, D, d->ldo);
+            if (c->dv)
+                ml_gemm(1, 0, Tk, D, Tq, 1, A, Tk, dO, D, 1, c->dv + b * d->bv + (size_t)h * D,
+                        d->ldv);
+            if (!c->dq && !c->dk) continue;
+            gather(Q, c->q + b * d->bq + (size_t)h * D, Tq, D, d->ldq);
+            gather(K, c->k + b * d->bk + (size_t)h * D, Tk, D, d->ldk);
+            gather(V, c->v + b * d->bv + (size_t)h * D, Tk, D, d->ldv);
             ml_gemm(0, 1, Tq, Tk, D, 1, dO, D, V, D, 0, dP, Tk);
             for (int i = 0; i < Tq; i++) {
                 const real *p = A + (size_t)i * Tk;
@@ -114,13 +140,25 @@ void xattn_backward(real *dq, real *dk, real *dv, const real *dout, const real *
                 /* p is exactly 0 outside the visible keys, so is ds */
                 for (int j = 0; j < Tk; j++) ds[j] = p[j] * (ds[j] - dot);
             }
-            if (dq)
-                ml_gemm(0, 0, Tq, D, Tk, scale, dP, Tk, K, D, 1, dq + b * d->bq + (size_t)h * D,
-                     d->ldq);
-            if (dk)
-                ml_gemm(1, 0, Tk, D, Tq, scale, dP, Tk, Q, D, 1, dk + b * d->bk + (size_t)h * D,
-                     d->ldk);
+            if (c->dq)
+                ml_gemm(0, 0, Tq, D, Tk, scale, dP, Tk, K, D, 1,
+                        c->dq + b * d->bq + (size_t)h * D, d->ldq);
+            if (c->dk)
+                ml_gemm(1, 0, Tk, D, Tq, scale, dP, Tk, Q, D, 1,
+                        c->dk + b * d->bk + (size_t)h * D, d->ldk);
         }
+}
+
+/* Fast backward: contract in kernels.h. With P the saved probabilities:
+ *   dV += P^T dO,  dP = dO V^T,  dS = P .* (dP - rowsum(dP .* P)),
+ *   dQ += scale dS K,  dK += scale dS^T Q,
+ * the accumulating GEMMs writing straight into the strided gradients. */
+void xattn_backward(real *dq, real *dk, real *dv, const real *dout, const real *q,
+                    const real *k, const real *v, const real *att, const xattn_dims *d,
+                    real *scratch) {
+    if (d->Tq <= 0 || d->Tk <= 0 || (!dq && !dk && !dv)) return;
+    xa_call c = {NULL, NULL, dq, dk, dv, q, k, v, dout, att, d, scratch};
+    ml_par_ranges(d->B, xa_threads(d), xa_backward_range, &c);
 }
 
 /* Naive forward, one query and one key at a time from the definition; the

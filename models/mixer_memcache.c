@@ -74,6 +74,7 @@
 #include "linfam.h"
 #include "memcache.h"
 #include "mixer.h"
+#include "parallel.h"
 
 enum { MC_CHUNKWISE = 0, MC_RECURRENT };
 enum { MC_CONSTANT = 0, MC_LOG };
@@ -436,17 +437,24 @@ static size_t mc_acts_at(const memcache_cfg *c, const mc_dims *d, real *base, mc
     return used;
 }
 
-typedef struct mc_scr {
-    real *core;                   /* rule kernels' scratch */
-    real *shift;                  /* [H] */
+/* One thread's work space for the per-(sequence, head) loops of the fast
+ * path (and of the naive path, which runs on lane 0). */
+typedef struct mc_lane {
+    real *core;                   /* memcache.c's state kernels' scratch */
     real *sc;                     /* [nslot] scores of one token */
     unsigned char *keep;          /* [nslot] ssc's selection of one token */
-    int *list;                    /* [nslot] memories of one token (naive path) */
     real *rd, *drd, *dA;          /* [T,Dv] reads of one memory, their gradient, soup's dA */
     real *rden, *rdd, *dD;        /* [T] */
     real *zrun;                   /* [F] */
-    real *dgam;                   /* [N,H,nslot] */
     real *dSm, *dzm;              /* [nmem,F*Dv], [nmem,F] of one (b, h) */
+} mc_lane;
+
+typedef struct mc_scr {
+    real *core;                   /* the online calls' (gdelta) scratch */
+    real *lanes;                  /* ml_par_slots() lanes of mc_lane_size */
+    real *shift;                  /* [H] */
+    int *list;                    /* [nslot] memories of one token (naive path) */
+    real *dgam;                   /* [N,H,nslot] */
     real *donum, *doden;          /* [N,C], [N,H] */
     real *dpoolm, *dpoolon, *du;  /* [B,nmem,PWt], [N,PWt], [N,H*Pw] */
     real *dy, *tmp, *dO, *dgz;    /* [N,C] */
@@ -463,15 +471,39 @@ typedef struct mc_scr {
     real *Sp;                     /* [F*Dv] */
 } mc_scr;
 
-static size_t mc_scr_at(const memcache_cfg *c, const mc_dims *d, real *base, mc_scr *s) {
-    size_t N = (size_t)d->N, T = (size_t)d->T, used = 0, SS = (size_t)d->F * d->Dv;
-    size_t C = (size_t)d->C, H = (size_t)d->H, NS = (size_t)d->nslot, M = (size_t)d->nmem;
+static size_t mc_lane_at(const memcache_cfg *c, const mc_dims *d, real *base, mc_lane *w) {
+    size_t T = (size_t)d->T, used = 0, NS = (size_t)d->nslot, M = (size_t)d->nmem;
     mcs_dims md = mc_state_dims(c, d);
     size_t core = mcs_scratch_size(&md, d->adv_max);
     if (d->naive) {
         size_t r = mcs_ref_scratch_size(&md, d->T > 0 ? d->T : 1);
         core = core > r ? core : r;
-    } else {
+    }
+#define TAKE(p, n) (w->p = base ? base + used : NULL, used += (n))
+    memset(w, 0, sizeof *w);
+    TAKE(core, core);
+    TAKE(sc, NS);
+    w->keep = base ? (unsigned char *)(void *)(base + used) : NULL;
+    used += (NS + sizeof(real) - 1) / sizeof(real);
+    TAKE(rd, T * d->Dv);
+    TAKE(drd, T * d->Dv);
+    TAKE(dA, T * d->Dv);
+    TAKE(rden, T);
+    TAKE(rdd, T);
+    TAKE(dD, T);
+    TAKE(zrun, (size_t)d->F);
+    TAKE(dSm, M * d->F * d->Dv);
+    TAKE(dzm, M * d->F);
+#undef TAKE
+    return used;
+}
+
+static size_t mc_scr_at(const memcache_cfg *c, const mc_dims *d, real *base, mc_scr *s) {
+    size_t N = (size_t)d->N, T = (size_t)d->T, used = 0, SS = (size_t)d->F * d->Dv;
+    size_t C = (size_t)d->C, H = (size_t)d->H, NS = (size_t)d->nslot, M = (size_t)d->nmem;
+    mc_lane w;
+    size_t core = 0, lane = mc_lane_at(c, d, NULL, &w);
+    if (!d->naive) {
         for (int i = 0; i < mc_n_online(d); i++) {
             size_t r0;
             gdelta_dims g = mc_online_dims(c, d, i, &r0);
@@ -482,22 +514,11 @@ static size_t mc_scr_at(const memcache_cfg *c, const mc_dims *d, real *base, mc_
 #define TAKE(p, n) (s->p = base ? base + used : NULL, used += (n))
     memset(s, 0, sizeof *s);
     TAKE(core, core);
+    TAKE(lanes, (size_t)ml_par_slots() * lane);
     if (d->decay) TAKE(shift, H);
-    TAKE(sc, NS);
-    s->keep = base ? (unsigned char *)(void *)(base + used) : NULL;
-    used += (NS + sizeof(real) - 1) / sizeof(real);
     s->list = base ? (int *)(void *)(base + used) : NULL;
     used += (NS * sizeof(int) + sizeof(real) - 1) / sizeof(real);
-    TAKE(rd, T * d->Dv);
-    TAKE(drd, T * d->Dv);
-    TAKE(dA, T * d->Dv);
-    TAKE(rden, T);
-    TAKE(rdd, T);
-    TAKE(dD, T);
-    TAKE(zrun, (size_t)d->F);
     if (d->gagg) TAKE(dgam, N * H * NS);
-    TAKE(dSm, M * SS);
-    TAKE(dzm, M * d->F);
     TAKE(donum, N * C);
     TAKE(doden, N * H);
     if (d->gagg) {
@@ -562,6 +583,8 @@ typedef struct mc_ctx {
     mcs_dims md;
     mc_acts a;
     mc_scr s;
+    mc_lane w;               /* this thread's lane */
+    size_t lane_size;
     const real *x, *qkv;
     real eps;
 } mc_ctx;
@@ -654,7 +677,7 @@ static void mc_memories_forward(mc_ctx *m, int b, int h) {
         size_t r0 = (size_t)b * d->T + (size_t)a0 * d->c;
         int n = (P - a0) * d->c;
         mcs_forward(mc_Sm(m, b, h, P), pred ? mc_Sm(m, b, h, pred) : NULL, mc_k(m, r0, h),
-                    mc_v(m, r0, h), mc_beta(m, r0, h), mc_g(m, r0, h), n, &m->md, m->s.core);
+                    mc_v(m, r0, h), mc_beta(m, r0, h), mc_g(m, r0, h), n, &m->md, m->w.core);
         if (d->norm) {
             real *z = mc_zm(m, b, h, P);
             if (pred) memcpy(z, mc_zm(m, b, h, pred), sizeof(real) * d->F);
@@ -671,7 +694,7 @@ static void mc_memories_forward(mc_ctx *m, int b, int h) {
  * segment when fresh). */
 static void mc_online_den(mc_ctx *m, int b, int h) {
     const mc_dims *d = &m->d;
-    real *z = m->s.zrun;
+    real *z = m->w.zrun;
     for (int t = 0; t < d->T; t++) {
         size_t row = (size_t)b * d->T + t;
         if (t == 0 || (d->fresh && t % d->c == 0)) memset(z, 0, sizeof(real) * d->F);
@@ -682,57 +705,53 @@ static void mc_online_den(mc_ctx *m, int b, int h) {
 }
 
 /* Pools (every memory's mean, the causal online mean) and the gate weights
- * of every token and head. */
-static void mc_gates_forward(mc_ctx *m) {
+ * of every token and head of sequence b. */
+static void mc_gates_forward(mc_ctx *m, int b) {
     const mc_dims *d = &m->d;
     const int W = d->PWt;
-    for (int b = 0; b < d->B; b++) {
-        for (int P = 1; P <= d->nmem; P++) {
-            real *pm = m->a.poolm + ((size_t)b * d->nmem + P - 1) * W;
-            int t0 = mc_lo(d, P) * d->c, t1 = P * d->c;
-            memset(pm, 0, sizeof(real) * W);
-            for (int t = t0; t < t1; t++) {
-                const real *src = mc_src(m, (size_t)b * d->T + t);
-                for (int i = 0; i < W; i++) pm[i] += src[i];
-            }
-            for (int i = 0; i < W; i++) pm[i] /= (real)(t1 - t0);
+    for (int P = 1; P <= d->nmem; P++) {
+        real *pm = m->a.poolm + ((size_t)b * d->nmem + P - 1) * W;
+        int t0 = mc_lo(d, P) * d->c, t1 = P * d->c;
+        memset(pm, 0, sizeof(real) * W);
+        for (int t = t0; t < t1; t++) {
+            const real *src = mc_src(m, (size_t)b * d->T + t);
+            for (int i = 0; i < W; i++) pm[i] += src[i];
         }
-        for (int t = 0; t < d->T; t++) {
-            size_t row = (size_t)b * d->T + t;
-            real *po = m->a.poolon + row * W;
-            const real *src = mc_src(m, row);
-            int first = t % d->c == 0;
-            for (int i = 0; i < W; i++) po[i] = (first ? 0 : po[i - W]) + src[i];
-        }
-        /* running sums into means, from the last row back */
-        for (int t = d->T - 1; t >= 0; t--) {
-            real *po = m->a.poolon + ((size_t)b * d->T + t) * W;
-            real n = (real)(t % d->c + 1);
-            for (int i = 0; i < W; i++) po[i] /= n;
-        }
+        for (int i = 0; i < W; i++) pm[i] /= (real)(t1 - t0);
+    }
+    for (int t = 0; t < d->T; t++) {
+        size_t row = (size_t)b * d->T + t;
+        real *po = m->a.poolon + row * W;
+        const real *src = mc_src(m, row);
+        int first = t % d->c == 0;
+        for (int i = 0; i < W; i++) po[i] = (first ? 0 : po[i - W]) + src[i];
+    }
+    /* running sums into means, from the last row back */
+    for (int t = d->T - 1; t >= 0; t--) {
+        real *po = m->a.poolon + ((size_t)b * d->T + t) * W;
+        real n = (real)(t % d->c + 1);
+        for (int i = 0; i < W; i++) po[i] /= n;
     }
     /* scores: one GEMV per memory over the rows that read it, into gam */
     const int ldu = d->H * d->Pw, ldg = d->H * d->nslot;
-    for (int b = 0; b < d->B; b++)
-        for (int P = 1; P <= d->nmem; P++) {
-            int t0 = P * d->c, t1 = mc_hi(d, P) * d->c;
-            if (t1 > d->T) t1 = d->T;
-            size_t r0 = (size_t)b * d->T + t0;
-            for (int h = 0; h < d->H; h++)
-                ml_gemv(0, t1 - t0, d->Pw, 1,
-                           m->a.u + r0 * ldu + (size_t)h * d->Pw, ldu,
-                           m->a.poolm + ((size_t)b * d->nmem + P - 1) * W + mc_hoff(d, h), 1, 0,
-                           m->a.gam + r0 * ldg + (size_t)h * d->nslot + mc_slot(d, P), ldg);
-        }
-    for (size_t row = 0; row < (size_t)d->N; row++) {
+    for (int P = 1; P <= d->nmem; P++) {
+        int t0 = P * d->c, t1 = mc_hi(d, P) * d->c;
+        if (t1 > d->T) t1 = d->T;
+        size_t r0 = (size_t)b * d->T + t0;
+        for (int h = 0; h < d->H; h++)
+            ml_gemv(0, t1 - t0, d->Pw, 1, m->a.u + r0 * ldu + (size_t)h * d->Pw, ldu,
+                    m->a.poolm + ((size_t)b * d->nmem + P - 1) * W + mc_hoff(d, h), 1, 0,
+                    m->a.gam + r0 * ldg + (size_t)h * d->nslot + mc_slot(d, P), ldg);
+    }
+    for (size_t row = (size_t)b * d->T; row < (size_t)(b + 1) * d->T; row++) {
         int s = (int)(row % d->T) / d->c, n = mc_nread(d, s);
         for (int h = 0; h < d->H; h++) {
             real *gw = m->a.gam + (row * d->H + h) * d->nslot;
-            memcpy(m->s.sc, gw, sizeof(real) * n);
-            m->s.sc[n] = mc_dot(m->a.u + (row * d->H + h) * d->Pw,
+            memcpy(m->w.sc, gw, sizeof(real) * n);
+            m->w.sc[n] = mc_dot(m->a.u + (row * d->H + h) * d->Pw,
                                 m->a.poolon + row * W + mc_hoff(d, h), d->Pw);
             memset(gw, 0, sizeof(real) * d->nslot);
-            mc_weights(gw, m->s.sc, n, d, m->s.keep);
+            mc_weights(gw, m->w.sc, n, d, m->w.keep);
         }
     }
 }
@@ -768,21 +787,21 @@ static void mc_aggregate_forward(mc_ctx *m, int b, int h) {
         size_t r0 = (size_t)b * d->T + t0;
         const real *S = mc_Sm(m, b, h, P);
         ml_gemm(0, 0, nr, Dv, d->F, 1, mc_q(m, r0, h),
-                   ld, S, Dv, 0, m->s.rd, Dv);
+                   ld, S, Dv, 0, m->w.rd, Dv);
         if (d->norm)
             ml_gemv(0, nr, d->F, 1, mc_q(m, r0, h), ld,
-                       mc_zm(m, b, h, P), 1, 0, m->s.rden, 1);
+                       mc_zm(m, b, h, P), 1, 0, m->w.rden, 1);
         for (int i = 0; i < nr; i++) {
             size_t row = r0 + i;
             real gw = mc_gw(m, row, h, slot);
             if (gw == 0) continue;
             real f = gw;
             if (d->norm) {
-                if (soup) m->a.dsum[row * d->H + h] += gw * m->s.rden[i];
-                else f = gw / (m->s.rden[i] + eps);
+                if (soup) m->a.dsum[row * d->H + h] += gw * m->w.rden[i];
+                else f = gw / (m->w.rden[i] + eps);
             }
             real *y = m->a.o + row * d->C + (size_t)h * Dv;
-            const real *r = m->s.rd + (size_t)i * Dv;
+            const real *r = m->w.rd + (size_t)i * Dv;
             for (int j = 0; j < Dv; j++) y[j] += f * r[j];
         }
     }
@@ -828,20 +847,20 @@ static void mc_aggregate_backward(mc_ctx *m, int b, int h) {
     for (int t = 0; t < d->T; t++) {
         size_t row = (size_t)b * d->T + t;
         const real *dy = m->s.dO + row * d->C + (size_t)h * Dv;
-        real *dA = m->s.dA + (size_t)t * Dv;
+        real *dA = m->w.dA + (size_t)t * Dv;
         if (soup && d->norm) {
             real inv = 1 / (m->a.dsum[row * d->H + h] + eps);
             const real *y = m->a.o + row * d->C + (size_t)h * Dv;
-            m->s.dD[t] = -mc_dot(dy, y, Dv) * inv;
+            m->w.dD[t] = -mc_dot(dy, y, Dv) * inv;
             for (int j = 0; j < Dv; j++) dA[j] = dy[j] * inv;
         } else {
-            m->s.dD[t] = 0;
+            m->w.dD[t] = 0;
             memcpy(dA, dy, sizeof(real) * Dv);
         }
         int n = mc_nread(d, t / d->c);
         real dden, gw = mc_gw(m, row, h, n);
         real dgw = mc_read_backward(m->s.donum + row * d->C + (size_t)h * Dv, &dden, dA,
-                                    m->s.dD[t], m->a.onum + row * d->C + (size_t)h * Dv,
+                                    m->w.dD[t], m->a.onum + row * d->C + (size_t)h * Dv,
                                     d->norm ? m->a.oden[row * d->H + h] : 0, gw, m);
         if (d->norm) m->s.doden[row * d->H + h] = dden;
         if (d->gagg) m->s.dgam[(row * d->H + h) * d->nslot + n] = dgw;
@@ -854,36 +873,36 @@ static void mc_aggregate_backward(mc_ctx *m, int b, int h) {
         const real *S = mc_Sm(m, b, h, P), *z = d->norm ? mc_zm(m, b, h, P) : NULL;
         const real *Q = mc_q(m, r0, h);
         ml_gemm(0, 0, nr, Dv, d->F, 1, Q, ld, S, Dv, 0,
-                   m->s.rd, Dv);
+                   m->w.rd, Dv);
         if (d->norm)
-            ml_gemv(0, nr, d->F, 1, Q, ld, z, 1, 0, m->s.rden, 1);
+            ml_gemv(0, nr, d->F, 1, Q, ld, z, 1, 0, m->w.rden, 1);
         for (int i = 0; i < nr; i++) {
             size_t row = r0 + i;
             int t = t0 + i;
             real gw = mc_gw(m, row, h, slot), dden = 0;
-            real dgw = mc_read_backward(m->s.drd + (size_t)i * Dv, &dden, m->s.dA + (size_t)t * Dv,
-                                        m->s.dD[t], m->s.rd + (size_t)i * Dv,
-                                        d->norm ? m->s.rden[i] : 0, gw, m);
-            m->s.rdd[i] = dden;
+            real dgw = mc_read_backward(m->w.drd + (size_t)i * Dv, &dden, m->w.dA + (size_t)t * Dv,
+                                        m->w.dD[t], m->w.rd + (size_t)i * Dv,
+                                        d->norm ? m->w.rden[i] : 0, gw, m);
+            m->w.rdd[i] = dden;
             if (d->gagg) m->s.dgam[(row * d->H + h) * d->nslot + slot] = dgw;
         }
         real *dQ = dphi + r0 * ld + (size_t)h * d->F;
-        ml_gemm(0, 1, nr, d->F, Dv, 1, m->s.drd, Dv, S, Dv,
+        ml_gemm(0, 1, nr, d->F, Dv, 1, m->w.drd, Dv, S, Dv,
                    1, dQ, ld);
         if (d->norm)
             for (int i = 0; i < nr; i++)
-                for (int f = 0; f < d->F; f++) dQ[(size_t)i * ld + f] += m->s.rdd[i] * z[f];
+                for (int f = 0; f < d->F; f++) dQ[(size_t)i * ld + f] += m->w.rdd[i] * z[f];
         if (!d->cgrad) continue;
         /* each memory is read by this one run of rows: its gradient starts here
          * (the chain backward then adds its successors') */
-        real *dS = m->s.dSm + (size_t)(P - 1) * d->F * Dv;
-        ml_gemm(1, 0, d->F, Dv, nr, 1, Q, ld, m->s.drd, Dv,
+        real *dS = m->w.dSm + (size_t)(P - 1) * d->F * Dv;
+        ml_gemm(1, 0, d->F, Dv, nr, 1, Q, ld, m->w.drd, Dv,
                    0, dS, Dv);
         if (d->norm) {
-            real *dz = m->s.dzm + (size_t)(P - 1) * d->F;
+            real *dz = m->w.dzm + (size_t)(P - 1) * d->F;
             memset(dz, 0, sizeof(real) * d->F);
             for (int i = 0; i < nr; i++)
-                for (int f = 0; f < d->F; f++) dz[f] += m->s.rdd[i] * Q[(size_t)i * ld + f];
+                for (int f = 0; f < d->F; f++) dz[f] += m->w.rdd[i] * Q[(size_t)i * ld + f];
         }
     }
 }
@@ -898,22 +917,22 @@ static void mc_memories_backward(mc_ctx *m, int b, int h) {
         mc_chain(d, P, &pred, &a0);
         size_t r0 = (size_t)b * d->T + (size_t)a0 * d->c;
         int n = (P - a0) * d->c;
-        real *dS = m->s.dSm + (size_t)(P - 1) * SS;
-        mcs_backward(pred ? m->s.dSm + (size_t)(pred - 1) * SS : NULL,
+        real *dS = m->w.dSm + (size_t)(P - 1) * SS;
+        mcs_backward(pred ? m->w.dSm + (size_t)(pred - 1) * SS : NULL,
                      m->s.dphi + r0 * 2 * d->HF + d->HF + (size_t)h * d->F,
                      m->s.dqkv + r0 * d->Cp + 2 * d->Cq + (size_t)h * d->Dv,
                      d->delta ? m->s.dbeta + r0 * d->H + h : NULL,
                      d->decay ? m->s.dg + r0 * d->H + h : NULL, dS,
                      pred ? mc_Sm(m, b, h, pred) : NULL, mc_k(m, r0, h), mc_v(m, r0, h),
-                     mc_beta(m, r0, h), mc_g(m, r0, h), n, &m->md, m->s.core);
+                     mc_beta(m, r0, h), mc_g(m, r0, h), n, &m->md, m->w.core);
         if (d->norm) {
-            const real *dz = m->s.dzm + (size_t)(P - 1) * d->F;
+            const real *dz = m->w.dzm + (size_t)(P - 1) * d->F;
             for (int i = 0; i < n; i++) {
                 real *dk = m->s.dphi + (r0 + i) * 2 * d->HF + d->HF + (size_t)h * d->F;
                 for (int f = 0; f < d->F; f++) dk[f] += dz[f];
             }
             if (pred) {
-                real *dzp = m->s.dzm + (size_t)(pred - 1) * d->F;
+                real *dzp = m->w.dzm + (size_t)(pred - 1) * d->F;
                 for (int f = 0; f < d->F; f++) dzp[f] += dz[f];
             }
         }
@@ -924,7 +943,7 @@ static void mc_memories_backward(mc_ctx *m, int b, int h) {
  * sum over later t of the same run of dden_t q_t. */
 static void mc_online_den_backward(mc_ctx *m, int b, int h) {
     const mc_dims *d = &m->d;
-    real *z = m->s.zrun;
+    real *z = m->w.zrun;
     for (int t = 0; t < d->T; t++) {
         size_t row = (size_t)b * d->T + t;
         if (t == 0 || (d->fresh && t % d->c == 0)) memset(z, 0, sizeof(real) * d->F);
@@ -952,15 +971,15 @@ static real *mc_dsrc(mc_ctx *m, real *dx, size_t row) {
     return m->d.poolk ? m->s.dphi + row * 2 * m->d.HF + m->d.HF : dx + row * m->d.C;
 }
 
-/* Backward of mc_gates_forward from dgam: du, and the pooled rows' gradient
- * (the cached pools' only with cache_grad). */
-static void mc_gates_backward(mc_ctx *m, real *dx) {
+/* Backward of mc_gates_forward of sequence b from dgam: du, and the pooled
+ * rows' gradient (the cached pools' only with cache_grad). */
+static void mc_gates_backward(mc_ctx *m, real *dx, int b) {
     const mc_dims *d = &m->d;
     const int W = d->PWt, Pw = d->Pw;
-    memset(m->s.dpoolm, 0, sizeof(real) * d->B * d->nmem * W);
-    memset(m->s.dpoolon, 0, sizeof(real) * d->N * W);
-    for (size_t row = 0; row < (size_t)d->N; row++) {
-        int b = (int)(row / d->T), s = (int)(row % d->T) / d->c, n = mc_nread(d, s);
+    memset(m->s.dpoolm + (size_t)b * d->nmem * W, 0, sizeof(real) * d->nmem * W);
+    memset(m->s.dpoolon + (size_t)b * d->T * W, 0, sizeof(real) * d->T * W);
+    for (size_t row = (size_t)b * d->T; row < (size_t)(b + 1) * d->T; row++) {
+        int s = (int)(row % d->T) / d->c, n = mc_nread(d, s);
         for (int h = 0; h < d->H; h++) {
             const real *gw = m->a.gam + (row * d->H + h) * d->nslot;
             real *dg = m->s.dgam + (row * d->H + h) * d->nslot;
@@ -988,30 +1007,80 @@ static void mc_gates_backward(mc_ctx *m, real *dx) {
             }
         }
     }
-    for (int b = 0; b < d->B; b++) {
-        if (d->cgrad)
-            for (int P = 1; P <= d->nmem; P++) {
-                const real *dp = m->s.dpoolm + ((size_t)b * d->nmem + P - 1) * W;
-                int t0 = mc_lo(d, P) * d->c, t1 = P * d->c;
-                real inv = 1 / (real)(t1 - t0);
-                for (int t = t0; t < t1; t++) {
-                    real *ds = mc_dsrc(m, dx, (size_t)b * d->T + t);
-                    for (int i = 0; i < W; i++) ds[i] += inv * dp[i];
-                }
+    if (d->cgrad)
+        for (int P = 1; P <= d->nmem; P++) {
+            const real *dp = m->s.dpoolm + ((size_t)b * d->nmem + P - 1) * W;
+            int t0 = mc_lo(d, P) * d->c, t1 = P * d->c;
+            real inv = 1 / (real)(t1 - t0);
+            for (int t = t0; t < t1; t++) {
+                real *ds = mc_dsrc(m, dx, (size_t)b * d->T + t);
+                for (int i = 0; i < W; i++) ds[i] += inv * dp[i];
             }
-        /* online: token j of a segment gets sum_{t >= j} dpool_t / (t - start + 1),
-         * accumulated in place from the segment's last token back */
-        for (int t = d->T - 1; t >= 0; t--) {
-            size_t row = (size_t)b * d->T + t;
-            real *dp = m->s.dpoolon + row * W;
-            real inv = 1 / (real)(t % d->c + 1);
-            for (int i = 0; i < W; i++) dp[i] *= inv;
-            if ((t + 1) % d->c != 0 && t + 1 < d->T)
-                for (int i = 0; i < W; i++) dp[i] += dp[i + W];
-            real *ds = mc_dsrc(m, dx, row);
-            for (int i = 0; i < W; i++) ds[i] += dp[i];
+        }
+    /* online: token j of a segment gets sum_{t >= j} dpool_t / (t - start + 1),
+     * accumulated in place from the segment's last token back */
+    for (int t = d->T - 1; t >= 0; t--) {
+        size_t row = (size_t)b * d->T + t;
+        real *dp = m->s.dpoolon + row * W;
+        real inv = 1 / (real)(t % d->c + 1);
+        for (int i = 0; i < W; i++) dp[i] *= inv;
+        if ((t + 1) % d->c != 0 && t + 1 < d->T)
+            for (int i = 0; i < W; i++) dp[i] += dp[i + W];
+        real *ds = mc_dsrc(m, dx, row);
+        for (int i = 0; i < W; i++) ds[i] += dp[i];
+    }
+}
+
+/* ---- the fast path over the sequences, split across threads ------------------------------ */
+
+#define MC_MIN_WORK (1L << 20)
+
+/* A thread's view of the call: the shared context with lane `slot`. */
+typedef struct mc_job {
+    const mc_ctx *m;
+    real *dx;
+} mc_job;
+
+static mc_ctx mc_in_lane(const mc_ctx *m, int slot) {
+    mc_ctx t = *m;
+    mc_lane_at(t.cfg, &t.d, t.s.lanes + (size_t)slot * t.lane_size, &t.w);
+    return t;
+}
+
+static void mc_fwd_range(void *ctx, int b0, int b1, int slot) {
+    mc_ctx m = mc_in_lane(((const mc_job *)ctx)->m, slot);
+    const mc_dims *d = &m.d;
+    for (int b = b0; b < b1; b++) {
+        if (d->gagg) mc_gates_forward(&m, b);
+        for (int h = 0; h < d->H; h++) {
+            mc_memories_forward(&m, b, h);
+            if (d->norm) mc_online_den(&m, b, h);
+            mc_aggregate_forward(&m, b, h);
         }
     }
+}
+
+static void mc_bwd_range(void *ctx, int b0, int b1, int slot) {
+    mc_ctx m = mc_in_lane(((const mc_job *)ctx)->m, slot);
+    const mc_dims *d = &m.d;
+    for (int b = b0; b < b1; b++)
+        for (int h = 0; h < d->H; h++) {
+            mc_aggregate_backward(&m, b, h);
+            if (d->cgrad) mc_memories_backward(&m, b, h);
+            if (d->norm) mc_online_den_backward(&m, b, h);
+        }
+}
+
+static void mc_gates_bwd_range(void *ctx, int b0, int b1, int slot) {
+    const mc_job *j = ctx;
+    mc_ctx m = mc_in_lane(j->m, slot);
+    for (int b = b0; b < b1; b++) mc_gates_backward(&m, j->dx, b);
+}
+
+/* Threads for the per-sequence loops: every memory's chain and reads. */
+static int mc_threads(const mc_dims *d) {
+    double work = (double)d->N * d->HF * d->Dv * (2.0 + d->nslot);
+    return ml_par_threads(d->B, work, MC_MIN_WORK);
 }
 
 /* ---- the naive path ------------------------------------------------------------------------ */
@@ -1024,7 +1093,7 @@ static void mc_naive_memory(mc_ctx *m, int b, int h, int P, real *S, real *z) {
     int st = d->fresh ? mc_lo(d, P) * d->c : 0, n = P * d->c - st;
     size_t r0 = (size_t)b * d->T + st;
     mcs_forward_ref(S, NULL, mc_k(m, r0, h), mc_v(m, r0, h), mc_beta(m, r0, h), mc_g(m, r0, h),
-                    n, &m->md, m->s.core);
+                    n, &m->md, m->w.core);
     if (z) {
         memset(z, 0, sizeof(real) * d->F);
         for (int i = 0; i < n; i++)
@@ -1075,9 +1144,9 @@ static int mc_naive_token(mc_ctx *m, int b, int h, int t, const real *Son, const
         memset(pool, 0, sizeof(real) * W);
         for (int i = t0; i < t1; i++)
             for (int w = 0; w < W; w++) pool[w] += mc_src(m, (size_t)b * d->T + i)[w] / (t1 - t0);
-        m->s.sc[j] = mc_dot(m->a.u + (row * d->H + h) * d->Pw, pool + mc_hoff(d, h), d->Pw);
+        m->w.sc[j] = mc_dot(m->a.u + (row * d->H + h) * d->Pw, pool + mc_hoff(d, h), d->Pw);
     }
-    mc_weights(m->s.gw, m->s.sc, n, d, m->s.keep);
+    mc_weights(m->s.gw, m->w.sc, n, d, m->w.keep);
     return n;
 }
 
@@ -1146,8 +1215,8 @@ static void mc_naive_backward(mc_ctx *m, int b, int h, real *dx) {
                  d->decay ? REXP(*mc_g(m, row, h)) : 1, &m->md, m->s.vtmp);
         for (int f = 0; f < F; f++) z[f] += mc_k(m, row, h)[f];
     }
-    memset(m->s.dSm, 0, sizeof(real) * d->nmem * SS);
-    memset(m->s.dzm, 0, sizeof(real) * d->nmem * F);
+    memset(m->w.dSm, 0, sizeof(real) * d->nmem * SS);
+    memset(m->w.dzm, 0, sizeof(real) * d->nmem * F);
     memset(m->s.dSrun, 0, sizeof(real) * SS);
     memset(m->s.dzrun, 0, sizeof(real) * F);
     memset(m->s.zero, 0, sizeof(real) * SS);
@@ -1199,8 +1268,8 @@ static void mc_naive_backward(mc_ctx *m, int b, int h, real *dx) {
                 if (d->norm) dq[f] += dden * zz[f];
             }
             if (cached && !d->cgrad) continue;
-            real *dM = cached ? m->s.dSm + (size_t)(list[j] - 1) * SS : m->s.dSrun;
-            real *dz = cached ? m->s.dzm + (size_t)(list[j] - 1) * F : m->s.dzrun;
+            real *dM = cached ? m->w.dSm + (size_t)(list[j] - 1) * SS : m->s.dSrun;
+            real *dz = cached ? m->w.dzm + (size_t)(list[j] - 1) * F : m->s.dzrun;
             for (int f = 0; f < F; f++) {
                 for (int v = 0; v < Dv; v++) dM[(size_t)f * Dv + v] += q[f] * dnum[v];
                 dz[f] += dden * q[f];
@@ -1248,13 +1317,13 @@ static void mc_naive_backward(mc_ctx *m, int b, int h, real *dx) {
                          m->s.dqkv + r0 * d->Cp + 2 * d->Cq + (size_t)h * Dv,
                          d->delta ? m->s.dbeta + r0 * d->H + h : NULL,
                          d->decay ? m->s.dg + r0 * d->H + h : NULL,
-                         m->s.dSm + (size_t)(P - 1) * SS, NULL, mc_k(m, r0, h), mc_v(m, r0, h),
-                         mc_beta(m, r0, h), mc_g(m, r0, h), n, &m->md, m->s.core);
+                         m->w.dSm + (size_t)(P - 1) * SS, NULL, mc_k(m, r0, h), mc_v(m, r0, h),
+                         mc_beta(m, r0, h), mc_g(m, r0, h), n, &m->md, m->w.core);
         if (d->norm)
             for (int i = 0; i < n; i++)
                 for (int f = 0; f < F; f++)
                     m->s.dphi[(r0 + i) * ld + d->HF + (size_t)h * F + f] +=
-                        m->s.dzm[(size_t)(P - 1) * F + f];
+                        m->w.dzm[(size_t)(P - 1) * F + f];
     }
 }
 
@@ -1266,6 +1335,8 @@ static void mc_ctx_of(mc_ctx *m, const mixer_call *mc, const real *x) {
     m->md = mc_state_dims(m->cfg, &m->d);
     mc_acts_at(m->cfg, &m->d, mc->act, &m->a);
     mc_scr_at(m->cfg, &m->d, mc->scratch, &m->s);
+    m->lane_size = mc_lane_at(m->cfg, &m->d, NULL, &m->w);
+    mc_lane_at(m->cfg, &m->d, m->s.lanes, &m->w);
     m->x = x;
     m->qkv = m->d.conv ? m->a.convd : m->a.proj;
     m->eps = (real)m->cfg->eps;
@@ -1311,13 +1382,8 @@ static void memcache_forward(const mixer_call *mc, real *out, const real *x) {
                            &g, m.s.core);
             so += gdelta_save_size(&g);
         }
-        if (d->gagg) mc_gates_forward(&m);
-        for (int b = 0; b < d->B; b++)
-            for (int h = 0; h < H; h++) {
-                mc_memories_forward(&m, b, h);
-                if (d->norm) mc_online_den(&m, b, h);
-                mc_aggregate_forward(&m, b, h);
-            }
+        mc_job job = {&m, NULL};
+        ml_par_ranges(d->B, mc_threads(d), mc_fwd_range, &job);
     }
 
     const real *y = m.a.o;
@@ -1365,12 +1431,8 @@ static void memcache_backward(const mixer_call *mc, real *dx, const real *dout, 
             for (int h = 0; h < H; h++) mc_naive_backward(&m, b, h, dx);
     } else {
         memset(m.s.donum, 0, NC * sizeof(real));
-        for (int b = 0; b < d->B; b++)
-            for (int h = 0; h < H; h++) {
-                mc_aggregate_backward(&m, b, h);
-                if (d->cgrad) mc_memories_backward(&m, b, h);
-                if (d->norm) mc_online_den_backward(&m, b, h);
-            }
+        mc_job job = {&m, dx};
+        ml_par_ranges(d->B, mc_threads(d), mc_bwd_range, &job);
         size_t so = 0;
         for (int i = 0; i < mc_n_online(d); i++) {
             size_t r0;
@@ -1384,7 +1446,7 @@ static void memcache_backward(const mixer_call *mc, real *dx, const real *dout, 
                             d->decay ? m.a.g + r0 * H : NULL, &g, m.s.core);
             so += gdelta_save_size(&g);
         }
-        if (d->gagg) mc_gates_backward(&m, dx);
+        if (d->gagg) ml_par_ranges(d->B, mc_threads(d), mc_gates_bwd_range, &job);
     }
     if (d->gagg) linear_backward(dx, gp.wu, NULL, m.s.du, x, p.wu, N, C, H * d->Pw);
 

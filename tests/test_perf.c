@@ -450,7 +450,7 @@ static void test_embedding_threads(void) {
 /* ---- whole model ------------------------------------------------------------------------------ */
 
 /* The default config with mixer, d_model 64, conv 4 and an MLP of ratio 2. */
-static int perf_cfg(run_config *cfg, const char *mixer) {
+static int perf_cfg_with(run_config *cfg, const char *mixer, const char *const *extra) {
     ml_error e;
     char a[64];
     snprintf(a, sizeof a, "model.mixer=%s", mixer);
@@ -463,6 +463,12 @@ static int perf_cfg(run_config *cfg, const char *mixer) {
             return -1;
         }
     }
+    for (int i = 0; extra && extra[i]; i++) {
+        if (spec_set(cfg, extra[i], &e)) {
+            CHECK(0, "%s: %s", extra[i], e.msg);
+            return -1;
+        }
+    }
     if (spec_validate(cfg, &e)) {
         CHECK(0, "%s", e.msg);
         return -1;
@@ -470,9 +476,27 @@ static int perf_cfg(run_config *cfg, const char *mixer) {
     return 0;
 }
 
-/* Every mixer in a 2-layer model at sizes past the thresholds: loss and
- * every gradient with 2 threads against 1 (the split reductions allow
- * rounding). */
+static int perf_cfg(run_config *cfg, const char *mixer) { return perf_cfg_with(cfg, mixer, NULL); }
+
+/* Variants whose per-sequence loops take other paths than the defaults:
+ * Memory Caching's aggregations, pools, segment kinds and inits (a segment
+ * that does not divide T included), the slot bottleneck's variants (every
+ * model here gets a context boundary at T/4, which only the context variant
+ * reads). */
+static const char *const thread_variants[][7] = {
+    {"memcache", "model.segment=16", "model.segments=log", "model.aggregate=ssc", "model.pool=k",
+     NULL},
+    {"memcache", "model.segment=24", "model.seg_init=fresh", "model.aggregate=soup", NULL},
+    {"memcache", "model.segment=20", "model.aggregate=residual", "model.rule=gated_delta",
+     "model.normalize=false", "model.cache_grad=false"},
+    {"slots", "model.chunk=24", "model.gate=gru", NULL},
+    {"slots", "model.variant=context", "model.chunk=32", "model.slot_mlp_ratio=0", NULL},
+    {NULL},
+};
+
+/* Every mixer in a 2-layer model at sizes past the thresholds, and the
+ * variants above: loss and every gradient with 2 threads against 1 (the
+ * split reductions allow rounding). */
 static void test_model_threads(void) {
     const int B = 16, T = 128, V = 300;
     int *in = malloc(sizeof(int) * B * T), *tg = malloc(sizeof(int) * B * T);
@@ -481,10 +505,12 @@ static void test_model_threads(void) {
         in[i] = (int)(u[i] * V);
         tg[i] = u[B * T + i] < 0.3 ? (i * 31) % V : -1;
     }
-    for (int k = 0; ml_mixers[k]; k++) {
-        const char *name = ml_mixers[k]->name;
+    int nmix = 0;
+    while (ml_mixers[nmix]) nmix++;
+    for (int k = 0; k < nmix || thread_variants[k - nmix][0]; k++) {
+        const char *name = k < nmix ? ml_mixers[k]->name : thread_variants[k - nmix][0];
         run_config cfg;
-        if (perf_cfg(&cfg, name)) break;
+        if (perf_cfg_with(&cfg, name, k < nmix ? NULL : &thread_variants[k - nmix][1])) break;
         ml_model m;
         ml_error e;
         if (model_build(&m, &cfg.model, V, T, B, &e)) {
@@ -492,6 +518,7 @@ static void test_model_threads(void) {
             break;
         }
         model_init_weights(&m, 5);
+        m.context_len = T / 4;
         double loss[2], *g[2];
         int old = openblas_get_num_threads();
         for (int r = 0; r < 2; r++) {
