@@ -17,25 +17,14 @@
 #endif
 
 #include "kernels.h"
+#include "parallel.h"
 
 /* Fewest elements per thread worth a parallel region. */
 #define OPT_MIN_WORK (1L << 16)
-#define OPT_MAX_THREADS 64
 
-/* Threads for n elements: memlab's thread setting, fewer for short arrays;
- * 1 (and no OpenMP region) when single-threaded. */
-static int opt_threads(size_t n) {
-#ifdef _OPENMP
-    if (omp_in_parallel()) return 1;
-    long t = openblas_get_num_threads(), most = (long)(n / OPT_MIN_WORK);
-    if (t > most) t = most;
-    if (t > OPT_MAX_THREADS) t = OPT_MAX_THREADS;
-    return t > 1 ? (int)t : 1;
-#else
-    (void)n;
-    return 1;
-#endif
-}
+/* Threads for n elements (parallel.h); 1 (and no OpenMP region) when
+ * single-threaded. */
+static int opt_threads(size_t n) { return ml_par_threads((long)n, (double)n, OPT_MIN_WORK); }
 
 /* Block [i0, i1) of n elements for thread t of nt. */
 static void opt_block(size_t n, int t, int nt, size_t *i0, size_t *i1) {
@@ -73,8 +62,10 @@ void adamw_step(real *p, const real *g, real *m, real *v, size_t n, real lr, rea
         adamw_range(p, g, m, v, 0, n, lr, beta1, beta2, eps, wd, c1, c2);
         return;
     }
+    unsigned mode = ml_fp_mode();
 #pragma omp parallel num_threads(nt)
     {
+        ml_fp_mode_set(mode);
 #ifdef _OPENMP
         int k = omp_get_thread_num(), nk = omp_get_num_threads();
 #else
@@ -116,10 +107,12 @@ static double sumsq_range(const real *g, size_t i0, size_t i1) {
 double grad_norm(const real *g, size_t n) {
     int nt = opt_threads(n);
     if (nt == 1) return sqrt(sumsq_range(g, 0, n));
-    double part[OPT_MAX_THREADS];
+    double part[ML_PAR_MAX_SLOTS];
     int used = nt;
+    unsigned mode = ml_fp_mode();
 #pragma omp parallel num_threads(nt)
     {
+        ml_fp_mode_set(mode);
 #ifdef _OPENMP
         int k = omp_get_thread_num(), nk = omp_get_num_threads();
 #else
@@ -148,8 +141,13 @@ double grad_clip(real *g, size_t n, double max_norm) {
 #pragma omp simd
             for (size_t i = 0; i < n; i++) g[i] *= s;
         } else {
-#pragma omp parallel for simd num_threads(nt) schedule(static)
-            for (size_t i = 0; i < n; i++) g[i] *= s;
+            unsigned mode = ml_fp_mode();
+#pragma omp parallel num_threads(nt)
+            {
+                ml_fp_mode_set(mode);
+#pragma omp for simd schedule(static)
+                for (size_t i = 0; i < n; i++) g[i] *= s;
+            }
         }
     }
     return norm;

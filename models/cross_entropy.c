@@ -11,7 +11,7 @@
  * row loops are written to vectorise (OpenMP simd reductions, which permit the
  * reordering of the max and of the double sum that strict IEEE semantics
  * forbid to the compiler) and the float build uses its own vectorisable exp
- * (softmax_expf, below; the double build keeps libm's exp so that gradient
+ * (fastexp.h; the double build keeps libm's exp so that gradient
  * checks stay exact). Rows are shared among the threads of memlab's thread
  * setting (parallel.h), each thread summing its
  * own contiguous block of rows, and the blocks added in order: the loss is the
@@ -27,16 +27,13 @@
 #include "kernels.h"
 #include "parallel.h"
 
-/* Exported for tests/test_perf.c (no header declares them: they are not part
+/* Exported for tests/test_perf.c (no header declares it: it is not part
  * of the kernel library's interface). */
-float softmax_expf(float x);
 double crossentropy_forward_ref(real *probs, const real *logits, const int *targets, int S,
                                 int V, int *count);
 
 /* Fewest logits per thread worth a parallel region. */
 #define CE_MIN_WORK (1 << 16)
-
-float softmax_expf(float x) { return expf_fast(x); }
 
 #ifdef MEMLAB_DOUBLE
 #define SOFTMAX_EXP(x) exp(x)
@@ -151,19 +148,26 @@ double crossentropy_forward_ref(real *probs, const real *logits, const int *targ
     return loss;
 }
 
-/* dlogits[S,V] += scale * (probs - onehot(target)) on rows with target >= 0;
- * other rows are left untouched. probs is the forward's output; scale is
- * usually 1/count for a mean loss. */
-void crossentropy_backward(real *dlogits, const real *probs, const int *targets, int S,
-                           int V, real scale) {
-    int nt = ce_threads(S, V);
-#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
-    for (int i = 0; i < S; i++) {
-        int tgt = targets[i];
+/* The backward's arguments, for its row ranges. */
+typedef struct ce_back {
+    real *dlogits;
+    const real *probs;
+    const int *targets;
+    int V;
+    real scale;
+} ce_back;
+
+static void ce_back_range(void *ctx, int i0, int i1, int slot) {
+    const ce_back *c = ctx;
+    const int V = c->V;
+    const real scale = c->scale;
+    (void)slot;
+    for (int i = i0; i < i1; i++) {
+        int tgt = c->targets[i];
         if (tgt < 0) continue;
         assert(tgt < V);
-        const real *p = probs + (size_t)i * V;
-        real *d = dlogits + (size_t)i * V;
+        const real *p = c->probs + (size_t)i * V;
+        real *d = c->dlogits + (size_t)i * V;
         real dt = d[tgt];
 #pragma omp simd
         for (int v = 0; v < V; v++) d[v] += scale * p[v];
@@ -171,4 +175,13 @@ void crossentropy_backward(real *dlogits, const real *probs, const int *targets,
          * scale*p - scale cancels */
         d[tgt] = dt + scale * (p[tgt] - 1);
     }
+}
+
+/* dlogits[S,V] += scale * (probs - onehot(target)) on rows with target >= 0;
+ * other rows are left untouched. probs is the forward's output; scale is
+ * usually 1/count for a mean loss. */
+void crossentropy_backward(real *dlogits, const real *probs, const int *targets, int S,
+                           int V, real scale) {
+    ce_back c = {dlogits, probs, targets, V, scale};
+    ml_par_ranges(S, ce_threads(S, V), ce_back_range, &c);
 }

@@ -16,23 +16,14 @@
 #endif
 
 #include "kernels.h"
+#include "parallel.h"
 
 /* Fewest elements per thread worth a parallel region. */
 #define EMB_MIN_WORK (1L << 16)
 
-/* Threads for `work` elements over `parts` independent parts: memlab's
- * thread setting, fewer for small work; 1 when single-threaded. */
+/* Threads for `work` elements over `parts` independent parts (parallel.h). */
 static int emb_threads(long work, int parts) {
-#ifdef _OPENMP
-    if (omp_in_parallel()) return 1;
-    long n = openblas_get_num_threads(), most = work / EMB_MIN_WORK;
-    if (n > most) n = most;
-    if (n > parts) n = parts;
-    return n > 1 ? (int)n : 1;
-#else
-    (void)work, (void)parts;
-    return 1;
-#endif
+    return ml_par_threads(parts, (double)work, EMB_MIN_WORK);
 }
 
 /* Rows [i0, i1) of the B*T token rows. */
@@ -79,8 +70,10 @@ void embedding_forward(real *out, const int *tok, const real *wte, const real *w
         emb_rows(out, tok, wte, wpe, 0, N, T, C);
         return;
     }
+    unsigned mode = ml_fp_mode();
 #pragma omp parallel num_threads(nt)
     {
+        ml_fp_mode_set(mode);
 #ifdef _OPENMP
         int k = omp_get_thread_num(), nk = omp_get_num_threads();
 #else
@@ -102,8 +95,10 @@ void embedding_backward(real *dwte, real *dwpe, const real *dout, const int *tok
         emb_back_channels(dwte, dwpe, dout, tok, N, T, C, 0, C);
         return;
     }
+    unsigned mode = ml_fp_mode();
 #pragma omp parallel num_threads(nt)
     {
+        ml_fp_mode_set(mode);
 #ifdef _OPENMP
         int k = omp_get_thread_num(), nk = omp_get_num_threads();
 #else

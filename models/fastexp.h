@@ -8,7 +8,7 @@
  * (scores minus their max, -|x|); above 88 it saturates at exp(88) instead of
  * overflowing. The double build keeps libm's exp (gradient checks); the
  * kernels choose with MEMLAB_DOUBLE. tests/test_perf.c checks it against
- * libm through each kernel's exported wrapper. */
+ * libm. */
 #ifndef MEMLAB_FASTEXP_H
 #define MEMLAB_FASTEXP_H
 

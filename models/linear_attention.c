@@ -36,9 +36,6 @@
 
 /* ---- feature maps ------------------------------------------------------- */
 
-/* Exported for tests/test_perf.c only (no header declares it). */
-float featuremap_expf(float x);
-float featuremap_expf(float x) { return expf_fast(x); }
 
 #ifdef MEMLAB_DOUBLE
 #define FMAP_EXP(x) exp(x)

@@ -21,27 +21,16 @@
 #endif
 
 #include "kernels.h"
+#include "parallel.h"
 
 /* Fewest elements per thread worth a parallel region. */
 #define NORM_MIN_WORK (1L << 15)
 /* Widest row whose backward is threaded (the per-thread partials of dw and db
  * live on the thread's stack: 2 * NORM_MAX_PART reals). */
 #define NORM_MAX_PART 4096
-#define NORM_MAX_THREADS 64
 
-/* Threads for N rows of C: memlab's thread setting, fewer for small work. */
-static int norm_threads(int N, int C) {
-#ifdef _OPENMP
-    if (omp_in_parallel()) return 1;
-    long n = openblas_get_num_threads(), most = (long)N * C / NORM_MIN_WORK;
-    if (n > most) n = most;
-    if (n > NORM_MAX_THREADS) n = NORM_MAX_THREADS;
-    return n > 1 ? (int)n : 1;
-#else
-    (void)N, (void)C;
-    return 1;
-#endif
-}
+/* Threads for N rows of C (parallel.h). */
+static int norm_threads(int N, int C) { return ml_par_threads(N, (double)N * C, NORM_MIN_WORK); }
 
 /* Rows [i0, i1) of the thread's block when n threads share N rows. */
 static void norm_block(int N, int t, int n, int *i0, int *i1) {
@@ -86,8 +75,10 @@ void layernorm_forward(real *out, real *mean, real *rstd, const real *x, const r
         ln_rows(out, mean, rstd, x, w, b, 0, N, C, eps);
         return;
     }
+    unsigned mode = ml_fp_mode();
 #pragma omp parallel num_threads(nt)
     {
+        ml_fp_mode_set(mode);
 #ifdef _OPENMP
         int t = omp_get_thread_num(), n = omp_get_num_threads();
 #else
@@ -157,9 +148,11 @@ void layernorm_backward(real *dx, real *dw, real *db, const real *dout, const re
         ln_back_rows(dx, dw, db, dout, x, w, mean, rstd, 0, N, C);
         return;
     }
-    real *pw[NORM_MAX_THREADS], *pb[NORM_MAX_THREADS];
+    real *pw[ML_PAR_MAX_SLOTS], *pb[ML_PAR_MAX_SLOTS];
+    unsigned mode = ml_fp_mode();
 #pragma omp parallel num_threads(nt)
     {
+        ml_fp_mode_set(mode);
 #ifdef _OPENMP
         int t = omp_get_thread_num(), n = omp_get_num_threads();
 #else
@@ -208,8 +201,10 @@ void rmsnorm_forward(real *out, real *rstd, const real *x, const real *w, int N,
         rms_rows(out, rstd, x, w, 0, N, C, eps);
         return;
     }
+    unsigned mode = ml_fp_mode();
 #pragma omp parallel num_threads(nt)
     {
+        ml_fp_mode_set(mode);
 #ifdef _OPENMP
         int t = omp_get_thread_num(), n = omp_get_num_threads();
 #else
@@ -254,9 +249,11 @@ void rmsnorm_backward(real *dx, real *dw, const real *dout, const real *x, const
         rms_back_rows(dx, dw, dout, x, w, rstd, 0, N, C);
         return;
     }
-    real *pw[NORM_MAX_THREADS];
+    real *pw[ML_PAR_MAX_SLOTS];
+    unsigned mode = ml_fp_mode();
 #pragma omp parallel num_threads(nt)
     {
+        ml_fp_mode_set(mode);
 #ifdef _OPENMP
         int t = omp_get_thread_num(), n = omp_get_num_threads();
 #else

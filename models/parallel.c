@@ -32,15 +32,29 @@ int ml_par_threads(long units, double work, double min_work) {
 #endif
 }
 
+unsigned ml_fp_mode(void) {
+#ifdef __SSE__
+    return _mm_getcsr();
+#else
+    return 0;
+#endif
+}
+
+void ml_fp_mode_set(unsigned mode) {
+#ifdef __SSE__
+    _mm_setcsr(mode);
+#else
+    (void)mode;
+#endif
+}
+
 void ml_par_ranges(int n, int nt, void (*fn)(void *ctx, int u0, int u1, int slot), void *ctx) {
     if (nt <= 1 || n <= 1) {
         fn(ctx, 0, n, 0);
         return;
     }
     int blas = openblas_get_num_threads();
-#ifdef __SSE__
-    unsigned csr = _mm_getcsr(); /* denormal flushing is per thread */
-#endif
+    unsigned mode = ml_fp_mode();
     openblas_set_num_threads(1);
 #pragma omp parallel num_threads(nt)
     {
@@ -49,9 +63,7 @@ void ml_par_ranges(int n, int nt, void (*fn)(void *ctx, int u0, int u1, int slot
 #else
         int t = 0, m = 1;
 #endif
-#ifdef __SSE__
-        _mm_setcsr(csr);
-#endif
+        ml_fp_mode_set(mode);
         int u0 = (int)((long)n * t / m), u1 = (int)((long)n * (t + 1) / m);
         if (u0 < u1) fn(ctx, u0, u1, t);
     }

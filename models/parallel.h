@@ -32,4 +32,10 @@ int ml_par_threads(long units, double work, double min_work);
  * OpenBLAS single-threaded and this thread's denormal mode. */
 void ml_par_ranges(int n, int nt, void (*fn)(void *ctx, int u0, int u1, int slot), void *ctx);
 
+/* The calling thread's floating-point mode (denormal flushing; 0 without
+ * SSE). The mode is per thread: a kernel with its own parallel region
+ * sets the caller's mode in each of its threads, as ml_par_ranges does. */
+unsigned ml_fp_mode(void);
+void ml_fp_mode_set(unsigned mode);
+
 #endif

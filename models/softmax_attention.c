@@ -25,8 +25,6 @@
 #include "kernels.h"
 #include "parallel.h"
 
-/* Exported for tests/test_perf.c only (no header declares it). */
-float attention_expf(float x);
 
 /* Query rows per GEMM block: small enough that the band skips most of the
  * masked upper triangle for long T, large enough to keep GEMMs matmul-shaped.
@@ -58,8 +56,6 @@ double attention_band_pairs(int T, int D, int window) {
     }
     return n;
 }
-
-float attention_expf(float x) { return expf_fast(x); }
 
 #ifdef MEMLAB_DOUBLE
 #define ATT_EXP(x) exp(x)

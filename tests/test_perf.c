@@ -1,10 +1,10 @@
 /* test_perf.c: the speed work does not change the numbers.
  *
  * What is pinned against what:
- *   - the vectorisable float exp of the softmax, attention and feature-map
- *     kernels (each file keeps its own inlined copy) against libm's exp in
- *     double: relative error within 2 float ulps over [-87, 0], exact at 0,
- *     0 below FLT_MIN's logarithm, NaN kept;
+ *   - the vectorisable float exp of the element-wise kernels (fastexp.h,
+ *     inlined into each) against libm's exp in double: relative error within
+ *     2 float ulps over [-87, 0], exact at 0, 0 below FLT_MIN's logarithm,
+ *     NaN kept;
  *   - the vectorised, threaded cross-entropy against its plain-loop reference;
  *   - every threaded kernel (attention, linear-attention forms, the linear
  *     layer, LayerNorm and RMSNorm, AdamW, the gradient norm, the embedding)
@@ -30,6 +30,7 @@
 #include <sys/resource.h>
 
 #include "bench.h"
+#include "fastexp.h"
 #include "gradcheck.h"
 #include "kernels.h"
 #include "model.h"
@@ -38,10 +39,7 @@
 #include "task.h"
 #include "test.h"
 
-/* The kernels' float exps (exported for this file only; see each kernel). */
-float softmax_expf(float x);
-float attention_expf(float x);
-float featuremap_expf(float x);
+/* The cross-entropy reference (exported for this file only). */
 double crossentropy_forward_ref(real *probs, const real *logits, const int *targets, int S,
                                 int V, int *count);
 
@@ -80,7 +78,7 @@ static size_t bits_differ(const double *a, const double *b, size_t n) {
 
 typedef float (*expf_fn)(float);
 
-/* One kernel's float exp against libm's exp in double (see the top). */
+/* A float exp against libm's exp in double (see the top). */
 static void check_expf(const char *name, expf_fn f) {
     double worst = 0, at = 0;
     for (int i = 0; i <= 200000; i++) {
@@ -99,12 +97,9 @@ static void check_expf(const char *name, expf_fn f) {
     test_note("%s: worst relative error %.3g at %.6g", name, worst, at);
 }
 
-/* The three copies of the float exp. */
-static void test_fast_exp(void) {
-    check_expf("softmax_expf", softmax_expf);
-    check_expf("attention_expf", attention_expf);
-    check_expf("featuremap_expf", featuremap_expf);
-}
+/* The float exp the kernels inline (the double build's kernels use libm's,
+ * so it is called here directly). */
+static void test_fast_exp(void) { check_expf("expf_fast", expf_fast); }
 
 /* ---- thread settings -------------------------------------------------------------- */
 
@@ -114,6 +109,88 @@ static int threads_set(int threads) {
     int old = openblas_get_num_threads();
     openblas_set_num_threads(threads);
     return old;
+}
+
+/* ---- the caller's floating-point mode in every thread -------------------------------- */
+
+/* Elements of x[n] that are subnormal (nonzero, below DBL_MIN). */
+static size_t subnormals(const double *x, size_t n) {
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++) k += x[i] != 0 && fabs(x[i]) < DBL_MIN;
+    return k;
+}
+
+/* The kernels with their own thread regions (AdamW, clipping, norms,
+ * embedding, cross-entropy's backward) run with the caller's denormal mode in
+ * every thread: with flush-to-zero and denormals-are-zero set, subnormal
+ * inputs give no subnormal output on 2 threads, the same bits as on 1. */
+static void test_fp_mode_threads(void) {
+#ifdef __SSE__
+    const double tiny = DBL_MIN / 64; /* subnormal */
+    const size_t n = (size_t)1 << 18;
+    const int N = 1024, C = 256, S = 64, V = 4099;
+    unsigned mode = ml_fp_mode();
+    int old = threads_set(2);
+    {
+        /* start the thread pool without flushing (a new thread inherits the
+         * mode of the one that creates it; the pool's threads live on) */
+        double *p = dfilled(n, 2, -1, 1), *g = dfilled(n, 3, -1, 1), *m = dalloc(n);
+        double *v = dalloc(n);
+        ml_fp_mode_set(mode & ~0x8040u);
+        adamw_step(p, g, m, v, n, 1e-3, 0.9, 0.999, 1e-8, 0.1, 1);
+        ml_fp_mode_set(mode);
+        free(p), free(g), free(m), free(v);
+    }
+    double *out[2][6];
+    for (int r = 0; r < 2; r++) {
+        threads_set(r + 1);
+        ml_fp_mode_set(mode | 0x8040);
+        /* AdamW moments from subnormal gradients, then clipping */
+        double *p = dfilled(n, 3, -1, 1), *g = dalloc(n), *m = dalloc(n), *v = dalloc(n);
+        for (size_t i = 0; i < n; i++) g[i] = tiny * (double)(1 + i % 7);
+        adamw_step(p, g, m, v, n, 1e-3, 0.9, 0.999, 1e-8, 0.1, 1);
+        double *gc = dfilled(n, 4, -1, 1);
+        for (size_t i = 0; i < n; i += 2) gc[i] = tiny;
+        grad_clip(gc, n, 1e-3);
+        /* layernorm's dw from subnormal output gradients */
+        double *x = dfilled((size_t)N * C, 5, -1, 1), *w = dfilled(C, 6, 0.5, 1.5);
+        double *y = dalloc((size_t)N * C), *mean = dalloc(N), *rstd = dalloc(N), *b = dalloc(C);
+        double *dy = dalloc((size_t)N * C), *dx = dalloc((size_t)N * C), *dw = dalloc(C);
+        for (size_t i = 0; i < (size_t)N * C; i++) dy[i] = tiny;
+        layernorm_forward(y, mean, rstd, x, w, b, N, C, 1e-5);
+        layernorm_backward(dx, dw, NULL, dy, x, w, mean, rstd, N, C);
+        /* embedding: subnormal table rows added */
+        int *tok = malloc(sizeof(int) * N);
+        for (int i = 0; i < N; i++) tok[i] = i % 17;
+        double *wte = dalloc((size_t)17 * C), *wpe = dalloc((size_t)N * C);
+        for (size_t i = 0; i < (size_t)17 * C; i++) wte[i] = tiny;
+        for (size_t i = 0; i < (size_t)N * C; i++) wpe[i] = tiny;
+        double *emb = dalloc((size_t)N * C);
+        embedding_forward(emb, tok, wte, wpe, 1, N, C);
+        /* cross-entropy backward: scale times p, p of order one, scale subnormal */
+        double *pr = dfilled((size_t)S * V, 7, 0, 1), *dl = dalloc((size_t)S * V);
+        int *tg = malloc(sizeof(int) * S);
+        for (int i = 0; i < S; i++) tg[i] = (i * 13) % V;
+        crossentropy_backward(dl, pr, tg, S, V, tiny);
+        ml_fp_mode_set(mode);
+        out[r][0] = m, out[r][1] = gc, out[r][2] = dw, out[r][3] = emb, out[r][4] = dl;
+        out[r][5] = dx;
+        free(p), free(g), free(v), free(x), free(w), free(b), free(y), free(mean), free(rstd), free(dy);
+        free(tok), free(wte), free(wpe), free(pr), free(tg);
+    }
+    threads_set(old);
+    const char *what[] = {"adamw m", "grad_clip", "layernorm dw", "embedding", "ce backward",
+                          "layernorm dx"};
+    const size_t len[] = {n, n, (size_t)C, (size_t)N * C, (size_t)S * V, (size_t)N * C};
+    for (int k = 0; k < 6; k++) {
+        size_t sub = subnormals(out[1][k], len[k]);
+        CHECK(sub == 0, "%s: %zu subnormal outputs on 2 threads", what[k], sub);
+        /* (clipping's norm is summed per thread: its scale may differ in the last bit) */
+        CHECK(k == 1 || bits_differ(out[0][k], out[1][k], len[k]) == 0,
+              "%s: 1 and 2 threads differ", what[k]);
+        free(out[0][k]), free(out[1][k]);
+    }
+#endif
 }
 
 /* ---- cross-entropy ------------------------------------------------------------------- */
@@ -691,6 +768,7 @@ const test_case tests_perf[] = {
     {"perf/optimiser_threads", test_optimiser_threads},
     {"perf/embedding_threads", test_embedding_threads},
     {"perf/model_threads", test_model_threads},
+    {"perf/fp_mode_threads", test_fp_mode_threads},
     {"perf/step_allocates_nothing", test_step_allocates_nothing},
     {"perf/flop_formulas", test_flop_formulas},
     {NULL, NULL},
