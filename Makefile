@@ -6,8 +6,8 @@
 #   make run        the main job: the default spec into results/memlab.db
 #   make bench      training-step benchmark against PyTorch into results/bench.db and
 #                   results/bench.md (BENCH_ARGS="..." adds memlab bench options)
-#   make twin       check the timing twin's chunk kernel, regenerate the PyTorch twin
-#                   fixtures (needs python3-torch)
+#   make twin       check the timing twin (its chunk kernel and memory mixers against the
+#                   correctness twins), regenerate the PyTorch twin fixtures (needs python3-torch)
 #   make fuzz       the spec parser's libFuzzer target (clang): build/fuzz/fuzz_spec
 #   make deps       install the Debian packages memlab needs
 #   make figures    run what is missing of the paper sweeps (PRESET=quick, the
