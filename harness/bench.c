@@ -15,6 +15,10 @@
  *   projections       24 B T C^2 per layer      (q, k, v and out)
  *   softmax core      12 B P C per layer        (P visible query-key pairs of a
  *                                                sequence: T(T+1)/2 when causal)
+ *   last layer on the S head rows (supervised head, model.c): softmax
+ *                     12 B T C^2 + 12 S C^2 + 12 P_S C (k, v of every token;
+ *                     q, core, out of the rows; P_S their visible pairs),
+ *                     MLP 12 S C R; other mixers compute every row
  *   linear core       B H sum_chunks (14 l^2 D + 6 l D^2 (a + b))   chunkwise,
  *                     chunk l; a = 1 but for the first chunk, b = 1 but for the
  *                     last (their state products are zero and skipped); 14 =
@@ -178,6 +182,24 @@ static double softmax_flops(const run_config *cfg, int B, int T) {
     return 24.0 * B * T * C * C + 12.0 * B * visible_pairs(T, w) * C;
 }
 
+/* Visible query-key pairs of the queries at rows[S] (positions b*T + t). */
+static double visible_pairs_rows(const int *rows, int S, int T, int w) {
+    double P = 0;
+    for (int s = 0; s < S; s++) {
+        int i = rows[s] % T;
+        P += w > 0 && w < i + 1 ? w : i + 1;
+    }
+    return P;
+}
+
+/* Softmax mixer on the last layer when only rows[S] are wanted: k and v of
+ * every token, q, the core and the output projection of the rows. */
+static double softmax_rows_flops(const run_config *cfg, int B, int T, const int *rows, int S) {
+    double C = cfg->model.d_model;
+    int w = (int)key_num(cfg, "model.window", 0);
+    return 12.0 * B * T * C * C + 12.0 * S * C * C + 12.0 * visible_pairs_rows(rows, S, T, w) * C;
+}
+
 /* Softmax mixer's saved floats: qkv [B,T,3C], o [B,T,C], att [B,H,T,T]. */
 static double softmax_act(const run_config *cfg, int B, int T) {
     double C = cfg->model.d_model, H = key_num(cfg, "model.heads", 1);
@@ -232,13 +254,17 @@ static double linear_act(const run_config *cfg, int B, int T) {
 typedef struct mixer_formula {
     const char *name;
     double (*flops)(const run_config *cfg, int B, int T); /* one layer's mixer, one step */
+    /* the last layer's when only rows[S] are wanted (NULL: the mixer computes
+     * every row anyway, as flops) */
+    double (*rows_flops)(const run_config *cfg, int B, int T, const int *rows, int S);
     double (*act)(const run_config *cfg, int B, int T);   /* one layer's saved floats */
     const char *act_text;
 } mixer_formula;
 
 static const mixer_formula formulas[] = {
-    {"softmax", softmax_flops, softmax_act, "B T 4C + B H T^2 (qkv, o, probabilities)"},
-    {"linear", linear_flops, linear_act,
+    {"softmax", softmax_flops, softmax_rows_flops, softmax_act,
+     "B T 4C + B H T^2 (qkv, o, probabilities)"},
+    {"linear", linear_flops, NULL, linear_act,
      "B T 6C + B T H + B H (T/l) (D^2 + D) (qkv, phi, o, den, chunk states)"},
 };
 
@@ -249,14 +275,29 @@ static const mixer_formula *formula_of(const char *mixer) {
 }
 
 /* Matmul FLOPs of one training step (see the top of the file); 0 when the
- * mixer has no formula. S = rows through the LM head. */
-double bench_step_flops(const run_config *cfg, int B, int T, int V, int S) {
+ * mixer has no formula. target[B*T]: -1 where unsupervised. With the
+ * supervised head and some unsupervised rows, the model runs its last block
+ * on the S head rows only (model.c): the MLP there costs 12 S C R, and the
+ * mixer what its rows formula says. */
+double bench_step_flops(const run_config *cfg, int B, int T, int V, const int *target) {
     const mixer_formula *f = formula_of(cfg->model.mixer);
     if (!f) return 0;
     const model_config *m = &cfg->model;
-    double C = m->d_model, per_layer = f->flops(cfg, B, T);
-    if (m->mlp) per_layer += 12.0 * B * T * C * (double)m->mlp_ratio * C;
-    return m->n_layers * per_layer + 6.0 * S * C * V;
+    int N = B * T, S = 0;
+    int *rows = malloc(sizeof(int) * (size_t)N);
+    if (!rows) return 0;
+    for (int i = 0; i < N; i++)
+        if (cfg->train.full_head || target[i] >= 0) rows[S++] = i;
+    int on_rows = !cfg->train.full_head && S > 0 && S < N;
+    double C = m->d_model, R = (double)m->mlp_ratio * C, mixer = f->flops(cfg, B, T);
+    double mlp = m->mlp ? 12.0 * N * C * R : 0;
+    double total = m->n_layers * (mixer + mlp) + 6.0 * S * C * V;
+    if (on_rows && m->n_layers > 0) {
+        if (f->rows_flops) total += f->rows_flops(cfg, B, T, rows, S) - mixer;
+        if (m->mlp) total += 12.0 * S * C * R - mlp;
+    }
+    free(rows);
+    return total;
 }
 
 /* ---- the machine ------------------------------------------------------------- */
@@ -697,7 +738,7 @@ static int measure_config(bench_row *r, torch_server *ts, const bench_opts *o, m
         double rss = twin_done(ts); /* frees the twin's model in any case */
         if (twin) pt->rss_mib = rss;
     }
-    r->flops = bench_step_flops(cfg, B, T, V, r->S);
+    r->flops = bench_step_flops(cfg, B, T, V, tg);
     if (r->flops <= 0) r->flops = r->flops_counted;
     const mixer_formula *f = formula_of(cfg->model.mixer);
     r->act_mixer = (double)m.mixer->act_size(cfg->model.mixer_cfg.bytes, B, T, cfg->model.d_model);

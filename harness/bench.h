@@ -61,11 +61,12 @@ extern const char bench_usage[];
 int bench_parse_args(bench_opts *o, int argc, char **argv, ml_error *e);
 
 /* Matrix-product FLOPs of one training step (forward, backward) of the model
- * of cfg on B sequences of T tokens, V the vocabulary and S the rows through
- * the LM head, from the analytic formulas at the top of bench.c; 0 for a
- * mixer without one. The tests hold it to the count of the products run. */
+ * of cfg on B sequences of T tokens with targets target[B*T] (-1: not
+ * supervised), V the vocabulary, from the analytic formulas at the top of
+ * bench.c; 0 for a mixer without one. The tests hold it to the count of the
+ * products run. */
 struct run_config;
-double bench_step_flops(const struct run_config *cfg, int B, int T, int V, int S);
+double bench_step_flops(const struct run_config *cfg, int B, int T, int V, const int *target);
 
 /* Run the benchmark. Returns 0, or -1 with e set (a configuration the mixer
  * refuses, or a PyTorch twin that is missing, is a skipped row, not an error). */

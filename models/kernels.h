@@ -117,6 +117,28 @@ void attention_forward_ref(real *out, real *att, const real *qkv, int B, int T, 
 void attention_backward_ref(real *dqkv, const real *dout, const real *qkv,
                             const real *att, int B, int T, int H, int D, int window);
 
+/* The same attention for a subset of query rows (the last layer when only the
+ * LM head's rows are needed). rows[S]: ascending flat positions b*T + t;
+ * q [S,H,D] the queries of those rows; kv [B,T,2,H,D] keys then values of
+ * every token; out [S,H,D]; att [H,S,T] saved probabilities (zeros outside
+ * the visible keys). */
+void attention_rows_forward(real *out, real *att, const real *q, const real *kv,
+                            const int *rows, int S, int B, int T, int H, int D, int window);
+/* dq [S,H,D] and dkv [B,T,2,H,D] += gradient of out [S,H,D].
+ * scratch: attention_scratch_size(T, D) reals. */
+void attention_rows_backward(real *dq, real *dkv, const real *dout, const real *q,
+                             const real *kv, const real *att, const int *rows, int S, int B,
+                             int T, int H, int D, int window, real *scratch);
+/* Query-key pairs the rows kernel's GEMMs compute (FLOP accounting). */
+double attention_rows_band_pairs(const int *rows, int S, int T, int window);
+/* naive loop references with the same contract. */
+void attention_rows_forward_ref(real *out, real *att, const real *q, const real *kv,
+                                const int *rows, int S, int B, int T, int H, int D,
+                                int window);
+void attention_rows_backward_ref(real *dq, real *dkv, const real *dout, const real *q,
+                                 const real *kv, const real *att, const int *rows, int S,
+                                 int B, int T, int H, int D, int window);
+
 /* ---- feature maps (linear attention) -------------------------------------- */
 typedef enum { FMAP_IDENTITY = 0, FMAP_ELU1 = 1, FMAP_RELU = 2 } fmap_kind;
 /* out[i] = phi(x[i]) for n elements; out may not alias x. */

@@ -37,6 +37,12 @@ typedef struct mixer_call {
                          coefficient (e.g. MoM load balancing); the model adds it to the
                          training loss, so backward must include its gradient */
     double *stats;    /* forward ADDS its n_stats statistics here (NULL: not wanted) */
+    /* Rows whose output is wanted (a mixer with out_rows set only; NULL: every
+     * row). rows[n_rows]: ascending flat positions b*T + t, n_rows < B*T. With
+     * rows, forward writes out[n_rows,C] (row s = position rows[s]) and
+     * backward reads dout[n_rows,C]; dx stays [B,T,C]. */
+    const int *rows;
+    int n_rows;
 } mixer_call;
 
 typedef struct ml_mixer {
@@ -66,6 +72,12 @@ typedef struct ml_mixer {
      * "variant"); NULL when it does not. The spec validator refuses such a
      * config with a task that declares no boundary, naming that key. */
     const char *(*needs_context)(const void *cfg);
+    /* Set when forward and backward take mixer_call.rows: the model's last
+     * layer then asks only for the rows its LM head reads (the others cost
+     * nothing downstream), and the mixer may skip work that only they need
+     * (softmax: their queries and attention). Without it the model runs the
+     * mixer on every row and keeps the rows it needs. */
+    int out_rows;
 } ml_mixer;
 
 extern const ml_mixer *const ml_mixers[]; /* NULL-terminated (mixers.c) */

@@ -5,7 +5,11 @@
  *
  * The attention itself (and its sliding window) lives in softmax_attention.c;
  * this file owns the projections, the parameter list and the state size (the
- * KV cache: 2 * C floats per token seen). */
+ * KV cache: 2 * C floats per token seen).
+ *
+ * Given rows (the last layer under a head that reads a few rows), keys and
+ * values are projected for every token and queries, attention and the output
+ * projection only for those rows. */
 #include <stddef.h>
 #include <string.h>
 
@@ -43,18 +47,20 @@ static void softmax_declare(const void *cfg, int C, ml_param_sink *s) {
     param_declare(s, "bo", C, 1, INIT_ZEROS, 0);
 }
 
-/* act layout: qkv [B,T,3C] | att [B,H,T,T] | o [B,T,C] */
+/* act layout: qkv [B,T,3C] | att [B,H,T,T] | o [B,T,C]; with S rows the same
+ * regions hold kv [B,T,2C] q [S,C] | att [H,S,T] | o [S,C]. */
 static size_t softmax_act_size(const void *cfg, int B, int T, int C) {
     const softmax_cfg *c = cfg;
     size_t BT = (size_t)B * T;
     return BT * 3 * C + (size_t)B * c->heads * T * T + BT * C;
 }
 
-/* scratch layout: attention scratch | dqkv [B,T,3C] | do [B,T,C] */
+/* scratch layout: attention scratch | dqkv [B,T,3C] | do [B,T,C]; with S < BT
+ * rows: attention scratch | dkv [B,T,2C] | dq, do, x rows, dx rows [S,C] each. */
 static size_t softmax_scratch_size(const void *cfg, int B, int T, int C) {
     const softmax_cfg *c = cfg;
     size_t BT = (size_t)B * T;
-    return attention_scratch_size(T, C / c->heads) + BT * 4 * C;
+    return attention_scratch_size(T, C / c->heads) + BT * 6 * C;
 }
 
 typedef struct softmax_ptrs {
@@ -71,8 +77,81 @@ static softmax_ptrs softmax_unpack(const softmax_cfg *c, real *const *p) {
     return r;
 }
 
+/* dst[s] = src[rows[s]] (rows of width C); with add, dst[rows[s]] += src[s]. */
+static void gather_rows(real *dst, const real *src, const int *rows, int S, int C) {
+    for (int s = 0; s < S; s++)
+        memcpy(dst + (size_t)s * C, src + (size_t)rows[s] * C, sizeof(real) * (size_t)C);
+}
+
+static void scatter_add_rows(real *dst, const real *src, const int *rows, int S, int C) {
+    for (int s = 0; s < S; s++) {
+        real *d = dst + (size_t)rows[s] * C;
+        const real *r = src + (size_t)s * C;
+        for (int i = 0; i < C; i++) d[i] += r[i];
+    }
+}
+
+/* The regions of one rows call (layouts above). */
+typedef struct softmax_rows_bufs {
+    real *kv, *q, *att, *o;            /* act */
+    real *dkv, *dq, *dO, *xr, *dxr;    /* scratch after the attention's */
+} softmax_rows_bufs;
+
+static softmax_rows_bufs softmax_rows_at(const mixer_call *mc) {
+    const softmax_cfg *c = mc->cfg;
+    size_t N = (size_t)mc->B * mc->T, C = (size_t)mc->C, S = (size_t)mc->n_rows;
+    softmax_rows_bufs r;
+    r.kv = mc->act;
+    r.q = r.kv + N * 2 * C;
+    r.att = mc->act + N * 3 * C;
+    r.o = r.att + N * (size_t)c->heads * (size_t)mc->T;
+    r.dkv = mc->scratch + attention_scratch_size(mc->T, mc->C / c->heads);
+    r.dq = r.dkv + N * 2 * C;
+    r.dO = r.dq + S * C;
+    r.xr = r.dO + S * C;
+    r.dxr = r.xr + S * C;
+    return r;
+}
+
+static void softmax_rows_forward(const mixer_call *mc, real *out, const real *x) {
+    const softmax_cfg *c = mc->cfg;
+    int B = mc->B, T = mc->T, C = mc->C, H = c->heads, N = B * T, S = mc->n_rows;
+    softmax_ptrs p = softmax_unpack(c, mc->p);
+    softmax_rows_bufs r = softmax_rows_at(mc);
+    /* wqkv is [q; k; v] blocks of C rows: k and v for every token, q for the rows */
+    linear_forward(r.kv, x, p.wqkv + (size_t)C * C, p.bqkv ? p.bqkv + C : NULL, N, C, 2 * C);
+    gather_rows(r.xr, x, mc->rows, S, C);
+    linear_forward(r.q, r.xr, p.wqkv, p.bqkv, S, C, C);
+    attention_rows_forward(r.o, r.att, r.q, r.kv, mc->rows, S, B, T, H, C / H, c->window);
+    linear_forward(out, r.o, p.wo, p.bo, S, C, C);
+}
+
+static void softmax_rows_backward(const mixer_call *mc, real *dx, const real *dout,
+                                  const real *x) {
+    const softmax_cfg *c = mc->cfg;
+    int B = mc->B, T = mc->T, C = mc->C, H = c->heads, N = B * T, S = mc->n_rows;
+    softmax_ptrs p = softmax_unpack(c, mc->p);
+    softmax_ptrs g = softmax_unpack(c, mc->dp);
+    softmax_rows_bufs r = softmax_rows_at(mc);
+    memset(r.dkv, 0, sizeof(real) * (size_t)N * 2 * C);
+    memset(r.dq, 0, sizeof(real) * (size_t)S * 2 * C); /* dq and dO */
+    linear_backward(r.dO, g.wo, g.bo, dout, r.o, p.wo, S, C, C);
+    attention_rows_backward(r.dq, r.dkv, r.dO, r.q, r.kv, r.att, mc->rows, S, B, T, H, C / H,
+                            c->window, mc->scratch);
+    linear_backward(dx, g.wqkv + (size_t)C * C, g.bqkv ? g.bqkv + C : NULL, r.dkv, x,
+                    p.wqkv + (size_t)C * C, N, C, 2 * C);
+    gather_rows(r.xr, x, mc->rows, S, C);
+    memset(r.dxr, 0, sizeof(real) * (size_t)S * C);
+    linear_backward(r.dxr, g.wqkv, g.bqkv, r.dq, r.xr, p.wqkv, S, C, C);
+    scatter_add_rows(dx, r.dxr, mc->rows, S, C);
+}
+
 static void softmax_forward(const mixer_call *mc, real *out, const real *x) {
     const softmax_cfg *c = mc->cfg;
+    if (mc->rows) {
+        softmax_rows_forward(mc, out, x);
+        return;
+    }
     int B = mc->B, T = mc->T, C = mc->C, H = c->heads;
     int N = B * T;
     softmax_ptrs p = softmax_unpack(c, mc->p);
@@ -87,6 +166,10 @@ static void softmax_forward(const mixer_call *mc, real *out, const real *x) {
 static void softmax_backward(const mixer_call *mc, real *dx, const real *dout,
                              const real *x) {
     const softmax_cfg *c = mc->cfg;
+    if (mc->rows) {
+        softmax_rows_backward(mc, dx, dout, x);
+        return;
+    }
     int B = mc->B, T = mc->T, C = mc->C, H = c->heads;
     int N = B * T;
     softmax_ptrs p = softmax_unpack(c, mc->p);
@@ -121,4 +204,5 @@ const ml_mixer mixer_softmax = {
     .forward = softmax_forward,
     .backward = softmax_backward,
     .state_size = softmax_state_size,
+    .out_rows = 1,
 };

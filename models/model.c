@@ -383,6 +383,7 @@ static void norm_bwd(const ml_model *m, real *dx, real *dw, real *db, const real
 
 static mixer_call mixer_call_of(ml_model *m, int l, int B, int T) {
     mixer_call mc;
+    memset(&mc, 0, sizeof mc);
     mc.cfg = m->cfg.mixer_cfg.bytes;
     mc.B = B;
     mc.T = T;
@@ -397,10 +398,65 @@ static mixer_call mixer_call_of(ml_model *m, int l, int B, int T) {
     return mc;
 }
 
+/* The rows through the LM head: every row (full head) or those with a
+ * target, into m->rows and h->targets. Returns their count. */
+static int head_rows(ml_model *m, const int *target, int N) {
+    head_bufs *h = head_of(m);
+    int S = 0;
+    for (int i = 0; i < N; i++) {
+        if (!m->full_head && target[i] < 0) continue;
+        m->rows[S] = i;
+        h->targets[S] = target[i];
+        S++;
+    }
+    return S;
+}
+
+/* dst[s] = src[rows[s]] for s < S (rows of width C). */
+static void gather_rows(real *dst, const real *src, const int *rows, int S, int C) {
+    for (int s = 0; s < S; s++)
+        memcpy(dst + (size_t)s * C, src + (size_t)rows[s] * C, sizeof(real) * (size_t)C);
+}
+
+/* The MLP half of a block on n rows: xnext = xmid + W2 GELU(W1 Norm2(xmid)). */
+static void mlp_forward(ml_model *m, ml_layer *L, real *xnext, int n) {
+    const model_config *c = &m->cfg;
+    int C = c->d_model, RC = c->mlp_ratio * C;
+    head_bufs *h = head_of(m);
+    norm_fwd(m, L->n2, L->n2_mean, L->n2_rstd, L->xmid, L->w_n2w, L->w_n2b, n);
+    linear_forward(L->fc1, L->n2, L->w_fc1, L->w_fc1b, n, C, RC);
+    gelu_forward(L->gelu, L->fc1, (size_t)n * RC);
+    linear_forward(h->mix_out, L->gelu, L->w_fc2, L->w_fc2b, n, RC, C);
+    for (size_t i = 0; i < (size_t)n * C; i++) xnext[i] = L->xmid[i] + h->mix_out[i];
+}
+
+/* Backward of mlp_forward on n rows: dres (d xnext) becomes d xmid. */
+static void mlp_backward(ml_model *m, ml_layer *L, real *dres, int n) {
+    const model_config *c = &m->cfg;
+    int C = c->d_model, RC = c->mlp_ratio * C;
+    head_bufs *h = head_of(m);
+    memset(h->d_h, 0, sizeof(real) * (size_t)n * RC);
+    linear_backward(h->d_h, L->g_fc2, L->g_fc2b, dres, L->gelu, L->w_fc2, n, RC, C);
+    memset(h->d_h2, 0, sizeof(real) * (size_t)n * RC);
+    gelu_backward(h->d_h2, h->d_h, L->fc1, (size_t)n * RC);
+    memset(h->d_a, 0, sizeof(real) * (size_t)n * C);
+    linear_backward(h->d_a, L->g_fc1, L->g_fc1b, h->d_h2, L->n2, L->w_fc1, n, C, RC);
+    norm_bwd(m, dres, L->g_n2w, L->g_n2b, h->d_a, L->xmid, L->w_n2w, L->n2_mean, L->n2_rstd,
+             n);
+}
+
+/* Whether the last block runs on the head's rows only: with the supervised
+ * head, when some rows have no target. Nothing downstream of the last mixer
+ * reads the other rows, so its residual, MLP and final norm are computed for
+ * the S head rows alone, and a mixer with out_rows computes only those. */
+static int last_on_rows(const ml_model *m, int S, int N) {
+    return !m->full_head && S > 0 && S < N && m->cfg.n_layers > 0;
+}
+
 double model_forward(ml_model *m, const int *input, const int *target, int B, int T,
                      int *pred) {
     const model_config *c = &m->cfg;
-    int C = c->d_model, N = B * T, RC = c->mlp_ratio * C, V = m->V;
+    int C = c->d_model, N = B * T, V = m->V;
     head_bufs *h = head_of(m);
     m->B = B;
     m->T = T;
@@ -408,11 +464,15 @@ double model_forward(ml_model *m, const int *input, const int *target, int B, in
     m->target = target;
     m->aux_loss = 0.0;
     if (m->n_stats > 0) m->stat_calls++;
+    int S = head_rows(m, target, N);
+    m->S = S;
+    int on_rows = last_on_rows(m, S, N);
 
     real *x0 = c->n_layers > 0 ? m->layers[0].x : h->xf;
     embedding_forward(x0, input, tensor(m, "wte", 0), tensor(m, "wpe", 0), B, T, C);
     for (int l = 0; l < c->n_layers; l++) {
         ml_layer *L = &m->layers[l];
+        int rows_here = on_rows && l == c->n_layers - 1;
         real *xnext = l + 1 < c->n_layers ? m->layers[l + 1].x : h->xf;
         norm_fwd(m, L->n1, L->n1_mean, L->n1_rstd, L->x, L->w_n1w, L->w_n1b, N);
         const real *hin = L->n1;
@@ -421,41 +481,39 @@ double model_forward(ml_model *m, const int *input, const int *target, int B, in
             hin = L->conv;
         }
         mixer_call mc = mixer_call_of(m, l, B, T);
+        if (rows_here && m->mixer->out_rows) {
+            mc.rows = m->rows;
+            mc.n_rows = S;
+        }
         m->mixer->forward(&mc, h->mix_out, hin);
         real *xm = c->mlp ? L->xmid : xnext;
-        for (size_t i = 0; i < (size_t)N * C; i++) xm[i] = L->x[i] + h->mix_out[i];
-        if (c->mlp) {
-            norm_fwd(m, L->n2, L->n2_mean, L->n2_rstd, L->xmid, L->w_n2w, L->w_n2b, N);
-            linear_forward(L->fc1, L->n2, L->w_fc1, L->w_fc1b, N, C, RC);
-            gelu_forward(L->gelu, L->fc1, (size_t)N * RC);
-            linear_forward(h->mix_out, L->gelu, L->w_fc2, L->w_fc2b, N, RC, C);
-            for (size_t i = 0; i < (size_t)N * C; i++) xnext[i] = L->xmid[i] + h->mix_out[i];
+        int n = N;
+        if (rows_here) {
+            /* xm[s] = x[rows[s]] + mixer output at rows[s] */
+            const real *mo = h->mix_out;
+            if (!m->mixer->out_rows) {
+                gather_rows(h->rows, h->mix_out, m->rows, S, C);
+                mo = h->rows;
+            }
+            gather_rows(xm, L->x, m->rows, S, C);
+            for (size_t i = 0; i < (size_t)S * C; i++) xm[i] += mo[i];
+            n = S;
+        } else {
+            for (size_t i = 0; i < (size_t)N * C; i++) xm[i] = L->x[i] + h->mix_out[i];
         }
+        if (c->mlp) mlp_forward(m, L, xnext, n);
     }
+    int nf_rows = on_rows ? S : N;
     norm_fwd(m, h->nf, h->nf_mean, h->nf_rstd, h->xf, tensor(m, "norm_f.w", 0),
-             tensor(m, "norm_f.b", 0), N);
+             tensor(m, "norm_f.b", 0), nf_rows);
 
-    /* The head: every row (full_head) or only rows with a target. */
-    int S = 0;
-    const real *rows;
-    if (m->full_head) {
-        for (int i = 0; i < N; i++) {
-            m->rows[i] = i;
-            h->targets[i] = target[i];
-        }
-        S = N;
-        rows = h->nf;
-    } else {
-        for (int i = 0; i < N; i++) {
-            if (target[i] < 0) continue;
-            m->rows[S] = i;
-            h->targets[S] = target[i];
-            memcpy(h->rows + (size_t)S * C, h->nf + (size_t)i * C, sizeof(real) * (size_t)C);
-            S++;
-        }
+    /* The head: every row (full_head), or the rows with a target, which the
+     * last block already left in order in nf when it ran on them. */
+    const real *rows = h->nf;
+    if (!m->full_head && !on_rows) {
+        gather_rows(h->rows, h->nf, m->rows, S, C);
         rows = h->rows;
     }
-    m->S = S;
     const real *head = c->tie_embeddings ? tensor(m, "wte", 0) : tensor(m, "lm_head", 0);
     int count = 0;
     double sum = 0.0;
@@ -485,10 +543,11 @@ const real *model_logits(const ml_model *m) { return head_of((ml_model *)(uintpt
 
 void model_backward(ml_model *m) {
     const model_config *c = &m->cfg;
-    int B = m->B, T = m->T, C = c->d_model, N = B * T, RC = c->mlp_ratio * C, V = m->V;
+    int B = m->B, T = m->T, C = c->d_model, N = B * T, V = m->V;
     int S = m->S;
     head_bufs *h = head_of(m);
     if (m->count == 0 && m->aux_loss == 0.0) return;
+    int on_rows = last_on_rows(m, S, N);
 
     /* probabilities -> d logits, in place: (p - onehot) / count on kept rows.
      * With no supervised row only the mixers' auxiliary losses have gradients. */
@@ -506,40 +565,54 @@ void model_backward(ml_model *m) {
     int tied = c->tie_embeddings;
     const real *head = tied ? tensor(m, "wte", 0) : tensor(m, "lm_head", 0);
     real *dhead = tied ? tensor(m, "wte", 1) : tensor(m, "lm_head", 1);
-    real *d_nf = h->d_a;
-    memset(d_nf, 0, sizeof(real) * (size_t)N * C);
-    if (m->full_head) {
-        linear_backward(d_nf, dhead, NULL, h->logits, h->nf, head, S, C, V);
-    } else {
-        memset(h->d_b, 0, sizeof(real) * (size_t)S * C);
-        linear_backward(h->d_b, dhead, NULL, h->logits, h->rows, head, S, C, V);
-        for (int s = 0; s < S; s++)
-            memcpy(d_nf + (size_t)m->rows[s] * C, h->d_b + (size_t)s * C,
-                   sizeof(real) * (size_t)C);
-    }
     real *dres = h->d_res;
-    memset(dres, 0, sizeof(real) * (size_t)N * C);
-    norm_bwd(m, dres, tensor(m, "norm_f.w", 1), tensor(m, "norm_f.b", 1), d_nf, h->xf,
-             tensor(m, "norm_f.w", 0), h->nf_mean, h->nf_rstd, N);
+    /* d nf: every row (full head) or the S head rows in order (supervised) */
+    real *d_nf = m->full_head ? h->d_a : h->d_b;
+    int nf_rows = m->full_head ? N : S;
+    memset(d_nf, 0, sizeof(real) * (size_t)nf_rows * C);
+    linear_backward(d_nf, dhead, NULL, h->logits, m->full_head || on_rows ? h->nf : h->rows,
+                    head, S, C, V);
+    if (!m->full_head && !on_rows) {
+        /* the final norm ran on every row: scatter the head rows back */
+        memset(h->d_a, 0, sizeof(real) * (size_t)N * C);
+        for (int s = 0; s < S; s++)
+            memcpy(h->d_a + (size_t)m->rows[s] * C, h->d_b + (size_t)s * C,
+                   sizeof(real) * (size_t)C);
+        d_nf = h->d_a;
+        nf_rows = N;
+    }
+    /* With the last block on rows, its gradients up to the mixer are [S,C]
+     * in mix_out (free in backward), then scattered into the full dres. */
+    real *dtop = on_rows ? h->mix_out : dres;
+    memset(dtop, 0, sizeof(real) * (size_t)nf_rows * C);
+    norm_bwd(m, dtop, tensor(m, "norm_f.w", 1), tensor(m, "norm_f.b", 1), d_nf, h->xf,
+             tensor(m, "norm_f.w", 0), h->nf_mean, h->nf_rstd, nf_rows);
 
     for (int l = c->n_layers - 1; l >= 0; l--) {
         ml_layer *L = &m->layers[l];
-        if (c->mlp) {
+        int rows_here = on_rows && l == c->n_layers - 1;
+        mixer_call mc = mixer_call_of(m, l, B, T);
+        const real *dmix = dres; /* d mixer output */
+        if (rows_here) {
+            /* dtop is d x_{l+1} at the head rows; the MLP makes it d xmid */
+            if (c->mlp) mlp_backward(m, L, dtop, S);
+            memset(dres, 0, sizeof(real) * (size_t)N * C);
+            for (int s = 0; s < S; s++)
+                memcpy(dres + (size_t)m->rows[s] * C, dtop + (size_t)s * C,
+                       sizeof(real) * (size_t)C);
+            if (m->mixer->out_rows) {
+                mc.rows = m->rows;
+                mc.n_rows = S;
+                dmix = dtop;
+            }
+        } else if (c->mlp) {
             /* dres is d x_{l+1} = d xmid (identity) + the MLP path below. */
-            memset(h->d_h, 0, sizeof(real) * (size_t)N * RC);
-            linear_backward(h->d_h, L->g_fc2, L->g_fc2b, dres, L->gelu, L->w_fc2, N, RC, C);
-            memset(h->d_h2, 0, sizeof(real) * (size_t)N * RC);
-            gelu_backward(h->d_h2, h->d_h, L->fc1, (size_t)N * RC);
-            memset(h->d_a, 0, sizeof(real) * (size_t)N * C);
-            linear_backward(h->d_a, L->g_fc1, L->g_fc1b, h->d_h2, L->n2, L->w_fc1, N, C, RC);
-            norm_bwd(m, dres, L->g_n2w, L->g_n2b, h->d_a, L->xmid, L->w_n2w, L->n2_mean,
-                     L->n2_rstd, N);
+            mlp_backward(m, L, dres, N);
         }
         /* dres is now d xmid = d x_l (identity) + the mixer path. */
         const real *hin = c->conv > 0 ? L->conv : L->n1;
-        mixer_call mc = mixer_call_of(m, l, B, T);
         memset(h->d_a, 0, sizeof(real) * (size_t)N * C);
-        m->mixer->backward(&mc, h->d_a, dres, hin);
+        m->mixer->backward(&mc, h->d_a, dmix, hin);
         real *d_n1 = h->d_a;
         if (c->conv > 0) {
             memset(h->d_b, 0, sizeof(real) * (size_t)N * C);

@@ -16,7 +16,11 @@
  * by one thread in a fixed order, so results do not depend on the thread
  * count. Projections, the residual and the choice of head layout are the
  * mixer's business (mixer_softmax); this file only maps packed q, k, v to the
- * attended output. */
+ * attended output.
+ *
+ * The rows kernel (attention_rows_*) computes the output of a subset of the
+ * queries only, for the last layer of a model whose LM head reads a few rows:
+ * keys and values of every token, queries and outputs of those rows. */
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
@@ -219,6 +223,200 @@ void attention_backward(real *dqkv, const real *dout, const real *qkv, const rea
     att_call c = {.dqkv = dqkv, .dout = dout, .qkv = qkv, .att_in = att, .scratch = scratch,
                   .B = B, .T = T, .H = H, .D = D, .window = window};
     att_run(&c, 1);
+}
+
+/* ---- a subset of query rows ---------------------------------------------- */
+/* Only the rows the LM head reads need the last layer's attention output: the
+ * queries of sequence b are the run of rows[] with rows[s] / T == b, walked
+ * in blocks of ATT_ROWS queries, each block one GEMM over the keys its first
+ * query can see up to its last query (band as above, rows sparse). */
+
+/* The run [*s0, *s1) of rows that belong to sequence b (rows ascending). */
+static void rows_of_seq(const int *rows, int S, int T, int b, int *s0, int *s1) {
+    int lo = 0, hi = S;
+    while (lo < hi) { /* first row >= b*T */
+        int mid = (lo + hi) / 2;
+        if (rows[mid] < b * T) lo = mid + 1; else hi = mid;
+    }
+    *s0 = lo;
+    hi = S;
+    while (lo < hi) { /* first row >= (b+1)*T */
+        int mid = (lo + hi) / 2;
+        if (rows[mid] < (b + 1) * T) lo = mid + 1; else hi = mid;
+    }
+    *s1 = lo;
+}
+
+/* Key range [c0, c1) of the block of rows [a0, a1) (positions t = row % T). */
+static void rows_block_keys(const int *rows, int a0, int a1, int T, int window, int *c0,
+                            int *c1) {
+    *c0 = att_lo(rows[a0] % T, window);
+    *c1 = rows[a1 - 1] % T + 1;
+}
+
+double attention_rows_band_pairs(const int *rows, int S, int T, int window) {
+    double n = 0;
+    for (int a0 = 0; a0 < S;) {
+        int b = rows[a0] / T, a1 = a0;
+        while (a1 < S && a1 - a0 < ATT_ROWS && rows[a1] / T == b) a1++;
+        int c0, c1;
+        rows_block_keys(rows, a0, a1, T, window, &c0, &c1);
+        n += (double)(a1 - a0) * (c1 - c0);
+        a0 = a1;
+    }
+    return n;
+}
+
+typedef struct attr_call {
+    real *out, *att, *dq, *dkv, *scratch;
+    const real *q, *kv, *dout, *att_in;
+    const int *rows;
+    int S, B, T, H, D, window, backward;
+} attr_call;
+
+/* One (b, h) of the rows kernel, forward or backward (dP: a scratch slot). */
+static void attr_pair(const attr_call *c, int b, int h, real *dP) {
+    const int T = c->T, H = c->H, D = c->D, S = c->S, ldq = H * D, ldk = 2 * H * D;
+    const real scale = RSQRT((real)D);
+    int s0, s1;
+    rows_of_seq(c->rows, S, T, b, &s0, &s1);
+    const real *K = c->kv + (size_t)b * T * ldk + h * D, *V = K + H * D;
+    for (int a0 = s0; a0 < s1; a0 += ATT_ROWS) {
+        int a1 = a0 + ATT_ROWS < s1 ? a0 + ATT_ROWS : s1, M = a1 - a0, c0, c1;
+        rows_block_keys(c->rows, a0, a1, T, c->window, &c0, &c1);
+        int N = c1 - c0;
+        size_t qo = (size_t)a0 * ldq + h * D, ko = (size_t)c0 * ldk;
+        if (!c->backward) {
+            real *A = c->att + ((size_t)h * S + a0) * T;
+            ml_gemm(0, 1, M, N, D, scale, c->q + qo, ldq, K + ko, ldk, 0, A + c0, T);
+            for (int s = a0; s < a1; s++) {
+                int t = c->rows[s] % T;
+                att_softmax_row(A + (size_t)(s - a0) * T, att_lo(t, c->window), t, T);
+            }
+            ml_gemm(0, 0, M, D, N, 1, A + c0, T, V + ko, ldk, 0, c->out + qo, ldq);
+            continue;
+        }
+        const real *P = c->att_in + ((size_t)h * S + a0) * T + c0;
+        real *dK = c->dkv + (size_t)b * T * ldk + h * D, *dV = dK + H * D;
+        ml_gemm(1, 0, N, D, M, 1, P, T, c->dout + qo, ldq, 1, dV + ko, ldk);
+        ml_gemm(0, 1, M, N, D, 1, c->dout + qo, ldq, V + ko, ldk, 0, dP, N);
+        for (int s = a0; s < a1; s++) {
+            int t = c->rows[s] % T;
+            const real *p = P + (size_t)(s - a0) * T;
+            real *ds = dP + (size_t)(s - a0) * N;
+            int lo = att_lo(t, c->window) - c0, hi = t - c0;
+            real dot = 0;
+#pragma omp simd reduction(+ : dot)
+            for (int j = lo; j <= hi; j++) dot += ds[j] * p[j];
+#pragma omp simd
+            for (int j = 0; j < N; j++) ds[j] = p[j] * (ds[j] - dot);
+        }
+        ml_gemm(0, 0, M, D, N, scale, dP, N, K + ko, ldk, 1, c->dq + qo, ldq);
+        ml_gemm(1, 0, N, D, M, scale, dP, N, c->q + qo, ldq, 1, dK + ko, ldk);
+    }
+}
+
+/* Pairs [u0, u1) of B*H, in scratch slot `slot`. */
+static void attr_range(void *ctx, int u0, int u1, int slot) {
+    const attr_call *c = ctx;
+    real *dP = c->backward ? c->scratch + (size_t)slot * att_slot_size(c->T) : NULL;
+    for (int u = u0; u < u1; u++) attr_pair(c, u / c->H, u % c->H, dP);
+}
+
+static void attr_run(attr_call *c) {
+    const int pairs = c->B * c->H;
+    double work = (double)c->S * c->H * c->T / 2 * c->D;
+    ml_par_ranges(pairs, ml_par_threads(pairs, work, ATT_MIN_WORK), attr_range, c);
+}
+
+void attention_rows_forward(real *out, real *att, const real *q, const real *kv,
+                            const int *rows, int S, int B, int T, int H, int D, int window) {
+    attr_call c = {.out = out, .att = att, .q = q, .kv = kv, .rows = rows, .S = S, .B = B,
+                   .T = T, .H = H, .D = D, .window = window};
+    attr_run(&c);
+}
+
+void attention_rows_backward(real *dq, real *dkv, const real *dout, const real *q,
+                             const real *kv, const real *att, const int *rows, int S, int B,
+                             int T, int H, int D, int window, real *scratch) {
+    attr_call c = {.dq = dq, .dkv = dkv, .dout = dout, .q = q, .kv = kv, .att_in = att,
+                   .rows = rows, .scratch = scratch, .S = S, .B = B, .T = T, .H = H, .D = D,
+                   .window = window, .backward = 1};
+    attr_run(&c);
+}
+
+/* Naive rows forward: the definition, one query and one key at a time. */
+void attention_rows_forward_ref(real *out, real *att, const real *q, const real *kv,
+                                const int *rows, int S, int B, int T, int H, int D,
+                                int window) {
+    (void)B;
+    const int ldk = 2 * H * D;
+    const real scale = RSQRT((real)D);
+    for (int s = 0; s < S; s++)
+        for (int h = 0; h < H; h++) {
+            int b = rows[s] / T, i = rows[s] % T, lo = att_lo(i, window);
+            const real *qs = q + ((size_t)s * H + h) * D;
+            real *a = att + ((size_t)h * S + s) * T;
+            real *o = out + ((size_t)s * H + h) * D;
+            real mx = 0;
+            for (int j = 0; j < T; j++) {
+                a[j] = 0;
+                if (j < lo || j > i) continue;
+                const real *k = kv + ((size_t)b * T + j) * ldk + h * D;
+                real sc = 0;
+                for (int d = 0; d < D; d++) sc += qs[d] * k[d];
+                a[j] = sc * scale;
+                if (j == lo || a[j] > mx) mx = a[j];
+            }
+            real sum = 0;
+            for (int j = lo; j <= i; j++) {
+                a[j] = REXP(a[j] - mx);
+                sum += a[j];
+            }
+            for (int j = lo; j <= i; j++) a[j] /= sum;
+            for (int d = 0; d < D; d++) o[d] = 0;
+            for (int j = lo; j <= i; j++) {
+                const real *v = kv + ((size_t)b * T + j) * ldk + H * D + h * D;
+                for (int d = 0; d < D; d++) o[d] += a[j] * v[d];
+            }
+        }
+}
+
+/* Naive rows backward, oracle of attention_rows_backward. */
+void attention_rows_backward_ref(real *dq, real *dkv, const real *dout, const real *q,
+                                 const real *kv, const real *att, const int *rows, int S,
+                                 int B, int T, int H, int D, int window) {
+    (void)B;
+    const int ldk = 2 * H * D;
+    const real scale = RSQRT((real)D);
+    for (int s = 0; s < S; s++)
+        for (int h = 0; h < H; h++) {
+            int b = rows[s] / T, i = rows[s] % T, lo = att_lo(i, window);
+            const real *qs = q + ((size_t)s * H + h) * D;
+            real *dqs = dq + ((size_t)s * H + h) * D;
+            const real *a = att + ((size_t)h * S + s) * T;
+            const real *g = dout + ((size_t)s * H + h) * D;
+            real dot = 0;
+            for (int j = lo; j <= i; j++) {
+                const real *v = kv + ((size_t)b * T + j) * ldk + H * D + h * D;
+                real dp = 0;
+                for (int d = 0; d < D; d++) dp += g[d] * v[d];
+                dot += dp * a[j];
+            }
+            for (int j = lo; j <= i; j++) {
+                size_t row = ((size_t)b * T + j) * ldk;
+                const real *k = kv + row + h * D, *v = kv + row + H * D + h * D;
+                real *dk = dkv + row + h * D, *dv = dkv + row + H * D + h * D;
+                real dp = 0;
+                for (int d = 0; d < D; d++) dp += g[d] * v[d];
+                real ds = a[j] * (dp - dot) * scale;
+                for (int d = 0; d < D; d++) {
+                    dv[d] += a[j] * g[d];
+                    dqs[d] += ds * k[d];
+                    dk[d] += ds * qs[d];
+                }
+            }
+        }
 }
 
 /* Naive forward: one query, one key at a time, straight from the definition.

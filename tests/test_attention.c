@@ -208,6 +208,145 @@ static void test_attention_gradcheck(void) {
     }
 }
 
+/* ---- the rows kernel ------------------------------------------------------ */
+
+/* Rows of B sequences of T: sequence 0 a few scattered positions (the first
+ * and last among them), sequence 1 none, the others every `step`-th position
+ * from `first` (65 rows at T 130: two blocks of the fast path). Returns S. */
+static int att_rows_pattern(int *rows, int B, int T, int step, int first) {
+    int S = 0;
+    const int few[] = {0, 5, 6, 64, 129};
+    for (int i = 0; i < 5; i++)
+        if (few[i] < T) rows[S++] = few[i];
+    for (int b = 2; b < B; b++)
+        for (int t = first; t < T; t += step) rows[S++] = b * T + t;
+    return S;
+}
+
+/* q of the rows and k, v of every token, split out of a packed qkv. */
+static void att_rows_split(double *q, double *kv, const double *qkv, const int *rows, int S,
+                           int N, int HD) {
+    for (int s = 0; s < S; s++) memcpy(q + (size_t)s * HD, qkv + (size_t)rows[s] * 3 * HD,
+                                       sizeof(double) * HD);
+    for (int i = 0; i < N; i++) memcpy(kv + (size_t)i * 2 * HD, qkv + (size_t)i * 3 * HD + HD,
+                                       sizeof(double) * 2 * HD);
+}
+
+/* The rows kernel against its naive reference, and both against the full
+ * attention at those rows: outputs, probabilities, and the gradients of q, k
+ * and v for a dout that is zero outside the rows (backward on a prefill, the
+ * increments compared). */
+static void att_rows_compare(int B, int T, int H, int D, int window, int step,
+                             unsigned long long seed) {
+    const int N = B * T, HD = H * D;
+    int *rows = malloc(sizeof(int) * (size_t)N);
+    int S = att_rows_pattern(rows, B, T, step, 1);
+    double *qkv = dfilled((size_t)N * 3 * HD, seed, -2, 2);
+    double *q = dalloc((size_t)S * HD), *kv = dalloc((size_t)N * 2 * HD);
+    att_rows_split(q, kv, qkv, rows, S, N, HD);
+    double *o1 = dalloc((size_t)S * HD), *o2 = dalloc((size_t)S * HD);
+    double *a1 = dfilled((size_t)H * S * T, seed + 1, 5, 6), *a2 = dalloc((size_t)H * S * T);
+    attention_rows_forward(o1, a1, q, kv, rows, S, B, T, H, D, window);
+    attention_rows_forward_ref(o2, a2, q, kv, rows, S, B, T, H, D, window);
+    double eo = max_rel_diff(o1, o2, (size_t)S * HD), ea = max_rel_diff(a1, a2, (size_t)H * S * T);
+    CHECK(eo <= TOL_SAME && ea <= TOL_SAME, "rows T%d H%d D%d w%d: out %.3g, att %.3g vs ref",
+          T, H, D, window, eo, ea);
+
+    /* the full attention at the same rows */
+    double *of = dalloc((size_t)N * HD), *af = dalloc((size_t)B * H * T * T);
+    attention_forward_ref(of, af, qkv, B, T, H, D, window);
+    double eof = 0, eaf = 0;
+    for (int s = 0; s < S; s++) {
+        int b = rows[s] / T, t = rows[s] % T;
+        for (int c = 0; c < HD; c++)
+            eof = fmax(eof, fabs(o1[(size_t)s * HD + c] - of[(size_t)rows[s] * HD + c]));
+        for (int h = 0; h < H; h++)
+            for (int j = 0; j < T; j++)
+                eaf = fmax(eaf, fabs(a1[((size_t)h * S + s) * T + j] -
+                                     af[(((size_t)b * H + h) * T + t) * T + j]));
+    }
+    CHECK(eof <= 1e-13 && eaf <= 1e-13, "rows T%d w%d: out %.3g, att %.3g vs full attention",
+          T, window, eof, eaf);
+
+    double *dout = dfilled((size_t)S * HD, seed + 2, -1, 1);
+    double *dq1 = dfilled((size_t)S * HD, seed + 3, -1, 1), *dq2 = dcopy(dq1, (size_t)S * HD);
+    double *dkv1 = dfilled((size_t)N * 2 * HD, seed + 4, -1, 1);
+    double *dkv2 = dcopy(dkv1, (size_t)N * 2 * HD);
+    double *pq = dcopy(dq1, (size_t)S * HD), *pkv = dcopy(dkv1, (size_t)N * 2 * HD);
+    double *scr = dalloc(attention_scratch_size(T, D));
+    attention_rows_backward(dq1, dkv1, dout, q, kv, a1, rows, S, B, T, H, D, window, scr);
+    attention_rows_backward_ref(dq2, dkv2, dout, q, kv, a2, rows, S, B, T, H, D, window);
+    diff_into(dq1, dq1, pq, (size_t)S * HD), diff_into(dq2, dq2, pq, (size_t)S * HD);
+    diff_into(dkv1, dkv1, pkv, (size_t)N * 2 * HD), diff_into(dkv2, dkv2, pkv, (size_t)N * 2 * HD);
+    double eq = max_rel_diff(dq1, dq2, (size_t)S * HD);
+    double ek = max_rel_diff(dkv1, dkv2, (size_t)N * 2 * HD);
+    CHECK(eq <= TOL_SAME && ek <= TOL_SAME, "rows T%d w%d: dq %.3g, dkv %.3g vs ref", T, window,
+          eq, ek);
+
+    double *doutf = dalloc((size_t)N * HD), *dqkv = dalloc((size_t)N * 3 * HD);
+    for (int s = 0; s < S; s++)
+        memcpy(doutf + (size_t)rows[s] * HD, dout + (size_t)s * HD, sizeof(double) * HD);
+    attention_backward_ref(dqkv, doutf, qkv, af, B, T, H, D, window);
+    double *fq = dalloc((size_t)S * HD), *fkv = dalloc((size_t)N * 2 * HD);
+    att_rows_split(fq, fkv, dqkv, rows, S, N, HD);
+    double efq = max_rel_diff(dq1, fq, (size_t)S * HD);
+    double efk = max_rel_diff(dkv1, fkv, (size_t)N * 2 * HD);
+    CHECK(efq <= 1e-12 && efk <= 1e-12, "rows T%d w%d: dq %.3g, dkv %.3g vs full attention", T,
+          window, efq, efk);
+
+    free(rows), free(qkv), free(q), free(kv), free(o1), free(o2), free(a1), free(a2), free(of);
+    free(af), free(dout), free(dq1), free(dq2), free(dkv1), free(dkv2), free(pq), free(pkv);
+    free(scr), free(doutf), free(dqkv), free(fq), free(fkv);
+}
+
+/* T 130 spans more than one block of 64 rows in sequence 2 (step 2); T 9
+ * and T 1 are shorter than a block. Windows 0, 1, 5 and wider than T. */
+static void test_attention_rows(void) {
+    static const int shapes[][5] = {{3, 130, 2, 4, 2}, {3, 9, 1, 5, 3}, {4, 1, 2, 3, 1},
+                                    {3, 70, 1, 8, 1}};
+    for (int k = 0; k < 4; k++) {
+        int B = shapes[k][0], T = shapes[k][1], H = shapes[k][2], D = shapes[k][3];
+        const int windows[] = {0, 1, 5, T + 3};
+        for (int w = 0; w < 4; w++)
+            att_rows_compare(B, T, H, D, windows[w], shapes[k][4], 500 + 10 * k + w);
+    }
+}
+
+typedef struct attr_ctx {
+    int B, T, H, D, window, S;
+    const int *rows;
+    double *q, *kv, *out, *att, *w;
+} attr_ctx;
+
+/* L = sum(w .* attention_rows(q, kv)). */
+static double attr_loss(void *p) {
+    attr_ctx *c = p;
+    attention_rows_forward(c->out, c->att, c->q, c->kv, c->rows, c->S, c->B, c->T, c->H, c->D,
+                           c->window);
+    return dot(c->w, c->out, (size_t)c->S * c->H * c->D);
+}
+
+/* The rows backward against finite differences, every element of q and kv. */
+static void test_attention_rows_gradcheck(void) {
+    enum { B = 3, T = 8, H = 2, D = 3, N = B * T, HD = H * D };
+    int rows[N];
+    int S = att_rows_pattern(rows, B, T, 3, 2);
+    for (int wi = 0; wi < 2; wi++) {
+        attr_ctx c = {B, T, H, D, wi ? 3 : 0, S, rows, dfilled((size_t)S * HD, 41 + wi, -1.5, 1.5),
+                      dfilled((size_t)N * 2 * HD, 43 + wi, -1.5, 1.5), dalloc((size_t)S * HD),
+                      dalloc((size_t)H * S * T), dfilled((size_t)S * HD, 45 + wi, -1, 1)};
+        double *gq = dalloc((size_t)S * HD), *gkv = dalloc((size_t)N * 2 * HD);
+        double *scr = dalloc(attention_scratch_size(T, D));
+        attr_loss(&c);
+        attention_rows_backward(gq, gkv, c.w, c.q, c.kv, c.att, rows, S, B, T, H, D, c.window,
+                                scr);
+        gc_tensor ts[2] = {{"q", c.q, gq, (size_t)S * HD}, {"kv", c.kv, gkv, (size_t)N * 2 * HD}};
+        gradcheck_expect(wi ? "attention rows window 3" : "attention rows window 0", attr_loss,
+                         &c, ts, 2);
+        free(c.q), free(c.kv), free(c.out), free(c.att), free(c.w), free(gq), free(gkv), free(scr);
+    }
+}
+
 /* Perturb every q, k, v entry of token j of batch 0. */
 static void att_perturb(double *qkv, int H, int D, int j) {
     for (int c = 0; c < 3 * H * D; c++) qkv[(size_t)j * 3 * H * D + c] += 0.5;
@@ -614,6 +753,8 @@ const test_case tests_attention[] = {
     {"attention_fast_matches_ref", test_attention_fast_matches_ref},
     {"attention_closed_forms", test_attention_closed_forms},
     {"attention_gradcheck", test_attention_gradcheck},
+    {"attention_rows_matches_ref_and_full", test_attention_rows},
+    {"attention_rows_gradcheck", test_attention_rows_gradcheck},
     {"attention_window_semantics", test_attention_window_semantics},
     {"attention_causality", test_attention_causality},
     {"featuremap_values", test_featuremap_values},

@@ -249,7 +249,8 @@ static void mix_call_init(mix_call *k, ml_model *m, int B, int T) {
     k->act = dalloc(k->mx->act_size(cfg, B, T, k->C));
     k->scr = dalloc(k->mx->scratch_size(cfg, B, T, k->C));
     k->stats = dalloc(64);
-    k->mc = (mixer_call){cfg, B, T, k->C, k->p, k->dp, k->act, k->scr, -1, &k->aux, k->stats};
+    k->mc = (mixer_call){cfg, B, T, k->C, k->p, k->dp, k->act, k->scr, -1, &k->aux, k->stats,
+                         NULL, 0};
 }
 
 static void mix_call_free(mix_call *k) { free(k->act), free(k->scr), free(k->stats); }

@@ -728,9 +728,10 @@ static void test_flop_formulas(void) {
         model_zero_grad(&m);
         model_backward(&m);
         double counted = ml_flops_read();
-        int S = 0;
-        for (int i = 0; i < B * T; i++) S += tg[i] >= 0;
-        double formula = bench_step_flops(&cfg, B, T, V, m.full_head ? B * T : S);
+        int S = 0, *rows = malloc(sizeof(int) * B * T);
+        for (int i = 0; i < B * T; i++)
+            if (tg[i] >= 0) rows[S++] = i;
+        double formula = bench_step_flops(&cfg, B, T, V, tg);
         /* what the formula leaves out on purpose: softmax's masked corners of
          * the row blocks (computed, not useful), the recurrent form's loops
          * (useful, not BLAS) */
@@ -745,7 +746,20 @@ static void test_flop_formulas(void) {
             for (int i = 0; i < T; i++) vis += w > 0 && w < i + 1 ? w : i + 1;
             double band = attention_band_pairs(T, (int)C / H, w);
             CHECK(band >= vis, "case %zu: band %.0f < visible %.0f", k, band, vis);
-            expect += 12.0 * C * B * (band - vis) * layers;
+            if (m.full_head) {
+                expect += 12.0 * C * B * (band - vis) * layers;
+            } else {
+                /* the last layer attends from the head rows only */
+                double vis_rows = 0;
+                for (int s = 0; s < S; s++) {
+                    int i = rows[s] % T;
+                    vis_rows += w > 0 && w < i + 1 ? w : i + 1;
+                }
+                double band_rows = attention_rows_band_pairs(rows, S, T, w);
+                CHECK(band_rows >= vis_rows, "case %zu: rows band %.0f < visible %.0f", k,
+                      band_rows, vis_rows);
+                expect += 12.0 * C * (B * (band - vis) * (layers - 1) + (band_rows - vis_rows));
+            }
         }
         if (strstr(form, "recurrent")) expect -= 12.0 * B * T * C * C * layers;
         CHECK(formula > 0 && fabs(counted - expect) <= 1e-12 * expect,
@@ -753,7 +767,7 @@ static void test_flop_formulas(void) {
               k, cases[k][0], cases[k][1], cases[k][2] ? cases[k][2] : "", formula, expect,
               counted, 100 * (counted - expect) / expect);
         model_free(&m);
-        free(in), free(tg);
+        free(in), free(tg), free(rows);
     }
 }
 
