@@ -18,7 +18,8 @@
  *   last layer on the S head rows (supervised head, model.c): softmax
  *                     12 B T C^2 + 12 S C^2 + 12 P_S C (k, v of every token;
  *                     q, core, out of the rows; P_S their visible pairs),
- *                     MLP 12 S C R; other mixers compute every row
+ *                     linear 12 B T C^2 + 12 S C^2 + core (q and out of the
+ *                     rows), MLP 12 S C R; other mixers compute every row
  *   linear core       B H sum_chunks (14 l^2 D + 6 l D^2 (a + b))   chunkwise,
  *                     chunk l; a = 1 but for the first chunk, b = 1 but for the
  *                     last (their state products are zero and skipped); 14 =
@@ -212,28 +213,38 @@ static int linear_chunk(const run_config *cfg, int T) {
     return c < T ? c : T;
 }
 
-/* Linear mixer, one layer, one step, in the form the config chooses. */
-static double linear_flops(const run_config *cfg, int B, int T) {
+/* Linear mixer's core (the state and the outputs), one layer, one step, in
+ * the form the config chooses. */
+static double linear_core_flops(const run_config *cfg, int B, int T) {
     double C = cfg->model.d_model, H = key_num(cfg, "model.heads", 1), D = C / H;
     char form[32];
     key_text(cfg, "model.form", form, sizeof form);
-    double core;
-    if (!strcmp(form, "parallel")) {
-        return 24.0 * B * T * C * C + 14.0 * B * H * T * T * D;
-    } else if (!strcmp(form, "recurrent")) {
-        core = 4.0 * T * D * D;
-    } else {
-        /* the products with the first chunk's zero prefix state and the last
-         * chunk's zero state gradient are skipped (linear_attention.c) */
-        int c = linear_chunk(cfg, T);
-        core = 0;
-        for (int t0 = 0; t0 < T; t0 += c) {
-            double l = T - t0 < c ? T - t0 : c;
-            core += 14.0 * l * l * D + 6.0 * l * D * D * ((t0 > 0) + (t0 + c < T));
-        }
-        return 24.0 * B * T * C * C + B * H * core;
+    if (!strcmp(form, "parallel")) return 14.0 * B * H * T * T * D;
+    if (!strcmp(form, "recurrent")) return 3.0 * B * H * 4.0 * T * D * D;
+    /* the products with the first chunk's zero prefix state and the last
+     * chunk's zero state gradient are skipped (linear_attention.c) */
+    int c = linear_chunk(cfg, T);
+    double core = 0;
+    for (int t0 = 0; t0 < T; t0 += c) {
+        double l = T - t0 < c ? T - t0 : c;
+        core += 14.0 * l * l * D + 6.0 * l * D * D * ((t0 > 0) + (t0 + c < T));
     }
-    return 24.0 * B * T * C * C + 3.0 * B * H * core;
+    return B * H * core;
+}
+
+/* Linear mixer, one layer, one step: projections and the core. */
+static double linear_flops(const run_config *cfg, int B, int T) {
+    double C = cfg->model.d_model;
+    return 24.0 * B * T * C * C + linear_core_flops(cfg, B, T);
+}
+
+/* The last layer on rows[S]: k, v of every token, q (every token with the
+ * short conv) and the output projection of the rows, the core as before. */
+static double linear_rows_flops(const run_config *cfg, int B, int T, const int *rows, int S) {
+    (void)rows;
+    double C = cfg->model.d_model, N = (double)B * T;
+    double q = key_num(cfg, "model.short_conv", 0) > 0 ? N : S;
+    return 6.0 * C * C * (2 * N + q + S) + linear_core_flops(cfg, B, T);
 }
 
 /* Linear mixer's saved floats: qkv, phi, o, the normaliser's den and the
@@ -264,7 +275,7 @@ typedef struct mixer_formula {
 static const mixer_formula formulas[] = {
     {"softmax", softmax_flops, softmax_rows_flops, softmax_act,
      "B T 4C + B H T^2 (qkv, o, probabilities)"},
-    {"linear", linear_flops, NULL, linear_act,
+    {"linear", linear_flops, linear_rows_flops, linear_act,
      "B T 6C + B T H + B H (T/l) (D^2 + D) (qkv, phi, o, den, chunk states)"},
 };
 

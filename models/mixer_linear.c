@@ -20,7 +20,9 @@
  * The additive rule runs on linear_attention.c (recurrent, parallel or
  * chunkwise, with the normaliser); the others on gated_delta.c (recurrent or
  * chunkwise; the delta rules through the WY form). Gates and the output norm
- * are in linfam.c. This file owns the parameter list, the wiring and the
+ * are in linfam.c. Given rows (the last layer under a head that reads a few
+ * rows), q, the gate, the output norm and the output projection run on those
+ * rows only. This file owns the parameter list, the wiring and the
  * state size: per head F x Dv (F = feature width: Dk, or 1+Dk+Dk(Dk+1)/2 for
  * taylor) plus F for the normaliser, plus (short_conv - 1) past rows of the
  * qkv projection that the convolution must keep. */
@@ -279,6 +281,9 @@ typedef struct linear_scr {
     real *dphi, *dphi_raw;     /* [N,2,H,F] */
     real *dqkv, *dproj;        /* [N,Cp] (dproj only with the conv) */
     real *dbeta, *dg, *dz;     /* [N,H] */
+    /* with rows (S < N of them; sized N): x, core output, d core output and
+     * d x at the rows [S,C]; q or its gradient at the rows [S,Cq] */
+    real *xr, *orow, *dOr, *dxr, *qr;
 } linear_scr;
 
 static size_t linear_scr_at(const linear_cfg *c, const lf_dims *d, real *base,
@@ -301,6 +306,11 @@ static size_t linear_scr_at(const linear_cfg *c, const lf_dims *d, real *base,
     if (d->delta) TAKE(dbeta, N * d->H);
     if (d->decay) TAKE(dg, N * d->H);
     if (d->delta || d->decay) TAKE(dz, N * d->H);
+    TAKE(xr, N * d->C);
+    TAKE(orow, N * d->C);
+    TAKE(dOr, N * d->C);
+    TAKE(dxr, N * d->C);
+    TAKE(qr, N * d->Cq);
 #undef TAKE
     return used;
 }
@@ -317,6 +327,119 @@ static size_t linear_scratch_size(const void *cfg, int B, int T, int C) {
     return linear_scr_at(cfg, &d, NULL, &s);
 }
 
+/* ---- the last layer on a subset of rows ----------------------------------------
+ * With mc->rows, q is projected for the rows only (zero at the others, whose
+ * outputs nobody reads; without the short conv, which mixes neighbours), the
+ * state and the core run on every token as before, and the gate, the output
+ * norm and the output projection run on the rows. */
+
+/* dst[s] = src[rows[s]] (rows of width C, src row stride ld). */
+static void rows_gather(real *dst, const real *src, int ld, const int *rows, int S, int C) {
+    for (int i = 0; i < S; i++)
+        memcpy(dst + (size_t)i * C, src + (size_t)rows[i] * ld, sizeof(real) * (size_t)C);
+}
+
+/* dst[rows[s]] += src[s] (rows of width C). */
+static void rows_scatter_add(real *dst, const real *src, const int *rows, int S, int C) {
+    for (int i = 0; i < S; i++) {
+        real *d = dst + (size_t)rows[i] * C;
+        const real *r = src + (size_t)i * C;
+        for (int j = 0; j < C; j++) d[j] += r[j];
+    }
+}
+
+/* out[N, n] (row stride ldo) = x[N,C] w[n,C]^T + b[n] (b may be NULL). */
+static void proj_cols_forward(real *out, int ldo, const real *x, const real *w, const real *b,
+                              int N, int C, int n) {
+    for (int i = 0; i < N; i++) {
+        real *o = out + (size_t)i * ldo;
+        if (b) memcpy(o, b, sizeof(real) * (size_t)n);
+        else memset(o, 0, sizeof(real) * (size_t)n);
+    }
+    ml_gemm(0, 1, N, n, C, 1, x, C, w, C, 1, out, ldo);
+}
+
+/* Backward of proj_cols_forward: dx += dout w, dw += dout^T x, db += sums. */
+static void proj_cols_backward(real *dx, real *dw, real *db, const real *dout, int ldd,
+                               const real *x, const real *w, int N, int C, int n) {
+    ml_gemm(0, 0, N, C, n, 1, dout, ldd, w, C, 1, dx, C);
+    ml_gemm(1, 0, n, C, N, 1, dout, ldd, x, C, 1, dw, C);
+    if (db)
+        for (int i = 0; i < N; i++) {
+            const real *g = dout + (size_t)i * ldd;
+            for (int j = 0; j < n; j++) db[j] += g[j];
+        }
+}
+
+/* The qkv projection: every column for every token, or with rows (and no
+ * short conv) k and v for every token and q for the rows, zero elsewhere. */
+static void qkv_forward(const mixer_call *mc, const lf_dims *d, const linear_ptrs *p,
+                        const linear_scr *s, real *proj, const real *x) {
+    const int N = d->N, C = d->C, S = mc->n_rows, Cq = d->Cq;
+    if (!mc->rows || d->conv) {
+        linear_forward(proj, x, p->wqkv, p->bqkv, N, C, d->Cp);
+        return;
+    }
+    proj_cols_forward(proj + Cq, d->Cp, x, p->wqkv + (size_t)Cq * C, p->bqkv ? p->bqkv + Cq : NULL,
+                      N, C, d->Cp - Cq);
+    linear_forward(s->qr, s->xr, p->wqkv, p->bqkv, S, C, Cq);
+    for (int i = 0; i < N; i++) memset(proj + (size_t)i * d->Cp, 0, sizeof(real) * (size_t)Cq);
+    for (int i = 0; i < S; i++)
+        memcpy(proj + (size_t)mc->rows[i] * d->Cp, s->qr + (size_t)i * Cq,
+               sizeof(real) * (size_t)Cq);
+}
+
+/* Backward of qkv_forward; with rows, d x at the rows goes to s->dxr. */
+static void qkv_backward(const mixer_call *mc, const lf_dims *d, const linear_ptrs *p,
+                         const linear_ptrs *gp, const linear_scr *s, real *dx,
+                         const real *dproj, const real *x) {
+    const int N = d->N, C = d->C, S = mc->n_rows, Cq = d->Cq;
+    if (!mc->rows || d->conv) {
+        linear_backward(dx, gp->wqkv, gp->bqkv, dproj, x, p->wqkv, N, C, d->Cp);
+        return;
+    }
+    proj_cols_backward(dx, gp->wqkv + (size_t)Cq * C, gp->bqkv ? gp->bqkv + Cq : NULL,
+                       dproj + Cq, d->Cp, x, p->wqkv + (size_t)Cq * C, N, C, d->Cp - Cq);
+    rows_gather(s->qr, dproj, d->Cp, mc->rows, S, Cq);
+    linear_backward(s->dxr, gp->wqkv, gp->bqkv, s->qr, s->xr, p->wqkv, S, C, Cq);
+}
+
+/* Gate, output norm and output projection of n rows: out[n,C] from the core
+ * output o[n,C] and x[n,C] (the rows' inputs), into a's first n rows. */
+static void output_forward(const linear_cfg *c, const lf_dims *d, const linear_ptrs *p,
+                           const linear_acts *a, real *out, const real *o, const real *x, int n) {
+    const int C = d->C;
+    const real *y = o;
+    if (d->onorm) {
+        if (d->gated) linear_forward(a->gz, x, p->wgate, NULL, n, C, C);
+        real *yy = d->gated ? a->y : a->on;
+        lf_outnorm_forward(yy, a->on, a->rstd, o, p->onw, a->gz, n, d->H, d->Dv, c->out_norm);
+        y = yy;
+    }
+    linear_forward(out, y, p->wo, p->bo, n, C, C);
+}
+
+/* Backward of output_forward: dO[n,C] = d o (overwritten), d x into dx. */
+static void output_backward(const linear_cfg *c, const lf_dims *d, const linear_ptrs *p,
+                            const linear_ptrs *gp, const linear_acts *a, const linear_scr *s,
+                            real *dO, real *dx, const real *dout, const real *o, const real *x,
+                            int n) {
+    const int C = d->C;
+    const size_t nC = (size_t)n * C;
+    const real *y = d->onorm ? (d->gated ? a->y : a->on) : o;
+    memset(dO, 0, nC * sizeof(real));
+    if (d->onorm) {
+        memset(s->dy, 0, nC * sizeof(real));
+        linear_backward(s->dy, gp->wo, gp->bo, dout, y, p->wo, n, C, C);
+        if (d->gated) memset(s->dgz, 0, nC * sizeof(real));
+        lf_outnorm_backward(dO, gp->onw, s->dgz, s->dy, o, a->on, a->rstd, p->onw, a->gz, n,
+                            d->H, d->Dv, c->out_norm, s->tmp);
+        if (d->gated) linear_backward(dx, gp->wgate, NULL, s->dgz, x, p->wgate, n, C, C);
+    } else {
+        linear_backward(dO, gp->wo, gp->bo, dout, y, p->wo, n, C, C);
+    }
+}
+
 static void linear_forward_mix(const mixer_call *mc, real *out, const real *x) {
     const linear_cfg *c = mc->cfg;
     lf_dims d = lf_dims_of(c, mc->B, mc->T, mc->C);
@@ -325,9 +448,10 @@ static void linear_forward_mix(const mixer_call *mc, real *out, const real *x) {
     linear_scr s;
     linear_acts_at(c, &d, mc->act, &a);
     linear_scr_at(c, &d, mc->scratch, &s);
-    const int N = d.N, C = d.C, H = d.H;
+    const int N = d.N, C = d.C, H = d.H, S = mc->n_rows;
 
-    linear_forward(a.proj, x, p.wqkv, p.bqkv, N, C, d.Cp);
+    if (mc->rows) rows_gather(s.xr, x, C, mc->rows, S, C);
+    qkv_forward(mc, &d, &p, &s, a.proj, x);
     const real *qkv = a.proj;
     if (d.conv) {
         conv1d_causal_forward(a.convd, a.proj, p.convw, NULL, d.B, d.T, d.Cp, d.conv);
@@ -355,14 +479,12 @@ static void linear_forward_mix(const mixer_call *mc, real *out, const real *x) {
         gdelta_forward(a.o, a.save, a.phi, a.phi + d.HF, qkv + 2 * d.Cq, a.beta, a.g, &gd,
                        s.core);
     }
-    const real *y = a.o;
-    if (d.onorm) {
-        if (d.gated) linear_forward(a.gz, x, p.wgate, NULL, N, C, C);
-        real *yy = d.gated ? a.y : a.on;
-        lf_outnorm_forward(yy, a.on, a.rstd, a.o, p.onw, a.gz, N, H, d.Dv, c->out_norm);
-        y = yy;
+    if (mc->rows) {
+        rows_gather(s.orow, a.o, C, mc->rows, S, C);
+        output_forward(c, &d, &p, &a, out, s.orow, s.xr, S);
+    } else {
+        output_forward(c, &d, &p, &a, out, a.o, x, N);
     }
-    linear_forward(out, y, p.wo, p.bo, N, C, C);
 }
 
 static void linear_backward_mix(const mixer_call *mc, real *dx, const real *dout,
@@ -379,18 +501,20 @@ static void linear_backward_mix(const mixer_call *mc, real *dx, const real *dout
     const size_t NC = (size_t)N * C, NP = (size_t)N * 2 * d.HF, NH = (size_t)N * H;
     const real *qkv = d.conv ? a.convd : a.proj;
 
-    /* output projection and norm: dO = d(core output) */
-    const real *y = d.onorm ? (d.gated ? a.y : a.on) : a.o;
-    memset(s.dO, 0, NC * sizeof(real));
-    if (d.onorm) {
-        memset(s.dy, 0, NC * sizeof(real));
-        linear_backward(s.dy, gp.wo, gp.bo, dout, y, p.wo, N, C, C);
-        if (d.gated) memset(s.dgz, 0, NC * sizeof(real));
-        lf_outnorm_backward(s.dO, gp.onw, s.dgz, s.dy, a.o, a.on, a.rstd, p.onw, a.gz, N, H,
-                            d.Dv, c->out_norm, s.tmp);
-        if (d.gated) linear_backward(dx, gp.wgate, NULL, s.dgz, x, p.wgate, N, C, C);
+    /* output projection and norm: dO = d(core output); with rows, from the
+     * rows' dOr, zero elsewhere, and d x of the rows gathered in dxr */
+    if (mc->rows) {
+        const int S = mc->n_rows;
+        rows_gather(s.xr, x, C, mc->rows, S, C);
+        rows_gather(s.orow, a.o, C, mc->rows, S, C);
+        memset(s.dxr, 0, (size_t)S * C * sizeof(real));
+        output_backward(c, &d, &p, &gp, &a, &s, s.dOr, s.dxr, dout, s.orow, s.xr, S);
+        memset(s.dO, 0, NC * sizeof(real));
+        for (int i = 0; i < S; i++)
+            memcpy(s.dO + (size_t)mc->rows[i] * C, s.dOr + (size_t)i * C,
+                   sizeof(real) * (size_t)C);
     } else {
-        linear_backward(s.dO, gp.wo, gp.bo, dout, y, p.wo, N, C, C);
+        output_backward(c, &d, &p, &gp, &a, &s, s.dO, dx, dout, a.o, x, N);
     }
 
     /* the core */
@@ -436,7 +560,8 @@ static void linear_backward_mix(const mixer_call *mc, real *dx, const real *dout
                                d.Cp, d.conv);
         dproj = s.dproj;
     }
-    linear_backward(dx, gp.wqkv, gp.bqkv, dproj, x, p.wqkv, N, C, d.Cp);
+    qkv_backward(mc, &d, &p, &gp, &s, dx, dproj, x);
+    if (mc->rows) rows_scatter_add(dx, s.dxr, mc->rows, mc->n_rows, C);
 }
 
 /* Per head F x Dv (+ F normaliser), plus the short conv's K-1 past rows of
@@ -455,7 +580,7 @@ static long linear_state_size(const void *cfg, int C, int T) {
         .validate = linear_validate, .declare = linear_declare,                                \
         .act_size = linear_act_size, .scratch_size = linear_scratch_size,                      \
         .forward = linear_forward_mix, .backward = linear_backward_mix,                        \
-        .state_size = linear_state_size,                                                       \
+        .state_size = linear_state_size, .out_rows = 1,                                        \
     }
 
 const ml_mixer mixer_linear = LINFAM_MIXER(
