@@ -58,6 +58,12 @@ void linear_forward(real *out, const real *x, const real *w, const real *b, int 
 void linear_backward(real *dx, real *dw, real *db, const real *dout, const real *x,
                      const real *w, int N, int IC, int OC);
 
+/* ---- rows by index ---------------------------------------------------------- */
+/* dst[s, 0:C] = src[rows[s], 0:C] (src row stride ld) for s < S. */
+void rows_gather(real *dst, const real *src, int ld, const int *rows, int S, int C);
+/* dst[rows[s], 0:C] += src[s, 0:C] (both of row width C). */
+void rows_scatter_add(real *dst, const real *src, const int *rows, int S, int C);
+
 /* ---- GELU (exact, erf form, as torch.nn.functional.gelu) ------------------ */
 void gelu_forward(real *out, const real *x, size_t n);
 void gelu_backward(real *dx, const real *dout, const real *x, size_t n);

@@ -333,21 +333,6 @@ static size_t linear_scratch_size(const void *cfg, int B, int T, int C) {
  * state and the core run on every token as before, and the gate, the output
  * norm and the output projection run on the rows. */
 
-/* dst[s] = src[rows[s]] (rows of width C, src row stride ld). */
-static void rows_gather(real *dst, const real *src, int ld, const int *rows, int S, int C) {
-    for (int i = 0; i < S; i++)
-        memcpy(dst + (size_t)i * C, src + (size_t)rows[i] * ld, sizeof(real) * (size_t)C);
-}
-
-/* dst[rows[s]] += src[s] (rows of width C). */
-static void rows_scatter_add(real *dst, const real *src, const int *rows, int S, int C) {
-    for (int i = 0; i < S; i++) {
-        real *d = dst + (size_t)rows[i] * C;
-        const real *r = src + (size_t)i * C;
-        for (int j = 0; j < C; j++) d[j] += r[j];
-    }
-}
-
 /* out[N, n] (row stride ldo) = x[N,C] w[n,C]^T + b[n] (b may be NULL). */
 static void proj_cols_forward(real *out, int ldo, const real *x, const real *w, const real *b,
                               int N, int C, int n) {
@@ -510,9 +495,7 @@ static void linear_backward_mix(const mixer_call *mc, real *dx, const real *dout
         memset(s.dxr, 0, (size_t)S * C * sizeof(real));
         output_backward(c, &d, &p, &gp, &a, &s, s.dOr, s.dxr, dout, s.orow, s.xr, S);
         memset(s.dO, 0, NC * sizeof(real));
-        for (int i = 0; i < S; i++)
-            memcpy(s.dO + (size_t)mc->rows[i] * C, s.dOr + (size_t)i * C,
-                   sizeof(real) * (size_t)C);
+        rows_scatter_add(s.dO, s.dOr, mc->rows, S, C);
     } else {
         output_backward(c, &d, &p, &gp, &a, &s, s.dO, dx, dout, a.o, x, N);
     }

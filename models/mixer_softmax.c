@@ -77,20 +77,6 @@ static softmax_ptrs softmax_unpack(const softmax_cfg *c, real *const *p) {
     return r;
 }
 
-/* dst[s] = src[rows[s]] (rows of width C); with add, dst[rows[s]] += src[s]. */
-static void gather_rows(real *dst, const real *src, const int *rows, int S, int C) {
-    for (int s = 0; s < S; s++)
-        memcpy(dst + (size_t)s * C, src + (size_t)rows[s] * C, sizeof(real) * (size_t)C);
-}
-
-static void scatter_add_rows(real *dst, const real *src, const int *rows, int S, int C) {
-    for (int s = 0; s < S; s++) {
-        real *d = dst + (size_t)rows[s] * C;
-        const real *r = src + (size_t)s * C;
-        for (int i = 0; i < C; i++) d[i] += r[i];
-    }
-}
-
 /* The regions of one rows call (layouts above). */
 typedef struct softmax_rows_bufs {
     real *kv, *q, *att, *o;            /* act */
@@ -120,7 +106,7 @@ static void softmax_rows_forward(const mixer_call *mc, real *out, const real *x)
     softmax_rows_bufs r = softmax_rows_at(mc);
     /* wqkv is [q; k; v] blocks of C rows: k and v for every token, q for the rows */
     linear_forward(r.kv, x, p.wqkv + (size_t)C * C, p.bqkv ? p.bqkv + C : NULL, N, C, 2 * C);
-    gather_rows(r.xr, x, mc->rows, S, C);
+    rows_gather(r.xr, x, C, mc->rows, S, C);
     linear_forward(r.q, r.xr, p.wqkv, p.bqkv, S, C, C);
     attention_rows_forward(r.o, r.att, r.q, r.kv, mc->rows, S, B, T, H, C / H, c->window);
     linear_forward(out, r.o, p.wo, p.bo, S, C, C);
@@ -140,10 +126,10 @@ static void softmax_rows_backward(const mixer_call *mc, real *dx, const real *do
                             c->window, mc->scratch);
     linear_backward(dx, g.wqkv + (size_t)C * C, g.bqkv ? g.bqkv + C : NULL, r.dkv, x,
                     p.wqkv + (size_t)C * C, N, C, 2 * C);
-    gather_rows(r.xr, x, mc->rows, S, C);
+    rows_gather(r.xr, x, C, mc->rows, S, C);
     memset(r.dxr, 0, sizeof(real) * (size_t)S * C);
     linear_backward(r.dxr, g.wqkv, g.bqkv, r.dq, r.xr, p.wqkv, S, C, C);
-    scatter_add_rows(dx, r.dxr, mc->rows, S, C);
+    rows_scatter_add(dx, r.dxr, mc->rows, S, C);
 }
 
 static void softmax_forward(const mixer_call *mc, real *out, const real *x) {

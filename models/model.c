@@ -412,12 +412,6 @@ static int head_rows(ml_model *m, const int *target, int N) {
     return S;
 }
 
-/* dst[s] = src[rows[s]] for s < S (rows of width C). */
-static void gather_rows(real *dst, const real *src, const int *rows, int S, int C) {
-    for (int s = 0; s < S; s++)
-        memcpy(dst + (size_t)s * C, src + (size_t)rows[s] * C, sizeof(real) * (size_t)C);
-}
-
 /* The MLP half of a block on n rows: xnext = xmid + W2 GELU(W1 Norm2(xmid)). */
 static void mlp_forward(ml_model *m, ml_layer *L, real *xnext, int n) {
     const model_config *c = &m->cfg;
@@ -492,10 +486,10 @@ double model_forward(ml_model *m, const int *input, const int *target, int B, in
             /* xm[s] = x[rows[s]] + mixer output at rows[s] */
             const real *mo = h->mix_out;
             if (!m->mixer->out_rows) {
-                gather_rows(h->rows, h->mix_out, m->rows, S, C);
+                rows_gather(h->rows, h->mix_out, C, m->rows, S, C);
                 mo = h->rows;
             }
-            gather_rows(xm, L->x, m->rows, S, C);
+            rows_gather(xm, L->x, C, m->rows, S, C);
             for (size_t i = 0; i < (size_t)S * C; i++) xm[i] += mo[i];
             n = S;
         } else {
@@ -511,7 +505,7 @@ double model_forward(ml_model *m, const int *input, const int *target, int B, in
      * last block already left in order in nf when it ran on them. */
     const real *rows = h->nf;
     if (!m->full_head && !on_rows) {
-        gather_rows(h->rows, h->nf, m->rows, S, C);
+        rows_gather(h->rows, h->nf, C, m->rows, S, C);
         rows = h->rows;
     }
     const real *head = c->tie_embeddings ? tensor(m, "wte", 0) : tensor(m, "lm_head", 0);
@@ -575,9 +569,7 @@ void model_backward(ml_model *m) {
     if (!m->full_head && !on_rows) {
         /* the final norm ran on every row: scatter the head rows back */
         memset(h->d_a, 0, sizeof(real) * (size_t)N * C);
-        for (int s = 0; s < S; s++)
-            memcpy(h->d_a + (size_t)m->rows[s] * C, h->d_b + (size_t)s * C,
-                   sizeof(real) * (size_t)C);
+        rows_scatter_add(h->d_a, h->d_b, m->rows, S, C);
         d_nf = h->d_a;
         nf_rows = N;
     }
@@ -597,9 +589,7 @@ void model_backward(ml_model *m) {
             /* dtop is d x_{l+1} at the head rows; the MLP makes it d xmid */
             if (c->mlp) mlp_backward(m, L, dtop, S);
             memset(dres, 0, sizeof(real) * (size_t)N * C);
-            for (int s = 0; s < S; s++)
-                memcpy(dres + (size_t)m->rows[s] * C, dtop + (size_t)s * C,
-                       sizeof(real) * (size_t)C);
+            rows_scatter_add(dres, dtop, m->rows, S, C);
             if (m->mixer->out_rows) {
                 mc.rows = m->rows;
                 mc.n_rows = S;

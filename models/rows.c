@@ -1,0 +1,20 @@
+/* rows.c: gathering and scattering rows by index, for the layers that run on
+ * a subset of positions (the last block under a head that reads a few rows:
+ * model.c, mixer_softmax.c, mixer_linear.c). */
+#include <string.h>
+
+#include "kernels.h"
+
+void rows_gather(real *dst, const real *src, int ld, const int *rows, int S, int C) {
+    for (int i = 0; i < S; i++)
+        memcpy(dst + (size_t)i * C, src + (size_t)rows[i] * ld, sizeof(real) * (size_t)C);
+}
+
+void rows_scatter_add(real *dst, const real *src, const int *rows, int S, int C) {
+    for (int i = 0; i < S; i++) {
+        real *d = dst + (size_t)rows[i] * C;
+        const real *r = src + (size_t)i * C;
+#pragma omp simd
+        for (int j = 0; j < C; j++) d[j] += r[j];
+    }
+}
