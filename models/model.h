@@ -11,7 +11,10 @@
  * checkpoint one write). Activations for the largest batch are one more
  * allocation made at build time; forward and backward never allocate.
  * By default the LM head runs only at supervised positions (full_head = 0):
- * the loss is the same, the cost is N/L of the full head on recall tasks. */
+ * the loss is the same, the cost is N/L of the full head on recall tasks. The
+ * last block then runs on those rows too (residual, MLP, final norm; the
+ * mixer on them alone when it has out_rows), since nothing downstream reads
+ * the others. */
 #ifndef MEMLAB_MODEL_H
 #define MEMLAB_MODEL_H
 
