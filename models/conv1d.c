@@ -5,16 +5,143 @@
  * the token K-1-j steps back, with zeros before t = 0 (torch Conv1d with
  * groups=C, padding=K-1, first T outputs). K is a handful (3-4), so plain loops
  * beat any GEMM lowering. Whether the model uses the conv, and its init, is
- * the model's business. */
+ * the model's business.
+ *
+ * The fast path works on blocks of CONV_CB channels: the block's taps are
+ * copied tap-major so that the inner loops run over contiguous channels (they
+ * vectorise), the weight and bias gradients of the block are summed in local
+ * arrays and added once, and the blocks are shared among memlab's threads
+ * (parallel.h). A channel's outputs and gradients are computed by one thread
+ * in a fixed order, so the numbers do not depend on the thread count. The
+ * naive loops (*_ref) stay as the oracle. */
 #include <stddef.h>
+#include <string.h>
 
 #include "kernels.h"
+#include "parallel.h"
+
+/* Channels per block: one 512-bit vector of floats. */
+#define CONV_CB 16
+/* Taps the blocked path holds locally (model.conv allows up to 64). */
+#define CONV_KMAX 64
+/* Fewest multiply-adds per thread worth a parallel region. */
+#define CONV_MIN_WORK (1L << 18)
+
+typedef struct conv_call {
+    real *out, *dx, *dw, *dbias;
+    const real *x, *w, *bias, *dout;
+    int B, T, C, K;
+} conv_call;
+
+/* Tap-major copy of channels [c0, c0 + n) of w[C,K]: wt[j][c]. */
+static void conv_taps(real wt[][CONV_CB], const real *w, int c0, int n, int K) {
+    for (int j = 0; j < K; j++)
+        for (int c = 0; c < n; c++) wt[j][c] = w[(size_t)(c0 + c) * K + j];
+}
+
+/* Forward of the channel blocks [u0, u1). */
+static void conv_fwd_range(void *ctx, int u0, int u1, int slot) {
+    (void)slot;
+    const conv_call *k = ctx;
+    const int T = k->T, C = k->C, K = k->K;
+    real wt[CONV_KMAX][CONV_CB];
+    for (int u = u0; u < u1; u++) {
+        int c0 = u * CONV_CB, n = C - c0 < CONV_CB ? C - c0 : CONV_CB;
+        conv_taps(wt, k->w, c0, n, K);
+        for (int b = 0; b < k->B; b++) {
+            const real *xb = k->x + (size_t)b * T * C + c0;
+            real *ob = k->out + (size_t)b * T * C + c0;
+            for (int t = 0; t < T; t++) {
+                real *o = ob + (size_t)t * C;
+                for (int c = 0; c < n; c++) o[c] = k->bias ? k->bias[c0 + c] : 0;
+                int j0 = K - 1 - t > 0 ? K - 1 - t : 0;
+                for (int j = j0; j < K; j++) {
+                    const real *xs = xb + (size_t)(t - (K - 1) + j) * C;
+#pragma omp simd
+                    for (int c = 0; c < n; c++) o[c] += wt[j][c] * xs[c];
+                }
+            }
+        }
+    }
+}
+
+/* Backward of the channel blocks [u0, u1). */
+static void conv_bwd_range(void *ctx, int u0, int u1, int slot) {
+    (void)slot;
+    const conv_call *k = ctx;
+    const int T = k->T, C = k->C, K = k->K;
+    real wt[CONV_KMAX][CONV_CB], gw[CONV_KMAX][CONV_CB], gb[CONV_CB];
+    for (int u = u0; u < u1; u++) {
+        int c0 = u * CONV_CB, n = C - c0 < CONV_CB ? C - c0 : CONV_CB;
+        conv_taps(wt, k->w, c0, n, K);
+        memset(gw, 0, sizeof gw);
+        memset(gb, 0, sizeof gb);
+        for (int b = 0; b < k->B; b++) {
+            const real *xb = k->x + (size_t)b * T * C + c0;
+            const real *db = k->dout + (size_t)b * T * C + c0;
+            real *dxb = k->dx ? k->dx + (size_t)b * T * C + c0 : NULL;
+            for (int t = 0; t < T; t++) {
+                const real *d = db + (size_t)t * C;
+#pragma omp simd
+                for (int c = 0; c < n; c++) gb[c] += d[c];
+                int j0 = K - 1 - t > 0 ? K - 1 - t : 0;
+                for (int j = j0; j < K; j++) {
+                    size_t s = (size_t)(t - (K - 1) + j) * C;
+                    if (dxb) {
+#pragma omp simd
+                        for (int c = 0; c < n; c++) dxb[s + c] += wt[j][c] * d[c];
+                    }
+#pragma omp simd
+                    for (int c = 0; c < n; c++) gw[j][c] += d[c] * xb[s + c];
+                }
+            }
+        }
+        if (k->dw)
+            for (int c = 0; c < n; c++)
+                for (int j = 0; j < K; j++) k->dw[(size_t)(c0 + c) * K + j] += gw[j][c];
+        if (k->dbias)
+            for (int c = 0; c < n; c++) k->dbias[c0 + c] += gb[c];
+    }
+}
+
+/* Run fn over the channel blocks, one range of blocks per thread. */
+static void conv_run(conv_call *k, void (*fn)(void *, int, int, int)) {
+    int blocks = (k->C + CONV_CB - 1) / CONV_CB;
+    double work = (double)k->B * k->T * k->C * k->K;
+    ml_par_ranges(blocks, ml_par_threads(blocks, work, CONV_MIN_WORK), fn, k);
+}
 
 /* out[b,t,c] = bias[c] + sum_{j<K, s=t-(K-1)+j >= 0} w[c,j] x[b,s,c].
  * x,out [B,T,C]; w [C,K]; bias [C] or NULL. out is overwritten and must not
  * alias x. T < K is fine: the missing past is zero. */
 void conv1d_causal_forward(real *out, const real *x, const real *w, const real *bias,
                            int B, int T, int C, int K) {
+    if (K > CONV_KMAX) {
+        conv1d_causal_forward_ref(out, x, w, bias, B, T, C, K);
+        return;
+    }
+    conv_call k = {.out = out, .x = x, .w = w, .bias = bias, .B = B, .T = T, .C = C, .K = K};
+    conv_run(&k, conv_fwd_range);
+}
+
+/* dx[b,s,c] += sum_j w[c,j] dout[b, s+(K-1)-j, c]; dw[c,j] += sum_{b,t}
+ * dout[b,t,c] x[b, t-(K-1)+j, c]; dbias[c] += sum_{b,t} dout[b,t,c], with
+ * out-of-range times dropped. Any gradient may be NULL. */
+void conv1d_causal_backward(real *dx, real *dw, real *dbias, const real *dout,
+                            const real *x, const real *w, int B, int T, int C, int K) {
+    if (K > CONV_KMAX) {
+        conv1d_causal_backward_ref(dx, dw, dbias, dout, x, w, B, T, C, K);
+        return;
+    }
+    conv_call k = {.dx = dx, .dw = dw, .dbias = dbias, .dout = dout, .x = x, .w = w,
+                   .B = B, .T = T, .C = C, .K = K};
+    conv_run(&k, conv_bwd_range);
+}
+
+/* Naive forward, oracle of conv1d_causal_forward: the definition, channel by
+ * channel in the tap layout of w. */
+void conv1d_causal_forward_ref(real *out, const real *x, const real *w, const real *bias,
+                               int B, int T, int C, int K) {
     for (int b = 0; b < B; b++) {
         const real *xb = x + (size_t)b * T * C;
         real *ob = out + (size_t)b * T * C;
@@ -31,11 +158,9 @@ void conv1d_causal_forward(real *out, const real *x, const real *w, const real *
     }
 }
 
-/* dx[b,s,c] += sum_j w[c,j] dout[b, s+(K-1)-j, c]; dw[c,j] += sum_{b,t}
- * dout[b,t,c] x[b, t-(K-1)+j, c]; dbias[c] += sum_{b,t} dout[b,t,c], with
- * out-of-range times dropped. Any gradient may be NULL. */
-void conv1d_causal_backward(real *dx, real *dw, real *dbias, const real *dout,
-                            const real *x, const real *w, int B, int T, int C, int K) {
+/* Naive backward, oracle of conv1d_causal_backward. */
+void conv1d_causal_backward_ref(real *dx, real *dw, real *dbias, const real *dout,
+                                const real *x, const real *w, int B, int T, int C, int K) {
     for (int b = 0; b < B; b++) {
         const real *xb = x + (size_t)b * T * C;
         const real *db = dout + (size_t)b * T * C;

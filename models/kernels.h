@@ -76,6 +76,11 @@ void conv1d_causal_forward(real *out, const real *x, const real *w, const real *
                            int B, int T, int C, int K);
 void conv1d_causal_backward(real *dx, real *dw, real *dbias, const real *dout,
                             const real *x, const real *w, int B, int T, int C, int K);
+/* naive loop references with the same contract */
+void conv1d_causal_forward_ref(real *out, const real *x, const real *w, const real *bias,
+                               int B, int T, int C, int K);
+void conv1d_causal_backward_ref(real *dx, real *dw, real *dbias, const real *dout,
+                                const real *x, const real *w, int B, int T, int C, int K);
 
 /* ---- masked cross-entropy ------------------------------------------------ */
 /* Rows whose target is < 0 are ignored (no loss, no gradient).

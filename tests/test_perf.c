@@ -471,6 +471,46 @@ static void test_norm_threads(void) {
     free(x), free(w), free(b), free(dout);
 }
 
+/* The blocked causal conv against its naive reference (channel counts that
+ * are not a multiple of the block, K 1 to 5, T shorter than K; backward on a
+ * prefill, the increments compared), and bitwise between 1 and 2 threads. */
+static void test_conv1d_fast(void) {
+    static const int shapes[][4] = {{2, 9, 3, 4}, {3, 40, 37, 4}, {2, 3, 16, 5},
+                                    {64, 20, 64, 4}, {5, 17, 70, 1}, {4, 2, 33, 3}};
+    int old = openblas_get_num_threads();
+    for (size_t k = 0; k < sizeof shapes / sizeof shapes[0]; k++) {
+        int B = shapes[k][0], T = shapes[k][1], C = shapes[k][2], K = shapes[k][3];
+        size_t n = (size_t)B * T * C, nw = (size_t)C * K;
+        double *x = dfilled(n, 201 + k, -1, 1), *w = dfilled(nw, 202 + k, -1, 1);
+        double *bias = dfilled((size_t)C, 203 + k, -1, 1), *dout = dfilled(n, 204 + k, -1, 1);
+        double *out[3], *dx[3], *dw[3], *db[3];
+        for (int r = 0; r < 3; r++) { /* r 0: reference; 1, 2: fast on r threads */
+            out[r] = dalloc(n);
+            dx[r] = dfilled(n, 205, -1, 1), dw[r] = dfilled(nw, 206, -1, 1);
+            db[r] = dfilled((size_t)C, 207, -1, 1);
+            if (r == 0) {
+                conv1d_causal_forward_ref(out[r], x, w, bias, B, T, C, K);
+                conv1d_causal_backward_ref(dx[r], dw[r], db[r], dout, x, w, B, T, C, K);
+                continue;
+            }
+            threads_set(r);
+            conv1d_causal_forward(out[r], x, w, bias, B, T, C, K);
+            conv1d_causal_backward(dx[r], dw[r], db[r], dout, x, w, B, T, C, K);
+        }
+        threads_set(old);
+        double eo = max_rel_diff(out[1], out[0], n), ex = max_rel_diff(dx[1], dx[0], n);
+        double ew = max_rel_diff(dw[1], dw[0], nw), eb = max_rel_diff(db[1], db[0], (size_t)C);
+        CHECK(eo <= 1e-14 && ex <= 1e-14 && ew <= 1e-12 && eb <= 1e-12,
+              "conv B%d T%d C%d K%d: fast vs ref out %.3g dx %.3g dw %.3g db %.3g", B, T, C, K,
+              eo, ex, ew, eb);
+        CHECK(bits_differ(out[1], out[2], n) == 0 && bits_differ(dx[1], dx[2], n) == 0 &&
+                  bits_differ(dw[1], dw[2], nw) == 0 && bits_differ(db[1], db[2], (size_t)C) == 0,
+              "conv B%d T%d C%d K%d: 1 and 2 threads differ", B, T, C, K);
+        for (int r = 0; r < 3; r++) free(out[r]), free(dx[r]), free(dw[r]), free(db[r]);
+        free(x), free(w), free(bias), free(dout);
+    }
+}
+
 /* AdamW bitwise and the gradient norm to rounding, 2 threads against 1 and
  * against the sum written out here. */
 static void test_optimiser_threads(void) {
@@ -779,6 +819,7 @@ const test_case tests_perf[] = {
     {"perf/gdelta_threads", test_gdelta_threads},
     {"perf/linear_threads", test_linear_threads},
     {"perf/norm_threads", test_norm_threads},
+    {"perf/conv1d_fast_matches_ref", test_conv1d_fast},
     {"perf/optimiser_threads", test_optimiser_threads},
     {"perf/embedding_threads", test_embedding_threads},
     {"perf/model_threads", test_model_threads},
