@@ -169,10 +169,13 @@ static void key_text(const run_config *cfg, const char *dotted, char *buf, size_
     }
 }
 
-/* Visible query-key pairs of one causal sequence of T with window w (0 = all). */
+/* Keys query i sees with window w (0 = all earlier ones and itself). */
+static int visible_keys(int i, int w) { return w > 0 && w < i + 1 ? w : i + 1; }
+
+/* Visible query-key pairs of one causal sequence of T with window w. */
 static double visible_pairs(int T, int w) {
     double P = 0;
-    for (int i = 0; i < T; i++) P += w > 0 && w < i + 1 ? w : i + 1;
+    for (int i = 0; i < T; i++) P += visible_keys(i, w);
     return P;
 }
 
@@ -186,10 +189,7 @@ static double softmax_flops(const run_config *cfg, int B, int T) {
 /* Visible query-key pairs of the queries at rows[S] (positions b*T + t). */
 static double visible_pairs_rows(const int *rows, int S, int T, int w) {
     double P = 0;
-    for (int s = 0; s < S; s++) {
-        int i = rows[s] % T;
-        P += w > 0 && w < i + 1 ? w : i + 1;
-    }
+    for (int s = 0; s < S; s++) P += visible_keys(rows[s] % T, w);
     return P;
 }
 

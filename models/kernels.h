@@ -57,6 +57,12 @@ void linear_forward(real *out, const real *x, const real *w, const real *b, int 
 /* dx[N,IC] += dout w; dw[OC,IC] += dout^T x; db[OC] += colsum(dout). */
 void linear_backward(real *dx, real *dw, real *db, const real *dout, const real *x,
                      const real *w, int N, int IC, int OC);
+/* The same on columns of wider arrays: out's (dout's) rows ldo (ldd) >= OC
+ * apart, e.g. one block of a fused projection. */
+void linear_forward_ld(real *out, int ldo, const real *x, const real *w, const real *b, int N,
+                       int IC, int OC);
+void linear_backward_ld(real *dx, real *dw, real *db, const real *dout, int ldd, const real *x,
+                        const real *w, int N, int IC, int OC);
 
 /* ---- rows by index ---------------------------------------------------------- */
 /* dst[s, 0:C] = src[rows[s], 0:C] (src row stride ld) for s < S. */
@@ -142,7 +148,8 @@ void attention_rows_backward(real *dq, real *dkv, const real *dout, const real *
                              int T, int H, int D, int window, real *scratch);
 /* Query-key pairs the rows kernel's GEMMs compute (FLOP accounting). */
 double attention_rows_band_pairs(const int *rows, int S, int T, int window);
-/* naive loop references with the same contract. */
+/* references with the same contract: the naive full attention read at the
+ * rows (they allocate; tests only). */
 void attention_rows_forward_ref(real *out, real *att, const real *q, const real *kv,
                                 const int *rows, int S, int B, int T, int H, int D,
                                 int window);

@@ -15,18 +15,27 @@
  * (old contents, even NaN, never leak in) and must not alias x or w. */
 void linear_forward(real *out, const real *x, const real *w, const real *b, int N, int IC,
                     int OC) {
+    linear_forward_ld(out, OC, x, w, b, N, IC, OC);
+}
+
+/* The same with out's rows ldo >= OC apart (columns of a wider array). */
+void linear_forward_ld(real *out, int ldo, const real *x, const real *w, const real *b, int N,
+                       int IC, int OC) {
     if (N <= 0 || OC <= 0) return;
     real beta = 0;
-    if (b) {
-        /* seed out with the bias so the whole layer is one GEMM with beta = 1 */
-        for (int i = 0; i < N; i++) memcpy(out + (size_t)i * OC, b, sizeof(real) * (size_t)OC);
+    if (b || IC <= 0) {
+        /* seed out with the bias so the whole layer is one GEMM with beta = 1
+         * (zeros when an empty reduction leaves nothing else to write) */
+        for (int i = 0; i < N; i++) {
+            real *o = out + (size_t)i * ldo;
+            if (b) memcpy(o, b, sizeof(real) * (size_t)OC);
+            else memset(o, 0, sizeof(real) * (size_t)OC);
+        }
         beta = 1;
-    } else if (IC <= 0) {
-        memset(out, 0, sizeof(real) * (size_t)N * OC);
     }
     /* BLAS rejects leading dimensions of 0, so an empty reduction stops here */
     if (IC <= 0) return;
-    ml_gemm(0, 1, N, OC, IC, 1, x, IC, w, IC, beta, out, OC);
+    ml_gemm(0, 1, N, OC, IC, 1, x, IC, w, IC, beta, out, ldo);
 }
 
 /* dx[N,IC] += dout[N,OC] w[OC,IC]; dw[OC,IC] += dout^T x; db[OC] += column sums
@@ -34,13 +43,19 @@ void linear_forward(real *out, const real *x, const real *w, const real *b, int 
  * what makes the backward accumulate. */
 void linear_backward(real *dx, real *dw, real *db, const real *dout, const real *x,
                      const real *w, int N, int IC, int OC) {
+    linear_backward_ld(dx, dw, db, dout, OC, x, w, N, IC, OC);
+}
+
+/* The same with dout's rows ldd >= OC apart. */
+void linear_backward_ld(real *dx, real *dw, real *db, const real *dout, int ldd, const real *x,
+                        const real *w, int N, int IC, int OC) {
     if (N <= 0 || OC <= 0) return;
-    if (dx && IC > 0) ml_gemm(0, 0, N, IC, OC, 1, dout, OC, w, IC, 1, dx, IC);
-    if (dw && IC > 0) ml_gemm(1, 0, OC, IC, N, 1, dout, OC, x, IC, 1, dw, IC);
+    if (dx && IC > 0) ml_gemm(0, 0, N, IC, OC, 1, dout, ldd, w, IC, 1, dx, IC);
+    if (dw && IC > 0) ml_gemm(1, 0, OC, IC, N, 1, dout, ldd, x, IC, 1, dw, IC);
     if (db) {
         /* row-outer keeps the reads of dout sequential */
         for (int i = 0; i < N; i++) {
-            const real *d = dout + (size_t)i * OC;
+            const real *d = dout + (size_t)i * ldd;
 #pragma omp simd
             for (int o = 0; o < OC; o++) db[o] += d[o];
         }

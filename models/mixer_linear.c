@@ -333,29 +333,6 @@ static size_t linear_scratch_size(const void *cfg, int B, int T, int C) {
  * state and the core run on every token as before, and the gate, the output
  * norm and the output projection run on the rows. */
 
-/* out[N, n] (row stride ldo) = x[N,C] w[n,C]^T + b[n] (b may be NULL). */
-static void proj_cols_forward(real *out, int ldo, const real *x, const real *w, const real *b,
-                              int N, int C, int n) {
-    for (int i = 0; i < N; i++) {
-        real *o = out + (size_t)i * ldo;
-        if (b) memcpy(o, b, sizeof(real) * (size_t)n);
-        else memset(o, 0, sizeof(real) * (size_t)n);
-    }
-    ml_gemm(0, 1, N, n, C, 1, x, C, w, C, 1, out, ldo);
-}
-
-/* Backward of proj_cols_forward: dx += dout w, dw += dout^T x, db += sums. */
-static void proj_cols_backward(real *dx, real *dw, real *db, const real *dout, int ldd,
-                               const real *x, const real *w, int N, int C, int n) {
-    ml_gemm(0, 0, N, C, n, 1, dout, ldd, w, C, 1, dx, C);
-    ml_gemm(1, 0, n, C, N, 1, dout, ldd, x, C, 1, dw, C);
-    if (db)
-        for (int i = 0; i < N; i++) {
-            const real *g = dout + (size_t)i * ldd;
-            for (int j = 0; j < n; j++) db[j] += g[j];
-        }
-}
-
 /* The qkv projection: every column for every token, or with rows (and no
  * short conv) k and v for every token and q for the rows, zero elsewhere. */
 static void qkv_forward(const mixer_call *mc, const lf_dims *d, const linear_ptrs *p,
@@ -365,8 +342,8 @@ static void qkv_forward(const mixer_call *mc, const lf_dims *d, const linear_ptr
         linear_forward(proj, x, p->wqkv, p->bqkv, N, C, d->Cp);
         return;
     }
-    proj_cols_forward(proj + Cq, d->Cp, x, p->wqkv + (size_t)Cq * C, p->bqkv ? p->bqkv + Cq : NULL,
-                      N, C, d->Cp - Cq);
+    linear_forward_ld(proj + Cq, d->Cp, x, p->wqkv + (size_t)Cq * C,
+                      p->bqkv ? p->bqkv + Cq : NULL, N, C, d->Cp - Cq);
     linear_forward(s->qr, s->xr, p->wqkv, p->bqkv, S, C, Cq);
     for (int i = 0; i < N; i++) memset(proj + (size_t)i * d->Cp, 0, sizeof(real) * (size_t)Cq);
     for (int i = 0; i < S; i++)
@@ -383,7 +360,7 @@ static void qkv_backward(const mixer_call *mc, const lf_dims *d, const linear_pt
         linear_backward(dx, gp->wqkv, gp->bqkv, dproj, x, p->wqkv, N, C, d->Cp);
         return;
     }
-    proj_cols_backward(dx, gp->wqkv + (size_t)Cq * C, gp->bqkv ? gp->bqkv + Cq : NULL,
+    linear_backward_ld(dx, gp->wqkv + (size_t)Cq * C, gp->bqkv ? gp->bqkv + Cq : NULL,
                        dproj + Cq, d->Cp, x, p->wqkv + (size_t)Cq * C, N, C, d->Cp - Cq);
     rows_gather(s->qr, dproj, d->Cp, mc->rows, S, Cq);
     linear_backward(s->dxr, gp->wqkv, gp->bqkv, s->qr, s->xr, p->wqkv, S, C, Cq);

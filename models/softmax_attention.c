@@ -23,6 +23,7 @@
  * keys and values of every token, queries and outputs of those rows. */
 #include <math.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "fastexp.h"
@@ -345,78 +346,70 @@ void attention_rows_backward(real *dq, real *dkv, const real *dout, const real *
     attr_run(&c);
 }
 
-/* Naive rows forward: the definition, one query and one key at a time. */
+/* The rows references: the naive full attention on a packed qkv made of the
+ * rows' queries (zero elsewhere) and every token's keys and values, read at
+ * the rows. They allocate (they are oracles for tests, not kernels) and
+ * abort when they cannot. */
+
+/* A zeroed packed qkv [B,T,3,H,D] with q at the rows and k, v everywhere. */
+static real *rows_ref_pack(const real *q, const real *kv, const int *rows, int S, int N,
+                           int HD) {
+    real *qkv = calloc((size_t)N * 3 * HD, sizeof(real));
+    if (!qkv) abort();
+    for (int i = 0; i < N; i++)
+        memcpy(qkv + (size_t)i * 3 * HD + HD, kv + (size_t)i * 2 * HD, sizeof(real) * 2 * HD);
+    for (int s = 0; s < S; s++)
+        memcpy(qkv + (size_t)rows[s] * 3 * HD, q + (size_t)s * HD, sizeof(real) * HD);
+    return qkv;
+}
+
 void attention_rows_forward_ref(real *out, real *att, const real *q, const real *kv,
                                 const int *rows, int S, int B, int T, int H, int D,
                                 int window) {
-    (void)B;
-    const int ldk = 2 * H * D;
-    const real scale = RSQRT((real)D);
+    const int N = B * T, HD = H * D;
+    real *qkv = rows_ref_pack(q, kv, rows, S, N, HD);
+    real *o = malloc(sizeof(real) * (size_t)N * HD);
+    real *a = malloc(sizeof(real) * (size_t)B * H * T * T);
+    if (!o || !a) abort();
+    attention_forward_ref(o, a, qkv, B, T, H, D, window);
+    rows_gather(out, o, HD, rows, S, HD);
     for (int s = 0; s < S; s++)
         for (int h = 0; h < H; h++) {
-            int b = rows[s] / T, i = rows[s] % T, lo = att_lo(i, window);
-            const real *qs = q + ((size_t)s * H + h) * D;
-            real *a = att + ((size_t)h * S + s) * T;
-            real *o = out + ((size_t)s * H + h) * D;
-            real mx = 0;
-            for (int j = 0; j < T; j++) {
-                a[j] = 0;
-                if (j < lo || j > i) continue;
-                const real *k = kv + ((size_t)b * T + j) * ldk + h * D;
-                real sc = 0;
-                for (int d = 0; d < D; d++) sc += qs[d] * k[d];
-                a[j] = sc * scale;
-                if (j == lo || a[j] > mx) mx = a[j];
-            }
-            real sum = 0;
-            for (int j = lo; j <= i; j++) {
-                a[j] = REXP(a[j] - mx);
-                sum += a[j];
-            }
-            for (int j = lo; j <= i; j++) a[j] /= sum;
-            for (int d = 0; d < D; d++) o[d] = 0;
-            for (int j = lo; j <= i; j++) {
-                const real *v = kv + ((size_t)b * T + j) * ldk + H * D + h * D;
-                for (int d = 0; d < D; d++) o[d] += a[j] * v[d];
-            }
+            int b = rows[s] / T, t = rows[s] % T;
+            memcpy(att + ((size_t)h * S + s) * T, a + (((size_t)b * H + h) * T + t) * T,
+                   sizeof(real) * (size_t)T);
         }
+    free(qkv), free(o), free(a);
 }
 
-/* Naive rows backward, oracle of attention_rows_backward. */
 void attention_rows_backward_ref(real *dq, real *dkv, const real *dout, const real *q,
                                  const real *kv, const real *att, const int *rows, int S,
                                  int B, int T, int H, int D, int window) {
-    (void)B;
-    const int ldk = 2 * H * D;
-    const real scale = RSQRT((real)D);
-    for (int s = 0; s < S; s++)
-        for (int h = 0; h < H; h++) {
-            int b = rows[s] / T, i = rows[s] % T, lo = att_lo(i, window);
-            const real *qs = q + ((size_t)s * H + h) * D;
-            real *dqs = dq + ((size_t)s * H + h) * D;
-            const real *a = att + ((size_t)h * S + s) * T;
-            const real *g = dout + ((size_t)s * H + h) * D;
-            real dot = 0;
-            for (int j = lo; j <= i; j++) {
-                const real *v = kv + ((size_t)b * T + j) * ldk + H * D + h * D;
-                real dp = 0;
-                for (int d = 0; d < D; d++) dp += g[d] * v[d];
-                dot += dp * a[j];
-            }
-            for (int j = lo; j <= i; j++) {
-                size_t row = ((size_t)b * T + j) * ldk;
-                const real *k = kv + row + h * D, *v = kv + row + H * D + h * D;
-                real *dk = dkv + row + h * D, *dv = dkv + row + H * D + h * D;
-                real dp = 0;
-                for (int d = 0; d < D; d++) dp += g[d] * v[d];
-                real ds = a[j] * (dp - dot) * scale;
-                for (int d = 0; d < D; d++) {
-                    dv[d] += a[j] * g[d];
-                    dqs[d] += ds * k[d];
-                    dk[d] += ds * qs[d];
-                }
-            }
-        }
+    const int N = B * T, HD = H * D;
+    real *qkv = rows_ref_pack(q, kv, rows, S, N, HD);
+    real *a = calloc((size_t)B * H * T * T, sizeof(real));
+    real *g = calloc((size_t)N * HD, sizeof(real));
+    real *dqkv = calloc((size_t)N * 3 * HD, sizeof(real));
+    if (!a || !g || !dqkv) abort();
+    for (int s = 0; s < S; s++) {
+        int b = rows[s] / T, t = rows[s] % T;
+        memcpy(g + (size_t)rows[s] * HD, dout + (size_t)s * HD, sizeof(real) * HD);
+        for (int h = 0; h < H; h++)
+            memcpy(a + (((size_t)b * H + h) * T + t) * T, att + ((size_t)h * S + s) * T,
+                   sizeof(real) * (size_t)T);
+    }
+    attention_backward_ref(dqkv, g, qkv, a, B, T, H, D, window);
+    for (int s = 0; s < S; s++) {
+        real *d = dq + (size_t)s * HD;
+        const real *r = dqkv + (size_t)rows[s] * 3 * HD;
+        for (int c = 0; c < HD; c++) d[c] += r[c];
+    }
+    for (int i = 0; i < N; i++) {
+        real *d = dkv + (size_t)i * 2 * HD;
+        const real *r = dqkv + (size_t)i * 3 * HD + HD;
+        for (int c = 0; c < 2 * HD; c++) d[c] += r[c];
+    }
+    free(qkv), free(a), free(g), free(dqkv);
 }
 
 /* Naive forward: one query, one key at a time, straight from the definition.
