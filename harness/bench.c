@@ -339,39 +339,49 @@ static double rss_peak_mib(void) {
     return peak_rss_mib();
 }
 
+/* The operands of the SGEMM reference, filled once per benchmark. */
+typedef struct sgemm_bufs {
+    float *a, *b, *c;
+} sgemm_bufs;
+
+static int sgemm_bufs_make(sgemm_bufs *m, ml_error *e) {
+    size_t n = (size_t)SGEMM_N * SGEMM_N;
+    m->a = malloc(n * sizeof(float));
+    m->b = malloc(n * sizeof(float));
+    m->c = malloc(n * sizeof(float));
+    if (!m->a || !m->b || !m->c) return ML_FAIL(e, "out of memory for the SGEMM measurement");
+    for (size_t i = 0; i < n; i++) {
+        m->a[i] = (float)((i * 7 % 13) - 6) / 8.0f;
+        m->b[i] = (float)((i * 5 % 11) - 5) / 8.0f;
+    }
+    return 0;
+}
+
+static void sgemm_bufs_free(sgemm_bufs *m) {
+    free(m->a), free(m->b), free(m->c);
+    memset(m, 0, sizeof *m);
+}
+
 /* OpenBLAS SGEMM 1024^3 with the current thread count: median and best
  * GFLOP/s over repeats after 2 warm-ups (at least 5, until `seconds` have
  * passed). */
-static int sgemm_peak(double *med, double *best, double seconds, ml_error *e) {
-    size_t n = (size_t)SGEMM_N * SGEMM_N;
-    float *a = malloc(n * sizeof(float)), *b = malloc(n * sizeof(float));
-    float *c = malloc(n * sizeof(float));
+static void sgemm_peak(const sgemm_bufs *m, double *med, double *best, double seconds) {
     double g[64];
-    if (!a || !b || !c) {
-        free(a), free(b), free(c);
-        return ML_FAIL(e, "out of memory for the SGEMM measurement");
-    }
-    for (size_t i = 0; i < n; i++) {
-        a[i] = (float)((i * 7 % 13) - 6) / 8.0f;
-        b[i] = (float)((i * 5 % 11) - 5) / 8.0f;
-    }
     double flop = 2.0 * SGEMM_N * SGEMM_N * SGEMM_N, t_end = now_s() + seconds;
     int k = 0;
     for (int r = -2; r < 64; r++) {
         double t0 = now_s();
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, SGEMM_N, SGEMM_N, SGEMM_N, 1.0f,
-                    a, SGEMM_N, b, SGEMM_N, 0.0f, c, SGEMM_N);
+                    m->a, SGEMM_N, m->b, SGEMM_N, 0.0f, m->c, SGEMM_N);
         double dt = now_s() - t0;
         if (r < 0) continue;
         g[k++] = flop / dt / 1e9;
         if (k >= 5 && now_s() > t_end) break;
     }
-    free(a), free(b), free(c);
     *best = g[0];
     for (int i = 1; i < k; i++)
         if (g[i] > *best) *best = g[i];
     *med = median_of(g, k);
-    return 0;
 }
 
 /* ---- one configuration -------------------------------------------------------- */
@@ -764,16 +774,26 @@ static int measure_config(bench_row *r, torch_server *ts, const bench_opts *o, m
 /* ---- parallel sweeps ------------------------------------------------------------ */
 
 /* The sweep timed with --jobs 1 and 2: independent MQAR runs (four seeds of
- * softmax attention, d 64, L 64, batch 64), no evaluation until the end. */
-static const char jobs_spec[] =
+ * softmax attention, d 64, L 64, batch 64), no evaluation until the end. The
+ * spec is this base, whose config is what the database records for the
+ * measurement, plus the seeds; %d is the number of training steps per run. */
+static const char jobs_base[] =
     "name: bench-jobs\n"
     "description: memlab bench, throughput of memlab run --jobs\n"
     "task: {name: mqar, vocab_size: 8192, seq_len: 64, num_kv_pairs: 4}\n"
     "model: {mixer: softmax, d_model: 64, n_layers: 2, conv: 4, mlp: false}\n"
-    "train: {steps: 150, batch_size: 64, warmup: 10}\n"
-    "eval: {every: 0, examples: 64, batch_size: 64}\n"
-    "sweep: {seeds: 4}\n";
+    "train: {steps: %d, batch_size: 64, warmup: 10}\n"
+    "eval: {every: 0, examples: 64, batch_size: 64}\n";
 #define JOBS_RUNS 4
+#define JOBS_STEPS 150
+
+/* The spec text: the base with `steps` training steps, with the sweep over
+ * JOBS_RUNS seeds or without it. */
+static void jobs_spec_text(char *buf, size_t cap, int steps, int with_sweep) {
+    int n = snprintf(buf, cap, jobs_base, steps);
+    if (with_sweep && n > 0 && (size_t)n < cap)
+        snprintf(buf + n, cap - (size_t)n, "sweep: {seeds: %d}\n", JOBS_RUNS);
+}
 
 /* Pairs of sweeps timed, --jobs 1 then --jobs 2 in each: the second core of a
  * shared machine comes and goes, so one pair can be off by 15% either way. */
@@ -784,6 +804,7 @@ typedef struct jobs_result {
     char note[200];
     double wall[2];  /* median seconds for the sweep with --jobs 1, --jobs 2 */
     double ratio[JOBS_PAIRS]; /* per pair, ascending */
+    int steps;       /* training steps per run */
 } jobs_result;
 
 /* Run `self run spec --db db --jobs j --quiet` and wait; wall seconds or -1. */
@@ -828,8 +849,11 @@ static void measure_jobs(const bench_opts *o, jobs_result *jr) {
     char spec[600], db[600];
     snprintf(spec, sizeof spec, "%s/jobs.yaml", dir);
     snprintf(db, sizeof db, "%s/jobs.db", dir);
+    char text[1024];
+    jr->steps = o->jobs_steps > 0 ? o->jobs_steps : JOBS_STEPS;
+    jobs_spec_text(text, sizeof text, jr->steps, 1);
     FILE *f = fopen(spec, "w");
-    int ok = f && fputs(jobs_spec, f) >= 0;
+    int ok = f && fputs(text, f) >= 0;
     if (f && fclose(f)) ok = 0;
     if (!ok) snprintf(jr->note, sizeof jr->note, "cannot write %.150s", spec);
     double wall[2][JOBS_PAIRS];
@@ -979,6 +1003,37 @@ static int record_summary(ml_db *db, const bench_row *rows, int n, ml_error *e) 
     return db_commit(db, e);
 }
 
+/* The --jobs measurement as one run named bench-jobs (the config of one run
+ * of its sweep), metrics split "jobs": the medians of the sweep's wall time
+ * with --jobs 1 and 2, their ratio and the range of the pairs' ratios. */
+static int record_jobs(ml_db *db, const jobs_result *jr, const char *machine, ml_error *e) {
+    char text[1024], json[1 << 14], hash[65];
+    run_config cfg;
+    jobs_spec_text(text, sizeof text, jr->steps, 0);
+    if (spec_load_string(text, strlen(text), "bench-jobs.yaml", &cfg, e)) return -1;
+    if (config_to_json(&cfg, json, sizeof json) < 0) return ML_FAIL(e, "config too large");
+    config_hash(&cfg, hash);
+    long long id;
+    if (db_run_begin(db, json, hash, memlab_code_version(), machine, &id, e)) return -1;
+    struct {
+        const char *name;
+        double v;
+    } v[] = {
+        {"runs", JOBS_RUNS},
+        {"pairs", JOBS_PAIRS},
+        {"steps_per_run", jr->steps},
+        {"wall_s_jobs1_median", jr->wall[0]},
+        {"wall_s_jobs2_median", jr->wall[1]},
+        {"speedup_jobs2", jr->wall[0] / jr->wall[1]},
+        {"speedup_jobs2_min", jr->ratio[0]},
+        {"speedup_jobs2_max", jr->ratio[JOBS_PAIRS - 1]},
+    };
+    if (db_begin(db, e)) return -1;
+    for (size_t i = 0; i < sizeof v / sizeof v[0]; i++)
+        if (db_metric(db, id, jr->steps, "jobs", v[i].name, v[i].v, e)) return -1;
+    return db_commit(db, e) || db_run_end(db, id, "finished", jr->steps, NULL, e) ? -1 : 0;
+}
+
 /* ---- the report ----------------------------------------------------------------------- */
 
 static void fmt_ms(char *buf, size_t cap, const bench_timing *t) {
@@ -1065,10 +1120,10 @@ static void report_targets(FILE *f, const bench_ctx *c, const bench_row *rows, i
     }
     if (c->jobs.ok) {
         double r = c->jobs.wall[0] / c->jobs.wall[1];
-        fprintf(f, "| sweep of %d independent runs, `memlab run --jobs 2` >= 1.8x the throughput "
-                   "of `--jobs 1` | %.2fx (medians of %d pairs: %.1f s against %.1f s; pairs "
-                   "%.2f–%.2fx) | %s |\n\n",
-                JOBS_RUNS, r, JOBS_PAIRS, c->jobs.wall[1], c->jobs.wall[0], c->jobs.ratio[0],
+        fprintf(f, "| sweep of %d independent runs of %d steps, `memlab run --jobs 2` >= 1.8x the "
+                   "throughput of `--jobs 1` | %.2fx (medians of %d pairs: %.1f s against %.1f s; "
+                   "pairs %.2f–%.2fx) | %s |\n\n",
+                JOBS_RUNS, c->jobs.steps, r, JOBS_PAIRS, c->jobs.wall[1], c->jobs.wall[0], c->jobs.ratio[0],
                 c->jobs.ratio[JOBS_PAIRS - 1], r >= 1.8 ? "met" : "missed");
     } else {
         fprintf(f, "| sweep `--jobs 2` >= 1.8x `--jobs 1` | not measured: %s | — |\n\n",
@@ -1339,6 +1394,9 @@ int bench_run(const bench_opts *o, ml_error *e) {
     ml_db *db = NULL;
     torch_server ts;
     memset(&ts, 0, sizeof ts);
+    sgemm_bufs sg;
+    memset(&sg, 0, sizeof sg);
+    if (sgemm_bufs_make(&sg, e)) goto done;
     if (q.db_path && db_open(&db, q.db_path, e)) goto done;
 #ifdef __SSE__
     /* as train.c: flush denormals to zero (the twin does the same) */
@@ -1354,7 +1412,7 @@ int bench_run(const bench_opts *o, ml_error *e) {
     for (int ti = 0; ti < c.n_threads; ti++) {
         int th = c.threads[ti];
         openblas_set_num_threads(th);
-        if (sgemm_peak(&c.peak_med[ti], &c.peak_best[ti], 0.5, e)) goto done;
+        sgemm_peak(&sg, &c.peak_med[ti], &c.peak_best[ti], 0.5);
         if (q.progress)
             fprintf(q.progress, "%d thread%s: SGEMM %dx%dx%d median %.0f GFLOP/s (best %.0f)\n",
                     th, th > 1 ? "s" : "", SGEMM_N, SGEMM_N, SGEMM_N, c.peak_med[ti],
@@ -1390,9 +1448,9 @@ int bench_run(const bench_opts *o, ml_error *e) {
                          * configuration, the better median of the two (one
                          * alone can fall into a moment of other work) */
                         double before, after, best;
-                        if (sgemm_peak(&before, &best, 0, e)) goto done;
+                        sgemm_peak(&sg, &before, &best, 0);
                         if (measure_config(r, &ts, &q, e)) goto done;
-                        if (sgemm_peak(&after, &best, 0, e)) goto done;
+                        sgemm_peak(&sg, &after, &best, 0);
                         r->sgemm = before > after ? before : after;
                         progress(&q, r);
                         if (db && record_row(db, r, c.machine, e)) goto done;
@@ -1415,6 +1473,7 @@ int bench_run(const bench_opts *o, ml_error *e) {
             else
                 fprintf(q.progress, "  not measured: %s\n", c.jobs.note);
         }
+        if (db && c.jobs.ok && record_jobs(db, &c.jobs, c.machine, e)) goto done;
     } else {
         snprintf(c.jobs.note, sizeof c.jobs.note, "--no-jobs");
     }
@@ -1432,6 +1491,7 @@ int bench_run(const bench_opts *o, ml_error *e) {
     rc = 0;
 done:
     torch_stop(&ts);
+    sgemm_bufs_free(&sg);
     db_close(db);
     free(rows);
     return rc;
@@ -1442,8 +1502,8 @@ done:
 const char bench_usage[] =
     "usage: memlab bench [--mixers LIST] [--dims LIST] [--lens LIST] [--threads LIST]\n"
     "                    [--heads LIST] [--steps N] [--min-steps N] [--budget SEC]\n"
-    "                    [--batch N] [--quick] [--no-torch] [--no-jobs] [--python PATH]\n"
-    "                    [--db FILE] [--report FILE]\n"
+    "                    [--batch N] [--quick] [--no-torch] [--no-jobs] [--jobs-steps N]\n"
+    "                    [--python PATH] [--db FILE] [--report FILE]\n"
     "\n"
     "Times a full training step (forward, backward, clipping, AdamW) of 2-layer MQAR\n"
     "models (V 8192, conv 4, no MLP, N = L/16) for every mixer x d_model x L x threads\n"
@@ -1451,7 +1511,8 @@ const char bench_usage[] =
     "python can import torch. Reports medians and spread, tokens/s, GFLOP/s against\n"
     "a measured SGEMM peak, peak memory, activation memory against its formula, the\n"
     "ratios to PyTorch and the exponent of time per token against L; then times a\n"
-    "sweep of 4 independent runs with memlab run --jobs 1 and --jobs 2.\n"
+    "sweep of 4 independent runs with memlab run --jobs 1 and --jobs 2, three\n"
+    "times each, recorded as the run bench-jobs.\n"
     "\n"
     "  --mixers LIST    comma-separated mixers, or all (the default)\n"
     "  --dims LIST      d_model values (default 64,128,256)\n"
@@ -1467,6 +1528,7 @@ const char bench_usage[] =
     "                   unless lists say otherwise\n"
     "  --no-torch       do not run the PyTorch twin\n"
     "  --no-jobs        do not time the --jobs sweep\n"
+    "  --jobs-steps N   training steps of each run of that sweep (default 150)\n"
     "  --python PATH    interpreter of the twin (default /usr/bin/python3)\n"
     "  --db FILE        record each configuration as a run (default results/bench.db)\n"
     "  --report FILE    markdown report (default results/bench.md)\n";
@@ -1482,6 +1544,7 @@ void bench_defaults(bench_opts *o) {
     o->budget_s = 10;
     o->torch = 1;
     o->jobs = 1;
+    o->jobs_steps = JOBS_STEPS;
     o->self = "/proc/self/exe";
     o->python = "/usr/bin/python3";
     o->torch_script = "tests/twin/bench_torch.py";
@@ -1528,6 +1591,8 @@ int bench_parse_args(bench_opts *o, int argc, char **argv, ml_error *e) {
             if (arg_int("--steps", v, 1, 100000, &o->steps, e)) return -1;
         } else if (!strcmp(a, "--min-steps")) {
             if (arg_int("--min-steps", v, 1, 100000, &o->min_steps, e)) return -1;
+        } else if (!strcmp(a, "--jobs-steps")) {
+            if (arg_int("--jobs-steps", v, 1, 1000000, &o->jobs_steps, e)) return -1;
         } else if (!strcmp(a, "--batch")) {
             if (arg_int("--batch", v, 1, 1 << 20, &o->batch, e)) return -1;
         } else if (!strcmp(a, "--budget")) {

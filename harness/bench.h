@@ -13,7 +13,8 @@
  * Each measured configuration becomes a run in the database (metrics split
  * "bench", and "torch" for the twin); the report is markdown. Last, it times
  * one small sweep of independent runs with `memlab run --jobs 1` and
- * `--jobs 2` (child processes) for the parallel-sweep throughput.
+ * `--jobs 2` (child processes) for the parallel-sweep throughput, recorded
+ * as a run named bench-jobs (metrics split "jobs") and in the report.
  *
  * Timings are medians of repeated steps with their spread: the machine may be
  * shared and noisy, so only side-by-side ratios of one run mean much. No test
@@ -41,6 +42,7 @@ typedef struct bench_opts {
     int quick;                /* smoke run: d 64, L 64, 1 thread, 3 steps (lists still apply) */
     int torch;                /* 1: time the PyTorch twin when torch is importable */
     int jobs;                 /* 1: time a sweep with `memlab run --jobs 1` and `--jobs 2` */
+    int jobs_steps;           /* training steps of each run of that sweep */
     const char *self;         /* the memlab binary for that (default /proc/self/exe) */
     const char *python;       /* interpreter of the twin */
     const char *torch_script; /* the twin */

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # tests/cli_bench.sh MEMLAB: `memlab bench` end to end, small and without the
-# PyTorch twin or the --jobs sweep (both are optional at run time and never part
-# of the tests). Checks what the benchmark records, not how fast anything is.
+# PyTorch twin (optional at run time and never part of the tests), the --jobs
+# sweep with runs of a few steps. Checks what the benchmark records, not how
+# fast anything is.
 # Each check prints "ok"/"FAIL" with its name; closing line "N passed, N failed".
 set -u
 memlab=$(realpath "${1:-./memlab}")
@@ -29,6 +30,9 @@ check "an unknown option exits 2" test $? -eq 2
     2>"$tmp/err"
 check "an unknown mixer exits 1 naming the known ones" \
     bash -c "grep -q \"unknown mixer 'nosuch'\" '$tmp/err' && grep -q softmax '$tmp/err'"
+"$memlab" bench --jobs-steps 0 --no-torch --db "$tmp/x.db" --report "$tmp/x.md" 2>"$tmp/err"
+check "--jobs-steps 0 is refused with its range" \
+    bash -c "grep -q -- '--jobs-steps takes a whole number from 1' '$tmp/err'"
 "$memlab" bench --dims 64,x --no-torch --no-jobs --db "$tmp/x.db" --report "$tmp/x.md" 2>/dev/null
 check "a bad list exits 1" test $? -eq 1
 
@@ -67,6 +71,29 @@ check "the report has one row per configuration" \
     test "$(grep -cE '^\| (softmax|linear) \| 64 \| (32|64) \| (supervised|full) \| [0-9]' "$md")" = 8
 check "the report says why PyTorch and --jobs are missing" \
     bash -c "grep -q -- '--no-torch' '$md' && grep -q -- '--no-jobs' '$md'"
+
+# the --jobs sweep: 3 pairs of sweeps of 4 runs of 3 steps; one run records it
+db=$tmp/j.db
+md=$tmp/j.md
+"$memlab" bench --mixers softmax --dims 64 --lens 32 --threads 1 --heads supervised --steps 1 \
+    --min-steps 1 --budget 0 --no-torch --jobs-steps 3 --db "$db" --report "$md" 2>"$tmp/log"
+check "a run with the --jobs sweep exits 0" test $? -eq 0
+check "the sweep is one finished run named bench-jobs, its runs' config with 3 steps" \
+    test "$(q "$db" "select count(*)||':'||json_extract(config,'$.train.steps')||':'||status from runs
+                     where json_extract(config,'$.name')='bench-jobs'")" = "1:3:finished"
+for metric in runs pairs steps_per_run wall_s_jobs1_median wall_s_jobs2_median speedup_jobs2 \
+    speedup_jobs2_min speedup_jobs2_max; do
+    check "metric jobs/$metric recorded once" \
+        test "$(q "$db" "select count(*) from metrics where split='jobs' and name='$metric'")" = 1
+done
+check "the ratio is the ratio of the medians, within the pairs' range" \
+    test "$(q "$db" "select abs(s.value - a.value / b.value) < 1e-9 and lo.value <= hi.value
+                     and a.value > 0 and b.value > 0 from metrics s, metrics a, metrics b,
+                     metrics lo, metrics hi where s.name='speedup_jobs2'
+                     and a.name='wall_s_jobs1_median' and b.name='wall_s_jobs2_median'
+                     and lo.name='speedup_jobs2_min' and hi.name='speedup_jobs2_max'")" = 1
+check "the report states the --jobs target with the measured ratio" \
+    grep -qE '^\| sweep of 4 independent runs of 3 steps, .* \| [0-9.]+x \(medians of 3 pairs' "$md"
 
 echo "$passed passed, $failed failed"
 [[ $failed -eq 0 ]]
