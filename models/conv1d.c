@@ -104,11 +104,15 @@ static void conv_bwd_range(void *ctx, int u0, int u1, int slot) {
     }
 }
 
+int conv1d_causal_threads(int B, int T, int C, int K) {
+    int blocks = (C + CONV_CB - 1) / CONV_CB;
+    return ml_par_threads(blocks, (double)B * T * C * K, CONV_MIN_WORK);
+}
+
 /* Run fn over the channel blocks, one range of blocks per thread. */
 static void conv_run(conv_call *k, void (*fn)(void *, int, int, int)) {
     int blocks = (k->C + CONV_CB - 1) / CONV_CB;
-    double work = (double)k->B * k->T * k->C * k->K;
-    ml_par_ranges(blocks, ml_par_threads(blocks, work, CONV_MIN_WORK), fn, k);
+    ml_par_ranges(blocks, conv1d_causal_threads(k->B, k->T, k->C, k->K), fn, k);
 }
 
 /* out[b,t,c] = bias[c] + sum_{j<K, s=t-(K-1)+j >= 0} w[c,j] x[b,s,c].

@@ -82,6 +82,8 @@ void conv1d_causal_forward(real *out, const real *x, const real *w, const real *
                            int B, int T, int C, int K);
 void conv1d_causal_backward(real *dx, real *dw, real *dbias, const real *dout,
                             const real *x, const real *w, int B, int T, int C, int K);
+/* Threads the two above split a call of this shape over (parallel.h). */
+int conv1d_causal_threads(int B, int T, int C, int K);
 /* naive loop references with the same contract */
 void conv1d_causal_forward_ref(real *out, const real *x, const real *w, const real *bias,
                                int B, int T, int C, int K);

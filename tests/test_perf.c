@@ -475,9 +475,18 @@ static void test_norm_threads(void) {
  * are not a multiple of the block, K 1 to 5, T shorter than K; backward on a
  * prefill, the increments compared), and bitwise between 1 and 2 threads. */
 static void test_conv1d_fast(void) {
-    static const int shapes[][4] = {{2, 9, 3, 4}, {3, 40, 37, 4}, {2, 3, 16, 5},
-                                    {64, 20, 64, 4}, {5, 17, 70, 1}, {4, 2, 33, 3}};
+    static const int shapes[][4] = {{2, 9, 3, 4},   {3, 40, 37, 4}, {2, 3, 16, 5},
+                                    {64, 20, 64, 4}, {5, 17, 70, 1}, {4, 2, 33, 3},
+                                    {16, 128, 70, 4}, {9, 200, 100, 3}};
     int old = openblas_get_num_threads();
+    /* the last two shapes are large enough to be split (5 and 7 channel
+     * blocks, the last one partial) */
+    threads_set(2);
+    int split[2] = {conv1d_causal_threads(16, 128, 70, 4), conv1d_causal_threads(9, 200, 100, 3)};
+    threads_set(old);
+    int want = ml_par_slots() >= 2 ? 2 : 1;
+    CHECK(split[0] == want && split[1] == want, "conv: 2 threads asked for, %d and %d granted",
+          split[0], split[1]);
     for (size_t k = 0; k < sizeof shapes / sizeof shapes[0]; k++) {
         int B = shapes[k][0], T = shapes[k][1], C = shapes[k][2], K = shapes[k][3];
         size_t n = (size_t)B * T * C, nw = (size_t)C * K;
