@@ -177,6 +177,39 @@ static void ce_back_range(void *ctx, int i0, int i1, int slot) {
     }
 }
 
+/* In place: probs[S,V] -> scale * (probs - onehot(target)), 0 on rows
+ * without a target. */
+typedef struct ce_grad {
+    real *probs;
+    const int *targets;
+    int V;
+    real scale;
+} ce_grad;
+
+static void ce_grad_range(void *ctx, int i0, int i1, int slot) {
+    const ce_grad *c = ctx;
+    const int V = c->V;
+    const real scale = c->scale;
+    (void)slot;
+    for (int i = i0; i < i1; i++) {
+        real *p = c->probs + (size_t)i * V;
+        int tgt = c->targets[i];
+        if (tgt < 0) {
+            memset(p, 0, sizeof(real) * (size_t)V);
+            continue;
+        }
+        assert(tgt < V);
+#pragma omp simd
+        for (int v = 0; v < V; v++) p[v] *= scale;
+        p[tgt] -= scale;
+    }
+}
+
+void crossentropy_grad_inplace(real *probs, const int *targets, int S, int V, real scale) {
+    ce_grad c = {probs, targets, V, scale};
+    ml_par_ranges(S, ce_threads(S, V), ce_grad_range, &c);
+}
+
 /* dlogits[S,V] += scale * (probs - onehot(target)) on rows with target >= 0;
  * other rows are left untouched. probs is the forward's output; scale is
  * usually 1/count for a mean loss. */

@@ -100,6 +100,11 @@ double crossentropy_forward(real *probs, const real *logits, const int *targets,
 /* dlogits[S,V] += scale * (probs - onehot(target)) on kept rows. */
 void crossentropy_backward(real *dlogits, const real *probs, const int *targets, int S,
                            int V, real scale);
+/* The same in place, for a caller that no longer needs the probabilities:
+ * probs[S,V] becomes scale * probs - scale * onehot(target) on kept rows and 0
+ * on the others. Rows are shared among the threads (the same numbers at
+ * every thread count). */
+void crossentropy_grad_inplace(real *probs, const int *targets, int S, int V, real scale);
 
 /* ---- optimiser ------------------------------------------------------------ */
 /* One AdamW step (decoupled weight decay, bias-corrected moments), step t >= 1:

@@ -546,16 +546,7 @@ void model_backward(ml_model *m) {
     /* probabilities -> d logits, in place: (p - onehot) / count on kept rows.
      * With no supervised row only the mixers' auxiliary losses have gradients. */
     real scale = m->count > 0 ? (real)(1.0 / m->count) : 0;
-    for (int s = 0; s < S; s++) {
-        real *p = h->logits + (size_t)s * V;
-        int t = h->targets[s];
-        if (t < 0) {
-            memset(p, 0, sizeof(real) * (size_t)V);
-            continue;
-        }
-        for (int v = 0; v < V; v++) p[v] *= scale;
-        p[t] -= scale;
-    }
+    crossentropy_grad_inplace(h->logits, h->targets, S, V, scale);
     int tied = c->tie_embeddings;
     const real *head = tied ? tensor(m, "wte", 0) : tensor(m, "lm_head", 0);
     real *dhead = tied ? tensor(m, "wte", 1) : tensor(m, "lm_head", 1);

@@ -247,8 +247,24 @@ static void test_crossentropy_fast_matches_ref(void) {
         }
     CHECK(bad == 0, "%d backward elements differ from d + scale (p - onehot)", bad);
     CHECK(bits_differ(d1, d2, n) == 0, "backward differs between 1 and 2 threads");
+    /* the in-place gradient: scale p - scale onehot on kept rows, 0 elsewhere */
+    double *g1 = dcopy(p0, n), *g2 = dcopy(p0, n);
+    threads_set(1);
+    crossentropy_grad_inplace(g1, tgt, S, V, 0.25);
+    threads_set(2);
+    crossentropy_grad_inplace(g2, tgt, S, V, 0.25);
+    threads_set(old);
+    bad = 0;
+    for (int i = 0; i < S; i++)
+        for (int v = 0; v < V; v++) {
+            size_t k = (size_t)i * V + v;
+            double want = tgt[i] < 0 ? 0.0 : 0.25 * p0[k] - (v == tgt[i] ? 0.25 : 0.0);
+            bad += g1[k] != want;
+        }
+    CHECK(bad == 0, "%d in-place gradient elements differ from scale p - scale onehot", bad);
+    CHECK(bits_differ(g1, g2, n) == 0, "in-place gradient differs between 1 and 2 threads");
     free(logits), free(tgt), free(p0), free(p1), free(p2), free(inplace);
-    free(d0), free(d1), free(d2);
+    free(d0), free(d1), free(d2), free(g1), free(g2);
 }
 
 /* ---- attention --------------------------------------------------------------------------- */
