@@ -413,16 +413,17 @@ typedef struct bench_row {
 
 /* The config of one grid point. */
 static int row_config(run_config *cfg, const char *mixer, int d, int L, int batch, int full,
-                      ml_error *e) {
-    char a[6][96];
+                      const char *matmul, ml_error *e) {
+    char a[7][96];
     snprintf(a[0], sizeof a[0], "model.mixer=%s", mixer);
     snprintf(a[1], sizeof a[1], "model.d_model=%d", d);
     snprintf(a[2], sizeof a[2], "task.seq_len=%d", L);
     snprintf(a[3], sizeof a[3], "task.num_kv_pairs=%d", L / 16 > 0 ? L / 16 : 1);
     snprintf(a[4], sizeof a[4], "train.full_head=%s", full ? "true" : "false");
     snprintf(a[5], sizeof a[5], "train.batch_size=%d", batch);
+    snprintf(a[6], sizeof a[6], "train.matmul=%s", matmul ? matmul : "fp32");
     const char *const sets[] = {"task.name=mqar", "task.vocab_size=8192", a[0], a[1], a[2],
-                                a[3], a[4], a[5], "model.n_layers=2", "model.conv=4",
+                                a[3], a[4], a[5], a[6], "model.n_layers=2", "model.conv=4",
                                 "model.mlp=false", NULL};
     if (config_defaults(cfg, e)) return -1;
     for (int i = 0; sets[i]; i++)
@@ -643,6 +644,8 @@ static double twin_done(torch_server *ts) {
 static void train_step(ml_model *m, const run_config *cfg, const int *in, const int *tg,
                        int B, int T, int t) {
     const train_config *tc = &cfg->train;
+    int bf16 = ml_matmul_bf16();
+    ml_matmul_set_bf16(tc->matmul == MATMUL_BF16);
     model_forward(m, in, tg, B, T, NULL);
     model_zero_grad(m);
     model_backward(m);
@@ -653,6 +656,7 @@ static void train_step(ml_model *m, const run_config *cfg, const int *in, const 
                    pp->n, (real)tc->lr, (real)tc->beta1, (real)tc->beta2, (real)tc->adam_eps,
                    pp->decay ? (real)tc->weight_decay : 0, t);
     }
+    ml_matmul_set_bf16(bf16);
 }
 
 /* Whether a side wants another timed step: fewer than `steps`, and fewer than
@@ -1290,7 +1294,8 @@ static int write_report(const char *path, const bench_ctx *c, const bench_row *r
     fprintf(f, "Each row: a 2-layer MQAR model (V 8192, batch %d, conv 4, no MLP, LayerNorm, "
                "tied embeddings, N = L/16 key-value pairs), one full training step (forward, "
                "backward, gradient clipping, AdamW) timed after up to 2 warm-up steps, %d to %d "
-               "timed steps within %.0f s; median (min–max, n). The PyTorch twin "
+               "timed steps within %.0f s; median (min–max, n). memlab's matrix products: %s. "
+               "The PyTorch twin "
                "(tests/twin/bench_torch.py, float32) builds the same model from the same config "
                "and runs alternately with memlab. GFLOP/step counts matmuls only (formulas at "
                "the top of harness/bench.c); %% peak is GFLOP/s over the median SGEMM 1024^3 "
@@ -1301,7 +1306,11 @@ static int write_report(const char *path, const bench_ctx *c, const bench_row *r
                "default against PyTorch as researchers run it. CPU/wall is memlab's process CPU "
                "time over wall time per step: about the thread count on an idle machine, less "
                "when other work shared the cores.\n\n",
-            o->batch, o->min_steps, o->steps, o->budget_s);
+            o->batch, o->min_steps, o->steps, o->budget_s,
+            o->matmul && !strcmp(o->matmul, "bf16")
+                ? "bfloat16 inputs with float sums (train.matmul: bf16, AVX-512 BF16), against "
+                  "the twin's float32"
+                : "float32 (OpenBLAS SGEMM)");
     report_targets(f, c, rows, n);
     report_main(f, c, rows, n);
     report_memory(f, rows, n);
@@ -1439,7 +1448,7 @@ int bench_run(const bench_opts *o, ml_error *e) {
                         r->exponent = r->pt_exponent = NAN;
                         ml_error ce;
                         memset(&ce, 0, sizeof ce);
-                        if (row_config(&r->cfg, r->mixer, r->d, r->L, q.batch, r->full, &ce)) {
+                        if (row_config(&r->cfg, r->mixer, r->d, r->L, q.batch, r->full, q.matmul, &ce)) {
                             ml_error_format(&ce, r->ml.note, sizeof r->ml.note);
                             progress(&q, r);
                             continue;
@@ -1503,7 +1512,7 @@ const char bench_usage[] =
     "usage: memlab bench [--mixers LIST] [--dims LIST] [--lens LIST] [--threads LIST]\n"
     "                    [--heads LIST] [--steps N] [--min-steps N] [--budget SEC]\n"
     "                    [--batch N] [--quick] [--no-torch] [--no-jobs] [--jobs-steps N]\n"
-    "                    [--python PATH] [--db FILE] [--report FILE]\n"
+    "                    [--matmul fp32|bf16] [--python PATH] [--db FILE] [--report FILE]\n"
     "\n"
     "Times a full training step (forward, backward, clipping, AdamW) of 2-layer MQAR\n"
     "models (V 8192, conv 4, no MLP, N = L/16) for every mixer x d_model x L x threads\n"
@@ -1529,6 +1538,8 @@ const char bench_usage[] =
     "  --no-torch       do not run the PyTorch twin\n"
     "  --no-jobs        do not time the --jobs sweep\n"
     "  --jobs-steps N   training steps of each run of that sweep (default 150)\n"
+    "  --matmul P       memlab's matrix products: fp32 (default) or bf16 (train.matmul;\n"
+    "                   the PyTorch twin stays float32)\n"
     "  --python PATH    interpreter of the twin (default /usr/bin/python3)\n"
     "  --db FILE        record each configuration as a run (default results/bench.db)\n"
     "  --report FILE    markdown report (default results/bench.md)\n";
@@ -1587,6 +1598,11 @@ int bench_parse_args(bench_opts *o, int argc, char **argv, ml_error *e) {
         else if (!strcmp(a, "--threads")) o->threads = v;
         else if (!strcmp(a, "--heads")) o->heads = v;
         else if (!strcmp(a, "--python")) o->python = v;
+        else if (!strcmp(a, "--matmul")) {
+            if (strcmp(v, "fp32") && strcmp(v, "bf16"))
+                return ML_FAIL(e, "--matmul takes fp32 or bf16, got '%s'", v);
+            o->matmul = v;
+        }
         else if (!strcmp(a, "--steps")) {
             if (arg_int("--steps", v, 1, 100000, &o->steps, e)) return -1;
         } else if (!strcmp(a, "--min-steps")) {

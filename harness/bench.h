@@ -43,6 +43,7 @@ typedef struct bench_opts {
     int torch;                /* 1: time the PyTorch twin when torch is importable */
     int jobs;                 /* 1: time a sweep with `memlab run --jobs 1` and `--jobs 2` */
     int jobs_steps;           /* training steps of each run of that sweep */
+    const char *matmul;       /* train.matmul of memlab's rows: "fp32" (NULL) or "bf16" */
     const char *self;         /* the memlab binary for that (default /proc/self/exe) */
     const char *python;       /* interpreter of the twin */
     const char *torch_script; /* the twin */

@@ -42,6 +42,7 @@
 
 static const char *const norm_choices[] = {"layer", "rms", NULL};     /* NORM_LAYER, NORM_RMS */
 static const char *const position_choices[] = {"none", "learned", NULL}; /* POS_* */
+static const char *const matmul_choices[] = {"fp32", "bf16", NULL};      /* MATMUL_* */
 
 #define MF(k, t, m) .key = k, .type = t, .offset = offsetof(model_config, m)
 const ml_field model_fields[] = {
@@ -97,6 +98,9 @@ const ml_field train_fields[] = {
      .help = "seed of data generation and initialisation"},
     {TF("full_head", FT_BOOL, full_head), .def = "false",
      .help = "LM head at every position instead of supervised positions only"},
+    {TF("matmul", FT_ENUM, matmul), .choices = matmul_choices, .def = "fp32",
+     .help = "matrix products: fp32, or bf16 (inputs rounded to bfloat16, sums in float; "
+             "needs AVX-512 BF16)"},
     {.key = NULL}};
 #undef TF
 

@@ -44,7 +44,10 @@ typedef struct train_config {
     long train_examples; /* size of the training set, 0 = fresh examples forever */
     long seed;
     int full_head;       /* LM head at every position instead of supervised only */
+    int matmul;          /* MATMUL_FP32 | MATMUL_BF16: precision of the matrix products */
 } train_config;
+
+enum { MATMUL_FP32 = 0, MATMUL_BF16 = 1 };
 
 typedef struct eval_config {
     int every;    /* evaluate every this many steps (0 = only at the end) */

@@ -48,6 +48,7 @@
 #include <yaml.h>
 
 #include "config.h"
+#include "gemm_bf16.h"
 #include "mixer.h"
 #include "spec.h"
 #include "task.h"
@@ -117,6 +118,9 @@ static int cross_check(const run_config *cfg, int which, ml_error *e) {
                            "boundary, and task %s declares none", key, m->name, t->name);
     } else if (cfg->train.lr_min > cfg->train.lr) {
         return ML_FAIL(e, "lr_min: %g is larger than lr %g", cfg->train.lr_min, cfg->train.lr);
+    } else if (cfg->train.matmul == MATMUL_BF16 && !gemm_bf16_available()) {
+        return ML_FAIL(e, "matmul: bf16 needs a CPU with AVX-512 BF16 and memlab built on "
+                          "one (-march=native); this build or CPU has none");
     }
     /* A validate that fails without saying why must not print garbage. */
     if (rc && !e->msg[0]) ML_FAIL(e, "failed cross-key validation without a message");

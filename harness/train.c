@@ -293,7 +293,11 @@ int train_run(const run_config *cfg, ml_db *db, const train_opts *o, train_outco
     unsigned csr = _mm_getcsr();
     _mm_setcsr(csr | 0x8040);
 #endif
+    /* the precision of the matrix products, for this run only */
+    int bf16 = ml_matmul_bf16();
+    ml_matmul_set_bf16(cfg->train.matmul == MATMUL_BF16);
     int rc = train_run_body(cfg, db, o, out, e);
+    ml_matmul_set_bf16(bf16);
 #ifdef __SSE__
     _mm_setcsr(csr);
 #endif

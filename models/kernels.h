@@ -38,6 +38,12 @@ void rmsnorm_backward(real *dx, real *dw, const real *dout, const real *x, const
 /* Row-major C[M,N] = alpha op(A) op(B) + beta C; ta/tb nonzero: transpose. */
 void ml_gemm(int ta, int tb, int M, int N, int K, real alpha, const real *A, int lda,
              const real *B, int ldb, real beta, real *C, int ldc);
+/* The precision of ml_gemm in the float build: 0 fp32 (OpenBLAS), 1 bfloat16
+ * inputs with float sums (gemm_bf16.h; the caller checks that the CPU has
+ * it). Process-wide; the trainer sets it from train.matmul for a run. GEMV
+ * and the triangular solve stay fp32. */
+void ml_matmul_set_bf16(int on);
+int ml_matmul_bf16(void);
 /* y = alpha op(A) x + beta y, A [M,N] row-major; x, y with strides incx, incy. */
 void ml_gemv(int ta, int M, int N, real alpha, const real *A, int lda, const real *x, int incx,
              real beta, real *y, int incy);

@@ -20,6 +20,7 @@
  * threads than on one. */
 #include <stdatomic.h>
 
+#include "gemm_bf16.h"
 #include "kernels.h"
 #include "parallel.h"
 
@@ -40,6 +41,26 @@ double ml_flops_read(void) {
 }
 
 void ml_flops_reset(void) { atomic_store_explicit(&flop_count, 0, memory_order_relaxed); }
+
+/* The precision of the GEMMs (gemm_bf16.h): 0 fp32 (OpenBLAS), 1 bf16. The
+ * double build always runs OpenBLAS's dgemm. */
+static int matmul_bf16;
+
+void ml_matmul_set_bf16(int on) { matmul_bf16 = on; }
+int ml_matmul_bf16(void) { return matmul_bf16; }
+
+/* One GEMM in the calling thread at the set precision. */
+static void gemm_one(int ta, int tb, int M, int N, int K, real alpha, const real *A, int lda,
+                     const real *B, int ldb, real beta, real *C, int ldc) {
+#ifndef MEMLAB_DOUBLE
+    if (matmul_bf16) {
+        gemm_bf16(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+        return;
+    }
+#endif
+    cblas_gemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, M,
+               N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+}
 
 /* Fewest multiply-adds per thread worth cutting a GEMM. */
 #define GEMM_MIN_WORK (1L << 20)
@@ -73,15 +94,14 @@ static void gemm_block(void *ctx, int u0, int u1, int slot) {
     int len = g->split_m ? g->M : g->N;
     int i0 = u0 * GEMM_PANEL, i1 = u1 * GEMM_PANEL < len ? u1 * GEMM_PANEL : len;
     if (i0 >= i1) return;
-    CBLAS_TRANSPOSE TA = g->ta ? CblasTrans : CblasNoTrans, TB = g->tb ? CblasTrans : CblasNoTrans;
     if (g->split_m) {
         const real *Ai = g->ta ? g->A + i0 : g->A + (size_t)i0 * g->lda;
-        cblas_gemm(CblasRowMajor, TA, TB, i1 - i0, g->N, g->K, g->alpha, Ai, g->lda, g->B, g->ldb,
-                   g->beta, g->C + (size_t)i0 * g->ldc, g->ldc);
+        gemm_one(g->ta, g->tb, i1 - i0, g->N, g->K, g->alpha, Ai, g->lda, g->B, g->ldb, g->beta,
+                 g->C + (size_t)i0 * g->ldc, g->ldc);
     } else {
         const real *Bi = g->tb ? g->B + (size_t)i0 * g->ldb : g->B + i0;
-        cblas_gemm(CblasRowMajor, TA, TB, g->M, i1 - i0, g->K, g->alpha, g->A, g->lda, Bi, g->ldb,
-                   g->beta, g->C + i0, g->ldc);
+        gemm_one(g->ta, g->tb, g->M, i1 - i0, g->K, g->alpha, g->A, g->lda, Bi, g->ldb, g->beta,
+                 g->C + i0, g->ldc);
     }
 }
 
@@ -98,8 +118,7 @@ void ml_gemm(int ta, int tb, int M, int N, int K, real alpha, const real *A, int
         return;
     }
     int blas = blas_solo();
-    cblas_gemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, M,
-               N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    gemm_one(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
     blas_restore(blas);
 }
 

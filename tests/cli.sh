@@ -123,5 +123,28 @@ rc=$?
 check "SIGINT exits 130" test $rc -eq 130
 check "SIGINT marks the run interrupted" test "$(q "$tmp/int.db" "select status from runs")" = interrupted
 
+# --- matrix products in bfloat16 (train.matmul) ---------------------------
+if grep -qw avx512_bf16 /proc/cpuinfo; then
+    for run in fp32 bf16 bf16; do
+        "$memlab" train "$tmp/tiny.yaml" --db "$tmp/mm.db" --quiet --set train.matmul=$run
+    done
+    loss() { # the final training loss of run $1 of mm.db
+        q "$tmp/mm.db" "select printf('%.17g', value) from metrics where run_id=$1 and split='train'
+                        and name='loss' order by step desc limit 1"
+    }
+    check "train.matmul is in the config and the hash" \
+        test "$(q "$tmp/mm.db" "select group_concat(json_extract(config,'$.train.matmul'))||':'||count(distinct config_hash) from runs")" = "fp32,bf16,bf16:2"
+    check "bf16 products give the same numbers twice" test "$(loss 2)" = "$(loss 3)"
+    check "bf16 products change the numbers, by less than 5% of the loss" \
+        awk -v a="$(loss 1)" -v b="$(loss 2)" 'BEGIN { d = a - b; if (d < 0) d = -d; exit !(d > 0 && d < 0.05 * a) }'
+else
+    "$memlab" train "$tmp/tiny.yaml" --no-db --quiet --set train.matmul=bf16 2>"$tmp/err"
+    check "without AVX-512 BF16, train.matmul bf16 is refused with the reason" \
+        bash -c "grep -q 'needs a CPU with AVX-512 BF16' '$tmp/err'"
+fi
+"$memlab" train "$tmp/tiny.yaml" --no-db --quiet --set train.matmul=bf17 2>"$tmp/err"
+check "an unknown matmul precision is refused, naming the choices" \
+    bash -c "grep -q 'bf16' '$tmp/err' && grep -q 'fp32' '$tmp/err'"
+
 echo "$passed passed, $failed failed"
 [[ $failed -eq 0 ]]

@@ -31,6 +31,7 @@
 
 #include "bench.h"
 #include "fastexp.h"
+#include "gemm_bf16.h"
 #include "gradcheck.h"
 #include "kernels.h"
 #include "model.h"
@@ -836,6 +837,91 @@ static void test_flop_formulas(void) {
     }
 }
 
+/* ---- the bfloat16 product --------------------------------------------------------- */
+
+static float bf_rand(unsigned *s) {
+    *s = *s * 1103515245u + 12345u;
+    return (float)((*s >> 8) & 0xFFFF) / 32768.0f - 1.0f;
+}
+
+/* gemm_bf16 against the exact sum of the bfloat16-rounded products (double),
+ * every transpose, strides past the width, beta 0 (C holding NaN, which must
+ * not be read) and not, shapes at and around the tile and block edges; the
+ * columns past N untouched; one product cut into row and column blocks
+ * (as matmul.c's threads cut it) bitwise equal to the whole; the rounding. */
+static void test_gemm_bf16(void) {
+    if (!gemm_bf16_available()) {
+        __builtin_cpu_init();
+        CHECK(!__builtin_cpu_supports("avx512bf16"),
+              "the CPU has AVX-512 BF16 but this build has no bf16 kernel");
+        return;
+    }
+    CHECK(bf16_round(1.0f) == 1.0f && bf16_round(1.0f + 0x1p-8f) == 1.0f &&
+              bf16_round(1.0f + 0x1p-7f + 0x1p-8f) == 1.0f + 0x1p-6f &&
+              bf16_round(-3.0f - 0x1p-9f) == -3.0f && bf16_round(1.0f + 0x1p-8f + 0x1p-20f) == 1.0f + 0x1p-7f,
+          "bf16_round: not round to nearest, ties to even");
+    static const int shapes[][3] = {{1, 1, 1},    {7, 33, 5},     {6, 32, 2},    {13, 70, 1029},
+                                    {40, 300, 600}, {3, 5, 64},   {100, 257, 513}, {12, 64, 31}};
+    for (size_t sh = 0; sh < sizeof shapes / sizeof shapes[0]; sh++)
+        for (int ta = 0; ta < 2; ta++)
+            for (int tb = 0; tb < 2; tb++)
+                for (int bz = 0; bz < 2; bz++) {
+                    int M = shapes[sh][0], N = shapes[sh][1], K = shapes[sh][2];
+                    int lda = (ta ? M : K) + 3, ldb = (tb ? K : N) + 1, ldc = N + 2;
+                    size_t na = (size_t)(ta ? K : M) * lda, nb = (size_t)(tb ? N : K) * ldb;
+                    size_t nc = (size_t)M * ldc;
+                    unsigned seed = (unsigned)(sh * 7 + ta * 3 + tb + 1);
+                    float *A = malloc(na * sizeof(float)), *B = malloc(nb * sizeof(float));
+                    float *C = malloc(nc * sizeof(float)), *C0 = malloc(nc * sizeof(float));
+                    for (size_t i = 0; i < na; i++) A[i] = bf_rand(&seed);
+                    for (size_t i = 0; i < nb; i++) B[i] = bf_rand(&seed);
+                    for (size_t i = 0; i < nc; i++) C0[i] = C[i] = bz ? NAN : bf_rand(&seed);
+                    for (int i = 0; i < M; i++) /* the padding columns hold numbers */
+                        for (int j = N; j < ldc; j++) C0[(size_t)i * ldc + j] = C[(size_t)i * ldc + j] = 7.0f;
+                    float alpha = 0.75f, beta = bz ? 0.0f : -0.5f;
+                    gemm_bf16(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+                    double worst = 0;
+                    int pad = 0;
+                    for (int i = 0; i < M; i++) {
+                        for (int j = 0; j < N; j++) {
+                            double acc = 0, mag = 0;
+                            for (int k = 0; k < K; k++) {
+                                double a = bf16_round(ta ? A[(size_t)k * lda + i] : A[(size_t)i * lda + k]);
+                                double b = bf16_round(tb ? B[(size_t)j * ldb + k] : B[(size_t)k * ldb + j]);
+                                acc += a * b, mag += fabs(a * b);
+                            }
+                            double c0 = bz ? 0.0 : beta * (double)C0[(size_t)i * ldc + j];
+                            double err = fabs(C[(size_t)i * ldc + j] - (alpha * acc + c0)) /
+                                         (alpha * mag + fabs(c0) + DBL_MIN);
+                            if (!(err <= worst) && !isnan(worst)) worst = err; /* NaN sticks */
+                        }
+                        for (int j = N; j < ldc; j++) pad += C[(size_t)i * ldc + j] != 7.0f;
+                    }
+                    /* float sums of K terms: a few units of 2^-24 per term */
+                    CHECK(worst <= (K + 2) * 6e-8, "M%d N%d K%d ta%d tb%d beta0 %d: error %.3g",
+                          M, N, K, ta, tb, bz, worst);
+                    CHECK(pad == 0, "M%d N%d K%d: %d padding elements written", M, N, K, pad);
+                    /* rows [0,16) and [16,M), then columns [0,32) and [32,N) */
+                    if (M > 16 && N > 32) {
+                        float *R = malloc(nc * sizeof(float)), *Q = malloc(nc * sizeof(float));
+                        memcpy(R, C0, nc * sizeof(float));
+                        memcpy(Q, C0, nc * sizeof(float));
+                        gemm_bf16(ta, tb, 16, N, K, alpha, A, lda, B, ldb, beta, R, ldc);
+                        gemm_bf16(ta, tb, M - 16, N, K, alpha, ta ? A + 16 : A + (size_t)16 * lda,
+                                  lda, B, ldb, beta, R + (size_t)16 * ldc, ldc);
+                        gemm_bf16(ta, tb, M, 32, K, alpha, A, lda, B, ldb, beta, Q, ldc);
+                        gemm_bf16(ta, tb, M, N - 32, K, alpha, A, lda,
+                                  tb ? B + (size_t)32 * ldb : B + 32, ldb, beta, Q + 32, ldc);
+                        CHECK(memcmp(R, C, nc * sizeof(float)) == 0 &&
+                                  memcmp(Q, C, nc * sizeof(float)) == 0,
+                              "M%d N%d K%d ta%d tb%d: blocks differ from the whole product", M, N,
+                              K, ta, tb);
+                        free(R), free(Q);
+                    }
+                    free(A), free(B), free(C), free(C0);
+                }
+}
+
 const test_case tests_perf[] = {
     {"perf/fast_exp", test_fast_exp},
     {"perf/crossentropy_fast_matches_ref", test_crossentropy_fast_matches_ref},
@@ -845,6 +931,7 @@ const test_case tests_perf[] = {
     {"perf/linear_threads", test_linear_threads},
     {"perf/norm_threads", test_norm_threads},
     {"perf/conv1d_fast_matches_ref", test_conv1d_fast},
+    {"perf/gemm_bf16_matches_ref", test_gemm_bf16},
     {"perf/optimiser_threads", test_optimiser_threads},
     {"perf/embedding_threads", test_embedding_threads},
     {"perf/model_threads", test_model_threads},

@@ -1,0 +1,28 @@
+/* gemm_bf16.h: the bfloat16 matrix product (AVX-512 BF16), the opt-in
+ * precision of train.matmul: bf16.
+ *
+ * C[M,N] = alpha op(A) op(B) + beta C, row-major, float in and out: every
+ * element of op(A) and op(B) is rounded to bfloat16 (8 significant bits, round
+ * to nearest even, as VCVTNEPS2BF16), the products are summed in float
+ * (VDPBF16PS, two products per lane and step, k in ascending order), then
+ * scaled by alpha and added to beta C (C is not read when beta is 0). Each
+ * element of C is computed the same way whatever the shape around it, so a
+ * product split into row or column blocks gives the same bits. The float
+ * build's ml_gemm sends its products here when the matmul precision is bf16
+ * (matmul.c); float products of the double build never come here. */
+#ifndef MEMLAB_GEMM_BF16_H
+#define MEMLAB_GEMM_BF16_H
+
+/* 1 when this build has the kernel and this CPU runs it (AVX-512 BF16). */
+int gemm_bf16_available(void);
+
+/* The product above; only when gemm_bf16_available(). ta/tb nonzero:
+ * transpose. No allocation: packing buffers are per thread and fixed. */
+void gemm_bf16(int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda,
+               const float *B, int ldb, float beta, float *C, int ldc);
+
+/* x rounded to the nearest bfloat16, ties to even, as a float (subnormals
+ * to zero, as the hardware conversion); for references and tests. */
+float bf16_round(float x);
+
+#endif
