@@ -69,12 +69,29 @@ void linear_forward_ld(real *out, int ldo, const real *x, const real *w, const r
                        int IC, int OC);
 void linear_backward_ld(real *dx, real *dw, real *db, const real *dout, int ldd, const real *x,
                         const real *w, int N, int IC, int OC);
+/* The projection with its first OQ output columns (e.g. the queries of a
+ * fused q|k|v) wanted only at S rows (ascending flat indices, S < N):
+ * out[N,OC] gets columns [OQ, OC) for every row, [0, OQ) for the rows and
+ * zero at the others. xr [S,IC] holds the rows' inputs; qr [S,OQ] scratch. */
+void linear_forward_rows(real *out, real *qr, const real *x, const real *xr, const real *w,
+                         const real *b, const int *rows, int S, int N, int IC, int OC, int OQ);
+/* Its backward: dx[N,IC] += the part of columns [OQ, OC) of dout[N,OC],
+ * dxr[S,IC] += the part of columns [0, OQ) at the rows (the caller scatters
+ * it), dw, db += both. qr [S,OQ] scratch. */
+void linear_backward_rows(real *dx, real *dxr, real *dw, real *db, real *qr, const real *dout,
+                          const real *x, const real *xr, const real *w, const int *rows, int S,
+                          int N, int IC, int OC, int OQ);
 
 /* ---- rows by index ---------------------------------------------------------- */
 /* dst[s, 0:C] = src[rows[s], 0:C] (src row stride ld) for s < S. */
 void rows_gather(real *dst, const real *src, int ld, const int *rows, int S, int C);
 /* dst[rows[s], 0:C] += src[s, 0:C] (both of row width C). */
 void rows_scatter_add(real *dst, const real *src, const int *rows, int S, int C);
+/* dst[rows[s], 0:C] = src[s, 0:C] (dst row stride ld, src rows of width C). */
+void rows_scatter(real *dst, int ld, const real *src, const int *rows, int S, int C);
+/* The first s in [0, S) with rows[s] >= pos, S when there is none (rows
+ * ascending): rows[lower_bound(a)..lower_bound(b)) are the rows in [a, b). */
+int rows_lower_bound(const int *rows, int S, int pos);
 
 /* ---- GELU (exact, erf form, as torch.nn.functional.gelu) ------------------ */
 void gelu_forward(real *out, const real *x, size_t n);

@@ -1,4 +1,6 @@
-/* linear.c: the dense layer out = x w^T + b on OpenBLAS, forward and backward.
+/* linear.c: the dense layer out = x w^T + b on OpenBLAS, forward and backward,
+ * also on strided columns and with a block of output columns computed for a
+ * subset of rows only.
  *
  * Dimensions: N rows (usually B*T), IC input channels, OC output channels.
  * Weights use PyTorch's [OC, IC] layout so checkpoints and the twin fixtures
@@ -60,4 +62,23 @@ void linear_backward_ld(real *dx, real *dw, real *db, const real *dout, int ldd,
             for (int o = 0; o < OC; o++) db[o] += d[o];
         }
     }
+}
+
+/* Columns [OQ, OC) in place for every row, then [0, OQ) for the rows into qr
+ * and copied to their places. */
+void linear_forward_rows(real *out, real *qr, const real *x, const real *xr, const real *w,
+                         const real *b, const int *rows, int S, int N, int IC, int OC, int OQ) {
+    linear_forward_ld(out + OQ, OC, x, w + (size_t)OQ * IC, b ? b + OQ : NULL, N, IC, OC - OQ);
+    linear_forward(qr, xr, w, b, S, IC, OQ);
+    for (int i = 0; i < N; i++) memset(out + (size_t)i * OC, 0, sizeof(real) * (size_t)OQ);
+    rows_scatter(out, OC, qr, rows, S, OQ);
+}
+
+void linear_backward_rows(real *dx, real *dxr, real *dw, real *db, real *qr, const real *dout,
+                          const real *x, const real *xr, const real *w, const int *rows, int S,
+                          int N, int IC, int OC, int OQ) {
+    linear_backward_ld(dx, dw ? dw + (size_t)OQ * IC : NULL, db ? db + OQ : NULL, dout + OQ, OC,
+                       x, w + (size_t)OQ * IC, N, IC, OC - OQ);
+    rows_gather(qr, dout, OC, rows, S, OQ);
+    linear_backward(dxr, dw, db, qr, xr, w, S, IC, OQ);
 }

@@ -342,13 +342,7 @@ static void qkv_forward(const mixer_call *mc, const lf_dims *d, const linear_ptr
         linear_forward(proj, x, p->wqkv, p->bqkv, N, C, d->Cp);
         return;
     }
-    linear_forward_ld(proj + Cq, d->Cp, x, p->wqkv + (size_t)Cq * C,
-                      p->bqkv ? p->bqkv + Cq : NULL, N, C, d->Cp - Cq);
-    linear_forward(s->qr, s->xr, p->wqkv, p->bqkv, S, C, Cq);
-    for (int i = 0; i < N; i++) memset(proj + (size_t)i * d->Cp, 0, sizeof(real) * (size_t)Cq);
-    for (int i = 0; i < S; i++)
-        memcpy(proj + (size_t)mc->rows[i] * d->Cp, s->qr + (size_t)i * Cq,
-               sizeof(real) * (size_t)Cq);
+    linear_forward_rows(proj, s->qr, x, s->xr, p->wqkv, p->bqkv, mc->rows, S, N, C, d->Cp, Cq);
 }
 
 /* Backward of qkv_forward; with rows, d x at the rows goes to s->dxr. */
@@ -360,10 +354,8 @@ static void qkv_backward(const mixer_call *mc, const lf_dims *d, const linear_pt
         linear_backward(dx, gp->wqkv, gp->bqkv, dproj, x, p->wqkv, N, C, d->Cp);
         return;
     }
-    linear_backward_ld(dx, gp->wqkv + (size_t)Cq * C, gp->bqkv ? gp->bqkv + Cq : NULL,
-                       dproj + Cq, d->Cp, x, p->wqkv + (size_t)Cq * C, N, C, d->Cp - Cq);
-    rows_gather(s->qr, dproj, d->Cp, mc->rows, S, Cq);
-    linear_backward(s->dxr, gp->wqkv, gp->bqkv, s->qr, s->xr, p->wqkv, S, C, Cq);
+    linear_backward_rows(dx, s->dxr, gp->wqkv, gp->bqkv, s->qr, dproj, x, s->xr, p->wqkv,
+                         mc->rows, S, N, C, d->Cp, Cq);
 }
 
 /* Gate, output norm and output projection of n rows: out[n,C] from the core

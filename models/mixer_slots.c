@@ -68,6 +68,12 @@
  * most Ch - 1 of them) that the next read and write still need, and, inside
  * the context, the context tokens the encoder will read.
  *
+ * Given rows (the last layer under a head that reads a few rows), the read's
+ * queries, their attention over [slots ; chunk so far] and the output
+ * projection run on those rows only (a chunk without any skips its read);
+ * the read keys and values of the tokens, the write and the slot chain need
+ * every token and run as before.
+ *
  * What is elsewhere: the attention kernel (cross_attention.c), projections,
  * norms and GELU (linear.c, norm.c, gelu.c); the block around the mixer
  * (model.c); the check that a context variant gets a task with a boundary
@@ -471,6 +477,8 @@ typedef struct slot_env {
     slots_ptrs p, g;  /* parameters and their gradients */
     const real *x;    /* [B,T,C] mixer input */
     int T, lc, n;     /* tokens, context tokens, chunks */
+    const int *rows;  /* the rows whose output is wanted, NULL: every row */
+    int S;            /* their number */
 } slot_env;
 
 static slot_env env_of(const mixer_call *mc, const real *x) {
@@ -484,6 +492,8 @@ static slot_env env_of(const mixer_call *mc, const real *x) {
     E.T = mc->T;
     E.lc = context_tokens(E.c, mc->T, mc->context_len);
     E.n = chunk_count(E.c, mc->T, E.lc);
+    E.rows = mc->rows;
+    E.S = mc->rows ? mc->n_rows : 0;
     return E;
 }
 
@@ -716,6 +726,62 @@ static void self_backward(const slot_env *E, real *dM1) {
                        C);
 }
 
+/* ---- the read on a subset of rows ----------------------------------------------
+ * With rows (the last layer under a head that reads a few rows) the read's
+ * queries, attention and output projection run on the rows only: their q
+ * fills the q columns of qkv at their positions (zero at the others), and a
+ * chunk's read runs once per run of consecutive rows inside it, whose queries
+ * share one causal band. A chunk without rows skips its read (its slots'
+ * read keys and values too). The write keys and values, the read keys and
+ * values of the tokens and the slot chain still need every token. */
+
+/* Whether chunk ch holds a row of some sequence (always, without rows). */
+static int chunk_reads(const slot_env *E, const slot_chunk *ch) {
+    if (!E->rows) return 1;
+    for (int b = 0; b < E->L.B; b++) {
+        int p0 = b * E->T + ch->t0;
+        int s0 = rows_lower_bound(E->rows, E->S, p0);
+        if (s0 < E->S && E->rows[s0] < p0 + ch->n) return 1;
+    }
+    return 0;
+}
+
+/* The read of chunk ch (S slot rows in front of its tokens in a.P) on the
+ * rows only: forward, o at the rows; backward, d q at the rows into s.dqkv
+ * and d of the packed keys|values into s.dP. A run of m consecutive rows at
+ * chunk positions [i0, i0 + m) of sequence b attends over keys [0, S + i0 +
+ * m) with causal offset S + i0; its probabilities sit at att + (b Cm + i0) H
+ * Pn as [H, m, S + i0 + m], inside the rows [i0, i0 + m) of the full layout's
+ * [B,H,Cm,Pn]. */
+static void read_rows(const slot_env *E, const slot_chunk_acts *a, const slot_chunk *ch, int S,
+                      int backward) {
+    const slot_layout *L = &E->L;
+    const slot_scratch *s = &E->s;
+    const int C = L->C, T = E->T;
+    const size_t bP = (size_t)L->Pn * 2 * C;
+    for (int b = 0; b < L->B; b++) {
+        int p0 = b * T + ch->t0;
+        int r = rows_lower_bound(E->rows, E->S, p0), r1 = rows_lower_bound(E->rows, E->S,
+                                                                           p0 + ch->n);
+        while (r < r1) {
+            int e = r + 1;
+            while (e < r1 && E->rows[e] == E->rows[e - 1] + 1) e++;
+            int i0 = E->rows[r] - p0, m = e - r;
+            size_t pos = (size_t)E->rows[r];
+            xattn_dims d = read_dims(E, S, i0 + m);
+            d.B = 1, d.Tq = m, d.offset = S + i0;
+            real *att = a->att + ((size_t)b * L->Cm + i0) * L->H * L->Pn;
+            const real *P = a->P + b * bP;
+            if (backward)
+                xattn_backward(s->dqkv + pos * 3 * C, s->dP + b * bP, s->dP + b * bP + C,
+                               s->dO + pos * C, L->qkv + pos * 3 * C, P, P + C, att, &d, s->xs);
+            else
+                xattn_forward(L->o + pos * C, att, L->qkv + pos * 3 * C, P, P + C, &d, s->xs);
+            r = e;
+        }
+    }
+}
+
 /* ---- forward and backward -------------------------------------------------- */
 
 static void slots_forward(const mixer_call *mc, real *out, const real *x) {
@@ -724,7 +790,14 @@ static void slots_forward(const mixer_call *mc, real *out, const real *x) {
     const slots_ptrs *p = &E.p;
     int B = L->B, K = L->K, C = L->C, T = E.T, BK = B * K, N = B * T;
     size_t bP = (size_t)L->Pn * 2 * C;
-    linear_forward(L->qkv, x, p->wqkv, p->bqkv, N, C, 3 * C);
+    /* with rows, the rows' x and q sit in s.dqkv, free until the backward */
+    real *xr = E.s.dqkv, *qr = E.s.dqkv + (size_t)E.S * C;
+    if (E.rows) {
+        rows_gather(xr, x, C, E.rows, E.S, C);
+        linear_forward_rows(L->qkv, qr, x, xr, p->wqkv, p->bqkv, E.rows, E.S, N, C, 3 * C, C);
+    } else {
+        linear_forward(L->qkv, x, p->wqkv, p->bqkv, N, C, 3 * C);
+    }
     linear_forward(E.s.kvw, x, p->wqkv_w + (size_t)C * C, offset_or_null(p->bqkv_w, C), N, C,
                    2 * C);
     int enc = E.c->variant == VARIANT_CONTEXT && E.lc < T;
@@ -740,23 +813,35 @@ static void slots_forward(const mixer_call *mc, real *out, const real *x) {
         slot_chunk_acts a = chunk_acts(E.c, L, j);
         if (ch.first) broadcast_slots(&E, a.M);
         ln_s_forward(&E, a.Mh, a.mh_mean, a.mh_rstd, a.M);
-        linear_forward(E.s.tkv, a.Mh, p->wqkv + (size_t)C * C, offset_or_null(p->bqkv, C), BK,
-                       C, 2 * C);
         int s0 = ch.ctx ? K : 0, S = s0 + K;
-        if (ch.ctx) copy_rows(a.P, bP, 2 * C, L->kvc, (size_t)K * 2 * C, 2 * C, B, K, 2 * C);
-        copy_rows(a.P + (size_t)s0 * 2 * C, bP, 2 * C, E.s.tkv, (size_t)K * 2 * C, 2 * C, B, K,
-                  2 * C);
-        copy_rows(a.P + (size_t)S * 2 * C, bP, 2 * C, L->qkv + (size_t)ch.t0 * 3 * C + C,
-                  (size_t)T * 3 * C, 3 * C, B, ch.n, 2 * C);
-        xattn_dims d = read_dims(&E, S, ch.n);
-        xattn_forward(L->o + (size_t)ch.t0 * C, a.att, L->qkv + (size_t)ch.t0 * 3 * C, a.P,
-                      a.P + C, &d, E.s.xs);
+        if (chunk_reads(&E, &ch)) {
+            linear_forward(E.s.tkv, a.Mh, p->wqkv + (size_t)C * C, offset_or_null(p->bqkv, C),
+                           BK, C, 2 * C);
+            if (ch.ctx)
+                copy_rows(a.P, bP, 2 * C, L->kvc, (size_t)K * 2 * C, 2 * C, B, K, 2 * C);
+            copy_rows(a.P + (size_t)s0 * 2 * C, bP, 2 * C, E.s.tkv, (size_t)K * 2 * C, 2 * C, B,
+                      K, 2 * C);
+            copy_rows(a.P + (size_t)S * 2 * C, bP, 2 * C, L->qkv + (size_t)ch.t0 * 3 * C + C,
+                      (size_t)T * 3 * C, 3 * C, B, ch.n, 2 * C);
+            if (E.rows) {
+                read_rows(&E, &a, &ch, S, 0);
+            } else {
+                xattn_dims d = read_dims(&E, S, ch.n);
+                xattn_forward(L->o + (size_t)ch.t0 * C, a.att, L->qkv + (size_t)ch.t0 * 3 * C,
+                              a.P, a.P + C, &d, E.s.xs);
+            }
+        }
         if (!ch.last) {
             slot_chunk_acts next = chunk_acts(E.c, L, j + 1);
             write_forward(&E, &a.w, next.M, a.M, a.Mh, ch.t0, ch.n);
         }
     }
-    linear_forward(out, L->o, p->wo, p->bo, N, C, C);
+    if (E.rows) {
+        rows_gather(xr, L->o, C, E.rows, E.S, C); /* now the rows' o */
+        linear_forward(out, xr, p->wo, p->bo, E.S, C, C);
+    } else {
+        linear_forward(out, L->o, p->wo, p->bo, N, C, C);
+    }
 }
 
 static void slots_backward(const mixer_call *mc, real *dx, const real *dout, const real *x) {
@@ -767,10 +852,19 @@ static void slots_backward(const mixer_call *mc, real *dx, const real *dout, con
     int B = L->B, K = L->K, C = L->C, T = E.T, BK = B * K, N = B * T;
     size_t KC = (size_t)BK * C, bP = (size_t)L->Pn * 2 * C;
     memset(s->dqkv, 0, zsize((size_t)N * 3 * C));
-    memset(s->kvw, 0, zsize((size_t)N * 2 * C));
     memset(s->dO, 0, zsize((size_t)N * C));
     memset(s->dkvc, 0, zsize(KC * 2));
-    linear_backward(s->dO, g->wo, g->bo, dout, L->o, p->wo, N, C, C);
+    if (E.rows) {
+        /* s.kvw is free until the chunks: the rows' o and its gradient */
+        real *orow = s->kvw, *dor = s->kvw + (size_t)E.S * C;
+        rows_gather(orow, L->o, C, E.rows, E.S, C);
+        memset(dor, 0, zsize((size_t)E.S * C));
+        linear_backward(dor, g->wo, g->bo, dout, orow, p->wo, E.S, C, C);
+        rows_scatter_add(s->dO, dor, E.rows, E.S, C);
+    } else {
+        linear_backward(s->dO, g->wo, g->bo, dout, L->o, p->wo, N, C, C);
+    }
+    memset(s->kvw, 0, zsize((size_t)N * 2 * C));
     real *dM = s->dM, *dMn = s->dMn;
     for (int j = E.n - 1; j >= 0; j--) {
         slot_chunk ch = chunk_at(E.c, T, E.lc, j);
@@ -779,18 +873,25 @@ static void slots_backward(const mixer_call *mc, real *dx, const real *dout, con
         memset(s->dMh, 0, zsize(KC));
         if (!ch.last) write_backward(&E, &a.w, dM, s->dMh, dMn, a.M, a.Mh, ch.t0, ch.n);
         int s0 = ch.ctx ? K : 0, S = s0 + K;
-        xattn_dims d = read_dims(&E, S, ch.n);
-        memset(s->dP, 0, zsize((size_t)B * bP));
-        xattn_backward(s->dqkv + (size_t)ch.t0 * 3 * C, s->dP, s->dP + C,
-                       s->dO + (size_t)ch.t0 * C, L->qkv + (size_t)ch.t0 * 3 * C, a.P, a.P + C,
-                       a.att, &d, s->xs);
-        add_rows(s->dqkv + (size_t)ch.t0 * 3 * C + C, (size_t)T * 3 * C, 3 * C,
-                 s->dP + (size_t)S * 2 * C, bP, 2 * C, B, ch.n, 2 * C);
-        if (ch.ctx) add_rows(s->dkvc, (size_t)K * 2 * C, 2 * C, s->dP, bP, 2 * C, B, K, 2 * C);
-        copy_rows(s->tkv, (size_t)K * 2 * C, 2 * C, s->dP + (size_t)s0 * 2 * C, bP, 2 * C, B, K,
-                  2 * C);
-        linear_backward(s->dMh, g->wqkv + (size_t)C * C, offset_or_null(g->bqkv, C), s->tkv, a.Mh,
-                        p->wqkv + (size_t)C * C, BK, C, 2 * C);
+        if (chunk_reads(&E, &ch)) {
+            memset(s->dP, 0, zsize((size_t)B * bP));
+            if (E.rows) {
+                read_rows(&E, &a, &ch, S, 1);
+            } else {
+                xattn_dims d = read_dims(&E, S, ch.n);
+                xattn_backward(s->dqkv + (size_t)ch.t0 * 3 * C, s->dP, s->dP + C,
+                               s->dO + (size_t)ch.t0 * C, L->qkv + (size_t)ch.t0 * 3 * C, a.P,
+                               a.P + C, a.att, &d, s->xs);
+            }
+            add_rows(s->dqkv + (size_t)ch.t0 * 3 * C + C, (size_t)T * 3 * C, 3 * C,
+                     s->dP + (size_t)S * 2 * C, bP, 2 * C, B, ch.n, 2 * C);
+            if (ch.ctx)
+                add_rows(s->dkvc, (size_t)K * 2 * C, 2 * C, s->dP, bP, 2 * C, B, K, 2 * C);
+            copy_rows(s->tkv, (size_t)K * 2 * C, 2 * C, s->dP + (size_t)s0 * 2 * C, bP, 2 * C, B,
+                      K, 2 * C);
+            linear_backward(s->dMh, g->wqkv + (size_t)C * C, offset_or_null(g->bqkv, C), s->tkv,
+                            a.Mh, p->wqkv + (size_t)C * C, BK, C, 2 * C);
+        }
         ln_s_backward(&E, dM, s->dMh, a.M, a.mh_mean, a.mh_rstd);
         if (ch.first) reduce_slots(&E, dM);
         real *t = dM;
@@ -808,9 +909,19 @@ static void slots_backward(const mixer_call *mc, real *dx, const real *dout, con
         ln_s_backward(&E, dM0, s->dMh, L->M0, L->mh0_mean, L->mh0_rstd);
         reduce_slots(&E, dM0);
     }
-    linear_backward(dx, g->wqkv, g->bqkv, s->dqkv, x, p->wqkv, N, C, 3 * C);
     linear_backward(dx, g->wqkv_w + (size_t)C * C, offset_or_null(g->bqkv_w, C), s->kvw, x,
                     p->wqkv_w + (size_t)C * C, N, C, 2 * C);
+    if (E.rows) {
+        /* s.kvw is free again: the rows' d q and x; s.dO: their d x */
+        real *qr = s->kvw, *xr = s->kvw + (size_t)E.S * C, *dxr = s->dO;
+        rows_gather(xr, x, C, E.rows, E.S, C);
+        memset(dxr, 0, zsize((size_t)E.S * C));
+        linear_backward_rows(dx, dxr, g->wqkv, g->bqkv, qr, s->dqkv, x, xr, p->wqkv, E.rows,
+                             E.S, N, C, 3 * C, C);
+        rows_scatter_add(dx, dxr, E.rows, E.S, C);
+    } else {
+        linear_backward(dx, g->wqkv, g->bqkv, s->dqkv, x, p->wqkv, N, C, 3 * C);
+    }
 }
 
 /* The slots carried across a chunk boundary; the context variant keeps M_ctx
@@ -836,4 +947,5 @@ const ml_mixer mixer_slots = {
     .backward = slots_backward,
     .state_size = slots_state_size,
     .needs_context = slots_needs_context,
+    .out_rows = 1,
 };

@@ -1,6 +1,6 @@
 /* rows.c: gathering and scattering rows by index, for the layers that run on
  * a subset of positions (the last block under a head that reads a few rows:
- * model.c, mixer_softmax.c, mixer_linear.c). */
+ * model.c, linear.c, softmax_attention.c and the mixers with out_rows). */
 #include <string.h>
 
 #include "kernels.h"
@@ -17,4 +17,19 @@ void rows_scatter_add(real *dst, const real *src, const int *rows, int S, int C)
 #pragma omp simd
         for (int j = 0; j < C; j++) d[j] += r[j];
     }
+}
+
+void rows_scatter(real *dst, int ld, const real *src, const int *rows, int S, int C) {
+    for (int i = 0; i < S; i++)
+        memcpy(dst + (size_t)rows[i] * ld, src + (size_t)i * C, sizeof(real) * (size_t)C);
+}
+
+int rows_lower_bound(const int *rows, int S, int pos) {
+    int lo = 0, hi = S;
+    while (lo < hi) {
+        int mid = lo + (hi - lo) / 2;
+        if (rows[mid] < pos) lo = mid + 1;
+        else hi = mid;
+    }
+    return lo;
 }

@@ -234,18 +234,8 @@ void attention_backward(real *dqkv, const real *dout, const real *qkv, const rea
 
 /* The run [*s0, *s1) of rows that belong to sequence b (rows ascending). */
 static void rows_of_seq(const int *rows, int S, int T, int b, int *s0, int *s1) {
-    int lo = 0, hi = S;
-    while (lo < hi) { /* first row >= b*T */
-        int mid = (lo + hi) / 2;
-        if (rows[mid] < b * T) lo = mid + 1; else hi = mid;
-    }
-    *s0 = lo;
-    hi = S;
-    while (lo < hi) { /* first row >= (b+1)*T */
-        int mid = (lo + hi) / 2;
-        if (rows[mid] < (b + 1) * T) lo = mid + 1; else hi = mid;
-    }
-    *s1 = lo;
+    *s0 = rows_lower_bound(rows, S, b * T);
+    *s1 = rows_lower_bound(rows, S, (b + 1) * T);
 }
 
 /* Key range [c0, c1) of the block of rows [a0, a1) (positions t = row % T). */

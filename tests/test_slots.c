@@ -28,6 +28,7 @@
 #include "fixture.h"
 #include "gradcheck.h"
 #include "kernels.h"
+#include "mixer_rows.h"
 #include "model.h"
 #include "spec.h"
 #include "task.h"
@@ -332,6 +333,24 @@ static void test_slots_mixer_gradcheck(void) {
                  mix_cases[ci].sets[0], mix_cases[ci].sets[1], mix_cases[ci].context_len);
         gradcheck_expect(label, mix_loss, &c, ts, r.np + 1);
         free(g), free(dx), free(c.x), free(c.out), free(c.wgt);
+        rig_free(&r);
+    }
+}
+
+/* Called with rows (the last layer under the supervised head), the mixer
+ * gives the rows of its full call: outputs, d x and every parameter gradient
+ * within 1e-12, every case (chunks without rows, runs of rows, the context
+ * variant's two segments). */
+static void test_slots_mixer_rows(void) {
+    enum { B = 4, T = 9 };
+    for (int ci = 0; ci < N_MIX; ci++) {
+        rig r;
+        if (rig_build(&r, mix_cases[ci].sets, B, T, 800 + ci)) return;
+        mixer_call mc = rig_call(&r, mix_cases[ci].context_len);
+        char label[160];
+        snprintf(label, sizeof label, "slots case %d (%s %s, context_len %d)", ci,
+                 mix_cases[ci].sets[0], mix_cases[ci].sets[1], mix_cases[ci].context_len);
+        mixer_rows_expect(label, r.mx, &mc, r.m.g, r.m.n_params, 900 + ci, 1e-12);
         rig_free(&r);
     }
 }
@@ -848,6 +867,7 @@ const test_case tests_slots[] = {
     {"slots: cross attention fast == reference", test_xattn_fast_equals_ref},
     {"slots: cross attention gradient check", test_xattn_gradcheck},
     {"slots: mixer gradient check (params and input)", test_slots_mixer_gradcheck},
+    {"slots: mixer on rows == rows of the full call", test_slots_mixer_rows},
     {"slots: mixer causality by perturbation", test_slots_mixer_causality},
     {"slots: one chunk = attention with persistent slots", test_slots_limit_persistent_memory},
     {"slots: one chunk, slot logits -inf = softmax mixer", test_slots_limit_softmax},
