@@ -92,6 +92,9 @@ void rows_scatter(real *dst, int ld, const real *src, const int *rows, int S, in
 /* The first s in [0, S) with rows[s] >= pos, S when there is none (rows
  * ascending): rows[lower_bound(a)..lower_bound(b)) are the rows in [a, b). */
 int rows_lower_bound(const int *rows, int S, int pos);
+/* The end e <= s1 of the run of consecutive positions that starts at rows[s]:
+ * rows[s..e) = rows[s], rows[s] + 1, ... (s < s1). */
+int rows_run_end(const int *rows, int s, int s1);
 
 /* ---- GELU (exact, erf form, as torch.nn.functional.gelu) ------------------ */
 void gelu_forward(real *out, const real *x, size_t n);

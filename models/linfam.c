@@ -140,3 +140,34 @@ void lf_outnorm_backward(real *dout_o, real *dw, real *dgz, const real *dy, cons
     }
     rmsnorm_backward(dout_o, dw, don, o, w, rstd, N * H, Dv);
 }
+
+void lf_output_forward(const lf_outstage *st, real *out, const real *o, const real *x, int n) {
+    const int C = st->H * st->Dv;
+    const real *y = o;
+    if (st->kind != LF_ONORM_NONE) {
+        int gated = st->kind == LF_ONORM_GATED;
+        if (gated) linear_forward(st->gz, x, st->wgate, NULL, n, C, C);
+        real *yy = gated ? st->y : st->on;
+        lf_outnorm_forward(yy, st->on, st->rstd, o, st->onw, st->gz, n, st->H, st->Dv, st->kind);
+        y = yy;
+    }
+    linear_forward(out, y, st->wo, st->bo, n, C, C);
+}
+
+void lf_output_backward(const lf_outstage *st, real *dO, real *dx, const real *dout,
+                        const real *o, const real *x, int n) {
+    const int C = st->H * st->Dv;
+    const size_t nC = (size_t)n * C;
+    const int gated = st->kind == LF_ONORM_GATED;
+    memset(dO, 0, nC * sizeof(real));
+    if (st->kind == LF_ONORM_NONE) {
+        linear_backward(dO, st->dwo, st->dbo, dout, o, st->wo, n, C, C);
+        return;
+    }
+    memset(st->dy, 0, nC * sizeof(real));
+    linear_backward(st->dy, st->dwo, st->dbo, dout, gated ? st->y : st->on, st->wo, n, C, C);
+    if (gated) memset(st->dgz, 0, nC * sizeof(real));
+    lf_outnorm_backward(dO, st->donw, st->dgz, st->dy, o, st->on, st->rstd, st->onw, st->gz, n,
+                        st->H, st->Dv, st->kind, st->tmp);
+    if (gated) linear_backward(dx, st->dwgate, NULL, st->dgz, x, st->wgate, n, C, C);
+}

@@ -1,7 +1,8 @@
 /* linfam.h: pieces shared by the linear-family mixers (mixer_linear.c for
  * linear, deltanet, gated_deltanet, mamba2 and based; mixer_mom.c for the
- * mixture of memories): the names of the choices, the feature map on q and k,
- * the per-head gates computed from the block input, and the output norm.
+ * mixture of memories; mixer_memcache.c for Memory Caching): the names of the
+ * choices, the feature map on q and k, the per-head gates computed from the
+ * block input, the output norm and the output stage around it.
  *
  * Gates (per head, from the block input x, with z = x W^T):
  *   beta = sigmoid(z_beta)                                  (delta rules)
@@ -70,5 +71,24 @@ void lf_outnorm_forward(real *y, real *on, real *rstd, const real *o, const real
 void lf_outnorm_backward(real *dout_o, real *dw, real *dgz, const real *dy, const real *o,
                          const real *on, const real *rstd, const real *w, const real *gz,
                          int N, int H, int Dv, int kind, real *tmp);
+
+/* The output stage of a linear-family mixer on n rows (C = H*Dv):
+ *   y = o (kind none) or OutNorm(o) (rms, gated; gated computes the gate's
+ *   pre-activation gz = x Wgate^T itself); out[n,C] = y Wo^T + bo.
+ * The parameters, their gradients, what forward saves and backward's scratch,
+ * absent pieces NULL. */
+typedef struct lf_outstage {
+    int H, Dv, kind;                   /* kind: lf_onorm_names */
+    const real *onw, *wgate, *wo, *bo; /* onorm.w [Dv], wgate [C,C], wo [C,C], bo [C] */
+    real *donw, *dwgate, *dwo, *dbo;   /* their gradients (backward accumulates) */
+    real *on, *rstd, *gz, *y;          /* saved [n,C], [n*H], [n,C], [n,C] (y: gated) */
+    real *dy, *dgz, *tmp;              /* backward scratch [n,C] each */
+} lf_outstage;
+/* out[n,C] from o[n,C] and the rows' inputs x[n,C] (read by the gate). */
+void lf_output_forward(const lf_outstage *st, real *out, const real *o, const real *x, int n);
+/* dO[n,C] = d o (overwritten), dx[n,C] += the gate's part, parameter
+ * gradients +=, given dout[n,C] and forward's o, x on the same n rows. */
+void lf_output_backward(const lf_outstage *st, real *dO, real *dx, const real *dout,
+                        const real *o, const real *x, int n);
 
 #endif

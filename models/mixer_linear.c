@@ -358,50 +358,26 @@ static void qkv_backward(const mixer_call *mc, const lf_dims *d, const linear_pt
                          mc->rows, S, N, C, d->Cp, Cq);
 }
 
-/* Gate, output norm and output projection of n rows: out[n,C] from the core
- * output o[n,C] and x[n,C] (the rows' inputs), into a's first n rows. */
-static void output_forward(const linear_cfg *c, const lf_dims *d, const linear_ptrs *p,
-                           const linear_acts *a, real *out, const real *o, const real *x, int n) {
-    const int C = d->C;
-    const real *y = o;
-    if (d->onorm) {
-        if (d->gated) linear_forward(a->gz, x, p->wgate, NULL, n, C, C);
-        real *yy = d->gated ? a->y : a->on;
-        lf_outnorm_forward(yy, a->on, a->rstd, o, p->onw, a->gz, n, d->H, d->Dv, c->out_norm);
-        y = yy;
-    }
-    linear_forward(out, y, p->wo, p->bo, n, C, C);
-}
-
-/* Backward of output_forward: dO[n,C] = d o (overwritten), d x into dx. */
-static void output_backward(const linear_cfg *c, const lf_dims *d, const linear_ptrs *p,
-                            const linear_ptrs *gp, const linear_acts *a, const linear_scr *s,
-                            real *dO, real *dx, const real *dout, const real *o, const real *x,
-                            int n) {
-    const int C = d->C;
-    const size_t nC = (size_t)n * C;
-    const real *y = d->onorm ? (d->gated ? a->y : a->on) : o;
-    memset(dO, 0, nC * sizeof(real));
-    if (d->onorm) {
-        memset(s->dy, 0, nC * sizeof(real));
-        linear_backward(s->dy, gp->wo, gp->bo, dout, y, p->wo, n, C, C);
-        if (d->gated) memset(s->dgz, 0, nC * sizeof(real));
-        lf_outnorm_backward(dO, gp->onw, s->dgz, s->dy, o, a->on, a->rstd, p->onw, a->gz, n,
-                            d->H, d->Dv, c->out_norm, s->tmp);
-        if (d->gated) linear_backward(dx, gp->wgate, NULL, s->dgz, x, p->wgate, n, C, C);
-    } else {
-        linear_backward(dO, gp->wo, gp->bo, dout, y, p->wo, n, C, C);
-    }
+/* The output stage (linfam.h) over a's and s's buffers. */
+static lf_outstage linear_outstage(const linear_cfg *c, const lf_dims *d, const linear_ptrs *p,
+                                   const linear_ptrs *gp, const linear_acts *a,
+                                   const linear_scr *s) {
+    lf_outstage st = {d->H, d->Dv, c->out_norm, p->onw, p->wgate, p->wo, p->bo,
+                      gp->onw, gp->wgate, gp->wo, gp->bo, a->on, a->rstd, a->gz, a->y,
+                      s->dy, s->dgz, s->tmp};
+    return st;
 }
 
 static void linear_forward_mix(const mixer_call *mc, real *out, const real *x) {
     const linear_cfg *c = mc->cfg;
     lf_dims d = lf_dims_of(c, mc->B, mc->T, mc->C);
     linear_ptrs p = linear_unpack(c, mc->p);
+    linear_ptrs gp = linear_unpack(c, mc->dp);
     linear_acts a;
     linear_scr s;
     linear_acts_at(c, &d, mc->act, &a);
     linear_scr_at(c, &d, mc->scratch, &s);
+    const lf_outstage st = linear_outstage(c, &d, &p, &gp, &a, &s);
     const int N = d.N, C = d.C, H = d.H, S = mc->n_rows;
 
     if (mc->rows) rows_gather(s.xr, x, C, mc->rows, S, C);
@@ -435,9 +411,9 @@ static void linear_forward_mix(const mixer_call *mc, real *out, const real *x) {
     }
     if (mc->rows) {
         rows_gather(s.orow, a.o, C, mc->rows, S, C);
-        output_forward(c, &d, &p, &a, out, s.orow, s.xr, S);
+        lf_output_forward(&st, out, s.orow, s.xr, S);
     } else {
-        output_forward(c, &d, &p, &a, out, a.o, x, N);
+        lf_output_forward(&st, out, a.o, x, N);
     }
 }
 
@@ -451,6 +427,7 @@ static void linear_backward_mix(const mixer_call *mc, real *dx, const real *dout
     linear_scr s;
     linear_acts_at(c, &d, mc->act, &a);
     linear_scr_at(c, &d, mc->scratch, &s);
+    const lf_outstage st = linear_outstage(c, &d, &p, &gp, &a, &s);
     const int N = d.N, C = d.C, H = d.H;
     const size_t NC = (size_t)N * C, NP = (size_t)N * 2 * d.HF, NH = (size_t)N * H;
     const real *qkv = d.conv ? a.convd : a.proj;
@@ -462,11 +439,11 @@ static void linear_backward_mix(const mixer_call *mc, real *dx, const real *dout
         rows_gather(s.xr, x, C, mc->rows, S, C);
         rows_gather(s.orow, a.o, C, mc->rows, S, C);
         memset(s.dxr, 0, (size_t)S * C * sizeof(real));
-        output_backward(c, &d, &p, &gp, &a, &s, s.dOr, s.dxr, dout, s.orow, s.xr, S);
+        lf_output_backward(&st, s.dOr, s.dxr, dout, s.orow, s.xr, S);
         memset(s.dO, 0, NC * sizeof(real));
         rows_scatter_add(s.dO, s.dOr, mc->rows, S, C);
     } else {
-        output_backward(c, &d, &p, &gp, &a, &s, s.dO, dx, dout, a.o, x, N);
+        lf_output_backward(&st, s.dO, dx, dout, a.o, x, N);
     }
 
     /* the core */

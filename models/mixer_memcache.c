@@ -60,6 +60,15 @@
  * by the definitions above (every memory its own run from zero, pools and
  * reads as loops), forward and backward; the tests diff the two.
  *
+ * Given rows (the last layer under a head that reads a few rows): q (unless
+ * the short conv mixes neighbours) and u are projected for the rows only
+ * (zero elsewhere); on the fast path the scores, gate weights, the read of
+ * every cached memory and the aggregation run on the rows, as runs of
+ * consecutive tokens; the output norm, gate and projection on the rows. The
+ * memory chains, the pools, the online rule (whose kernel writes every
+ * token's read) and its denominator still run on every token, and the naive
+ * path reads at every token (the rows' outputs are what it adds).
+ *
  * State size (per layer): the memories the most-reading of the T tokens
  * holds, online included, each H F Dv (+ H F normaliser), plus per memory its
  * pool (C or H F floats; the online one as a running sum) for the gated
@@ -469,6 +478,9 @@ typedef struct mc_scr {
     real *pools;                  /* [nslot,PWt] */
     real *vtmp, *dnum, *u2, *r2;  /* [Dv] */
     real *Sp;                     /* [F*Dv] */
+    /* with rows (S < N of them; sized N): their x, d x, and the gathered rows
+     * of one projection at a time (q or u, their gradients; o) */
+    real *xr, *dxr, *rtmp;        /* [N,C], [N,C], [N,max(C, Cq, H*Pw)] */
 } mc_scr;
 
 static size_t mc_lane_at(const memcache_cfg *c, const mc_dims *d, real *base, mc_lane *w) {
@@ -558,6 +570,11 @@ static size_t mc_scr_at(const memcache_cfg *c, const mc_dims *d, real *base, mc_
         TAKE(r2, (size_t)d->Dv);
         TAKE(Sp, SS);
     }
+    size_t wide = C > (size_t)d->Cq ? C : (size_t)d->Cq;
+    if (d->gagg && H * d->Pw > wide) wide = H * d->Pw;
+    TAKE(xr, N * C);
+    TAKE(dxr, N * C);
+    TAKE(rtmp, N * wide);
 #undef TAKE
     return used;
 }
@@ -587,6 +604,8 @@ typedef struct mc_ctx {
     size_t lane_size;
     const real *x, *qkv;
     real eps;
+    const int *rows;         /* the rows whose output is wanted, NULL: every row */
+    int S;                   /* their number */
 } mc_ctx;
 
 static const real *mc_q(const mc_ctx *m, size_t row, int h) {
@@ -666,6 +685,43 @@ static void mc_weights(real *gw, const real *sc, int n, const mc_dims *d, unsign
     mc_softmax(gw, keep, n + 1);
 }
 
+/* ---- the rows a call reads ----------------------------------------------------------------
+ * With rows (the last layer under a head that reads a few rows), the fast
+ * path's per-token reads (scores, gate weights, every memory's read,
+ * aggregation) run on those rows only, as runs of consecutive tokens; the
+ * memories, the pools and the online rule still run on every token. */
+
+/* A walk over the runs of wanted tokens of one sequence inside [t0, t1). */
+typedef struct mc_runs {
+    const int *rows; /* NULL: every token, one run */
+    int s, s1;       /* the rows left: rows[s..s1) */
+    int base, t0, t1;
+} mc_runs;
+
+static mc_runs mc_runs_in(const mc_ctx *m, int b, int t0, int t1) {
+    mc_runs it = {m->rows, 0, 0, b * m->d.T, t0, t1};
+    if (m->rows) {
+        it.s = rows_lower_bound(m->rows, m->S, it.base + t0);
+        it.s1 = rows_lower_bound(m->rows, m->S, it.base + t1);
+    }
+    return it;
+}
+
+/* The next run [*a, *a + *n) of tokens of the sequence; 0 when none is left. */
+static int mc_run_next(mc_runs *it, int *a, int *n) {
+    if (!it->rows) {
+        if (it->t0 >= it->t1) return 0;
+        *a = it->t0, *n = it->t1 - it->t0;
+        it->t0 = it->t1;
+        return 1;
+    }
+    if (it->s >= it->s1) return 0;
+    int e = rows_run_end(it->rows, it->s, it->s1);
+    *a = it->rows[it->s] - it->base, *n = e - it->s;
+    it->s = e;
+    return 1;
+}
+
 /* ---- the fast path ------------------------------------------------------------------------ */
 
 /* Cached states of (b, h): the chains of mcs_forward, memories in increasing P. */
@@ -732,28 +788,35 @@ static void mc_gates_forward(mc_ctx *m, int b) {
         real n = (real)(t % d->c + 1);
         for (int i = 0; i < W; i++) po[i] /= n;
     }
-    /* scores: one GEMV per memory over the rows that read it, into gam */
+    /* scores: one GEMV per memory and run of the rows that read it, into gam */
     const int ldu = d->H * d->Pw, ldg = d->H * d->nslot;
+    int a0, nr;
     for (int P = 1; P <= d->nmem; P++) {
         int t0 = P * d->c, t1 = mc_hi(d, P) * d->c;
         if (t1 > d->T) t1 = d->T;
-        size_t r0 = (size_t)b * d->T + t0;
-        for (int h = 0; h < d->H; h++)
-            ml_gemv(0, t1 - t0, d->Pw, 1, m->a.u + r0 * ldu + (size_t)h * d->Pw, ldu,
-                    m->a.poolm + ((size_t)b * d->nmem + P - 1) * W + mc_hoff(d, h), 1, 0,
-                    m->a.gam + r0 * ldg + (size_t)h * d->nslot + mc_slot(d, P), ldg);
-    }
-    for (size_t row = (size_t)b * d->T; row < (size_t)(b + 1) * d->T; row++) {
-        int s = (int)(row % d->T) / d->c, n = mc_nread(d, s);
-        for (int h = 0; h < d->H; h++) {
-            real *gw = m->a.gam + (row * d->H + h) * d->nslot;
-            memcpy(m->w.sc, gw, sizeof(real) * n);
-            m->w.sc[n] = mc_dot(m->a.u + (row * d->H + h) * d->Pw,
-                                m->a.poolon + row * W + mc_hoff(d, h), d->Pw);
-            memset(gw, 0, sizeof(real) * d->nslot);
-            mc_weights(gw, m->w.sc, n, d, m->w.keep);
+        mc_runs it = mc_runs_in(m, b, t0, t1);
+        while (mc_run_next(&it, &a0, &nr)) {
+            size_t r0 = (size_t)b * d->T + a0;
+            for (int h = 0; h < d->H; h++)
+                ml_gemv(0, nr, d->Pw, 1, m->a.u + r0 * ldu + (size_t)h * d->Pw, ldu,
+                        m->a.poolm + ((size_t)b * d->nmem + P - 1) * W + mc_hoff(d, h), 1, 0,
+                        m->a.gam + r0 * ldg + (size_t)h * d->nslot + mc_slot(d, P), ldg);
         }
     }
+    mc_runs it = mc_runs_in(m, b, 0, d->T);
+    while (mc_run_next(&it, &a0, &nr))
+        for (int t = a0; t < a0 + nr; t++) {
+            size_t row = (size_t)b * d->T + t;
+            int n = mc_nread(d, t / d->c);
+            for (int h = 0; h < d->H; h++) {
+                real *gw = m->a.gam + (row * d->H + h) * d->nslot;
+                memcpy(m->w.sc, gw, sizeof(real) * n);
+                m->w.sc[n] = mc_dot(m->a.u + (row * d->H + h) * d->Pw,
+                                    m->a.poolon + row * W + mc_hoff(d, h), d->Pw);
+                memset(gw, 0, sizeof(real) * d->nslot);
+                mc_weights(gw, m->w.sc, n, d, m->w.keep);
+            }
+        }
 }
 
 /* Weight of slot j for token row and head h (1 for residual). */
@@ -766,52 +829,60 @@ static void mc_aggregate_forward(mc_ctx *m, int b, int h) {
     const mc_dims *d = &m->d;
     const int Dv = d->Dv, ld = 2 * d->HF, soup = d->agg == MC_SOUP;
     const real eps = m->eps;
-    for (int t = 0; t < d->T; t++) {
-        size_t row = (size_t)b * d->T + t;
-        int n = mc_nread(d, t / d->c);
-        real gw = mc_gw(m, row, h, n);
-        const real *num = m->a.onum + row * d->C + (size_t)h * Dv;
-        real *y = m->a.o + row * d->C + (size_t)h * Dv;
-        real f = gw;
-        if (d->norm) {
-            real den = m->a.oden[row * d->H + h];
-            if (soup) m->a.dsum[row * d->H + h] = gw * den;
-            else f = gw / (den + eps);
+    int a0, nr;
+    mc_runs it = mc_runs_in(m, b, 0, d->T);
+    while (mc_run_next(&it, &a0, &nr))
+        for (int t = a0; t < a0 + nr; t++) {
+            size_t row = (size_t)b * d->T + t;
+            int n = mc_nread(d, t / d->c);
+            real gw = mc_gw(m, row, h, n);
+            const real *num = m->a.onum + row * d->C + (size_t)h * Dv;
+            real *y = m->a.o + row * d->C + (size_t)h * Dv;
+            real f = gw;
+            if (d->norm) {
+                real den = m->a.oden[row * d->H + h];
+                if (soup) m->a.dsum[row * d->H + h] = gw * den;
+                else f = gw / (den + eps);
+            }
+            for (int j = 0; j < Dv; j++) y[j] = f * num[j];
         }
-        for (int j = 0; j < Dv; j++) y[j] = f * num[j];
-    }
     for (int P = 1; P <= d->nmem; P++) {
         int t0 = P * d->c, t1 = mc_hi(d, P) * d->c;
         if (t1 > d->T) t1 = d->T;
-        int nr = t1 - t0, slot = mc_slot(d, P);
-        size_t r0 = (size_t)b * d->T + t0;
+        int slot = mc_slot(d, P);
         const real *S = mc_Sm(m, b, h, P);
-        ml_gemm(0, 0, nr, Dv, d->F, 1, mc_q(m, r0, h),
-                   ld, S, Dv, 0, m->w.rd, Dv);
-        if (d->norm)
-            ml_gemv(0, nr, d->F, 1, mc_q(m, r0, h), ld,
-                       mc_zm(m, b, h, P), 1, 0, m->w.rden, 1);
-        for (int i = 0; i < nr; i++) {
-            size_t row = r0 + i;
-            real gw = mc_gw(m, row, h, slot);
-            if (gw == 0) continue;
-            real f = gw;
-            if (d->norm) {
-                if (soup) m->a.dsum[row * d->H + h] += gw * m->w.rden[i];
-                else f = gw / (m->w.rden[i] + eps);
+        it = mc_runs_in(m, b, t0, t1);
+        while (mc_run_next(&it, &a0, &nr)) {
+            size_t r0 = (size_t)b * d->T + a0;
+            ml_gemm(0, 0, nr, Dv, d->F, 1, mc_q(m, r0, h), ld, S, Dv, 0, m->w.rd, Dv);
+            if (d->norm)
+                ml_gemv(0, nr, d->F, 1, mc_q(m, r0, h), ld, mc_zm(m, b, h, P), 1, 0, m->w.rden,
+                        1);
+            for (int i = 0; i < nr; i++) {
+                size_t row = r0 + i;
+                real gw = mc_gw(m, row, h, slot);
+                if (gw == 0) continue;
+                real f = gw;
+                if (d->norm) {
+                    if (soup) m->a.dsum[row * d->H + h] += gw * m->w.rden[i];
+                    else f = gw / (m->w.rden[i] + eps);
+                }
+                real *y = m->a.o + row * d->C + (size_t)h * Dv;
+                const real *r = m->w.rd + (size_t)i * Dv;
+                for (int j = 0; j < Dv; j++) y[j] += f * r[j];
             }
-            real *y = m->a.o + row * d->C + (size_t)h * Dv;
-            const real *r = m->w.rd + (size_t)i * Dv;
-            for (int j = 0; j < Dv; j++) y[j] += f * r[j];
         }
     }
-    if (soup && d->norm)
-        for (int t = 0; t < d->T; t++) {
-            size_t row = (size_t)b * d->T + t;
-            real f = 1 / (m->a.dsum[row * d->H + h] + eps);
-            real *y = m->a.o + row * d->C + (size_t)h * Dv;
-            for (int j = 0; j < Dv; j++) y[j] *= f;
-        }
+    if (soup && d->norm) {
+        it = mc_runs_in(m, b, 0, d->T);
+        while (mc_run_next(&it, &a0, &nr))
+            for (int t = a0; t < a0 + nr; t++) {
+                size_t row = (size_t)b * d->T + t;
+                real f = 1 / (m->a.dsum[row * d->H + h] + eps);
+                real *y = m->a.o + row * d->C + (size_t)h * Dv;
+                for (int j = 0; j < Dv; j++) y[j] *= f;
+            }
+    }
 }
 
 /* The gradient of one read (num [Dv], den) with weight gw, given dy: fills
@@ -843,66 +914,71 @@ static void mc_aggregate_backward(mc_ctx *m, int b, int h) {
     const int Dv = d->Dv, ld = 2 * d->HF, soup = d->agg == MC_SOUP;
     const real eps = m->eps;
     real *dphi = m->s.dphi;
+    int a0, nr;
     /* dy per row (soup: dA = dy / (D + eps), dD = -dy . y / (D + eps)) */
-    for (int t = 0; t < d->T; t++) {
-        size_t row = (size_t)b * d->T + t;
-        const real *dy = m->s.dO + row * d->C + (size_t)h * Dv;
-        real *dA = m->w.dA + (size_t)t * Dv;
-        if (soup && d->norm) {
-            real inv = 1 / (m->a.dsum[row * d->H + h] + eps);
-            const real *y = m->a.o + row * d->C + (size_t)h * Dv;
-            m->w.dD[t] = -mc_dot(dy, y, Dv) * inv;
-            for (int j = 0; j < Dv; j++) dA[j] = dy[j] * inv;
-        } else {
-            m->w.dD[t] = 0;
-            memcpy(dA, dy, sizeof(real) * Dv);
+    mc_runs it = mc_runs_in(m, b, 0, d->T);
+    while (mc_run_next(&it, &a0, &nr))
+        for (int t = a0; t < a0 + nr; t++) {
+            size_t row = (size_t)b * d->T + t;
+            const real *dy = m->s.dO + row * d->C + (size_t)h * Dv;
+            real *dA = m->w.dA + (size_t)t * Dv;
+            if (soup && d->norm) {
+                real inv = 1 / (m->a.dsum[row * d->H + h] + eps);
+                const real *y = m->a.o + row * d->C + (size_t)h * Dv;
+                m->w.dD[t] = -mc_dot(dy, y, Dv) * inv;
+                for (int j = 0; j < Dv; j++) dA[j] = dy[j] * inv;
+            } else {
+                m->w.dD[t] = 0;
+                memcpy(dA, dy, sizeof(real) * Dv);
+            }
+            int n = mc_nread(d, t / d->c);
+            real dden, gw = mc_gw(m, row, h, n);
+            real dgw = mc_read_backward(m->s.donum + row * d->C + (size_t)h * Dv, &dden, dA,
+                                        m->w.dD[t], m->a.onum + row * d->C + (size_t)h * Dv,
+                                        d->norm ? m->a.oden[row * d->H + h] : 0, gw, m);
+            if (d->norm) m->s.doden[row * d->H + h] = dden;
+            if (d->gagg) m->s.dgam[(row * d->H + h) * d->nslot + n] = dgw;
         }
-        int n = mc_nread(d, t / d->c);
-        real dden, gw = mc_gw(m, row, h, n);
-        real dgw = mc_read_backward(m->s.donum + row * d->C + (size_t)h * Dv, &dden, dA,
-                                    m->w.dD[t], m->a.onum + row * d->C + (size_t)h * Dv,
-                                    d->norm ? m->a.oden[row * d->H + h] : 0, gw, m);
-        if (d->norm) m->s.doden[row * d->H + h] = dden;
-        if (d->gagg) m->s.dgam[(row * d->H + h) * d->nslot + n] = dgw;
-    }
     for (int P = 1; P <= d->nmem; P++) {
         int t0 = P * d->c, t1 = mc_hi(d, P) * d->c;
         if (t1 > d->T) t1 = d->T;
-        int nr = t1 - t0, slot = mc_slot(d, P);
-        size_t r0 = (size_t)b * d->T + t0;
+        int slot = mc_slot(d, P);
         const real *S = mc_Sm(m, b, h, P), *z = d->norm ? mc_zm(m, b, h, P) : NULL;
-        const real *Q = mc_q(m, r0, h);
-        ml_gemm(0, 0, nr, Dv, d->F, 1, Q, ld, S, Dv, 0,
-                   m->w.rd, Dv);
-        if (d->norm)
-            ml_gemv(0, nr, d->F, 1, Q, ld, z, 1, 0, m->w.rden, 1);
-        for (int i = 0; i < nr; i++) {
-            size_t row = r0 + i;
-            int t = t0 + i;
-            real gw = mc_gw(m, row, h, slot), dden = 0;
-            real dgw = mc_read_backward(m->w.drd + (size_t)i * Dv, &dden, m->w.dA + (size_t)t * Dv,
-                                        m->w.dD[t], m->w.rd + (size_t)i * Dv,
-                                        d->norm ? m->w.rden[i] : 0, gw, m);
-            m->w.rdd[i] = dden;
-            if (d->gagg) m->s.dgam[(row * d->H + h) * d->nslot + slot] = dgw;
-        }
-        real *dQ = dphi + r0 * ld + (size_t)h * d->F;
-        ml_gemm(0, 1, nr, d->F, Dv, 1, m->w.drd, Dv, S, Dv,
-                   1, dQ, ld);
-        if (d->norm)
-            for (int i = 0; i < nr; i++)
-                for (int f = 0; f < d->F; f++) dQ[(size_t)i * ld + f] += m->w.rdd[i] * z[f];
-        if (!d->cgrad) continue;
-        /* each memory is read by this one run of rows: its gradient starts here
-         * (the chain backward then adds its successors') */
+        /* each memory is read by this one range of rows: its gradient starts
+         * here (the chain backward then adds its successors') */
         real *dS = m->w.dSm + (size_t)(P - 1) * d->F * Dv;
-        ml_gemm(1, 0, d->F, Dv, nr, 1, Q, ld, m->w.drd, Dv,
-                   0, dS, Dv);
-        if (d->norm) {
-            real *dz = m->w.dzm + (size_t)(P - 1) * d->F;
-            memset(dz, 0, sizeof(real) * d->F);
-            for (int i = 0; i < nr; i++)
-                for (int f = 0; f < d->F; f++) dz[f] += m->w.rdd[i] * Q[(size_t)i * ld + f];
+        real *dz = d->norm ? m->w.dzm + (size_t)(P - 1) * d->F : NULL;
+        if (d->cgrad) {
+            memset(dS, 0, sizeof(real) * d->F * Dv);
+            if (dz) memset(dz, 0, sizeof(real) * d->F);
+        }
+        it = mc_runs_in(m, b, t0, t1);
+        while (mc_run_next(&it, &a0, &nr)) {
+            size_t r0 = (size_t)b * d->T + a0;
+            const real *Q = mc_q(m, r0, h);
+            ml_gemm(0, 0, nr, Dv, d->F, 1, Q, ld, S, Dv, 0, m->w.rd, Dv);
+            if (d->norm) ml_gemv(0, nr, d->F, 1, Q, ld, z, 1, 0, m->w.rden, 1);
+            for (int i = 0; i < nr; i++) {
+                size_t row = r0 + i;
+                int t = a0 + i;
+                real gw = mc_gw(m, row, h, slot), dden = 0;
+                real dgw = mc_read_backward(m->w.drd + (size_t)i * Dv, &dden,
+                                            m->w.dA + (size_t)t * Dv, m->w.dD[t],
+                                            m->w.rd + (size_t)i * Dv, d->norm ? m->w.rden[i] : 0,
+                                            gw, m);
+                m->w.rdd[i] = dden;
+                if (d->gagg) m->s.dgam[(row * d->H + h) * d->nslot + slot] = dgw;
+            }
+            real *dQ = dphi + r0 * ld + (size_t)h * d->F;
+            ml_gemm(0, 1, nr, d->F, Dv, 1, m->w.drd, Dv, S, Dv, 1, dQ, ld);
+            if (d->norm)
+                for (int i = 0; i < nr; i++)
+                    for (int f = 0; f < d->F; f++) dQ[(size_t)i * ld + f] += m->w.rdd[i] * z[f];
+            if (!d->cgrad) continue;
+            ml_gemm(1, 0, d->F, Dv, nr, 1, Q, ld, m->w.drd, Dv, 1, dS, Dv);
+            if (dz)
+                for (int i = 0; i < nr; i++)
+                    for (int f = 0; f < d->F; f++) dz[f] += m->w.rdd[i] * Q[(size_t)i * ld + f];
         }
     }
 }
@@ -978,35 +1054,38 @@ static void mc_gates_backward(mc_ctx *m, real *dx, int b) {
     const int W = d->PWt, Pw = d->Pw;
     memset(m->s.dpoolm + (size_t)b * d->nmem * W, 0, sizeof(real) * d->nmem * W);
     memset(m->s.dpoolon + (size_t)b * d->T * W, 0, sizeof(real) * d->T * W);
-    for (size_t row = (size_t)b * d->T; row < (size_t)(b + 1) * d->T; row++) {
-        int s = (int)(row % d->T) / d->c, n = mc_nread(d, s);
-        for (int h = 0; h < d->H; h++) {
-            const real *gw = m->a.gam + (row * d->H + h) * d->nslot;
-            real *dg = m->s.dgam + (row * d->H + h) * d->nslot;
-            real dot = 0;
-            for (int j = 0; j <= n; j++) dot += gw[j] * dg[j];
-            for (int j = 0; j <= n; j++) dg[j] = gw[j] * (dg[j] - dot); /* now dscore */
-            const real *u = m->a.u + (row * d->H + h) * Pw;
-            real *du = m->s.du + (row * d->H + h) * Pw;
-            size_t off = mc_hoff(d, h);
-            for (int j = 0; j <= n; j++) {
-                if (dg[j] == 0) continue;
-                const real *pool;
-                real *dpool = NULL;
-                if (j < n) {
-                    size_t pm = ((size_t)b * d->nmem + mc_read(d, s, j) - 1) * W + off;
-                    pool = m->a.poolm + pm;
-                    if (d->cgrad) dpool = m->s.dpoolm + pm;
-                } else {
-                    pool = m->a.poolon + row * W + off;
-                    dpool = m->s.dpoolon + row * W + off;
+    int a0, nr;
+    mc_runs it = mc_runs_in(m, b, 0, d->T);
+    while (mc_run_next(&it, &a0, &nr))
+        for (size_t row = (size_t)b * d->T + a0; row < (size_t)b * d->T + a0 + nr; row++) {
+            int s = (int)(row % d->T) / d->c, n = mc_nread(d, s);
+            for (int h = 0; h < d->H; h++) {
+                const real *gw = m->a.gam + (row * d->H + h) * d->nslot;
+                real *dg = m->s.dgam + (row * d->H + h) * d->nslot;
+                real dot = 0;
+                for (int j = 0; j <= n; j++) dot += gw[j] * dg[j];
+                for (int j = 0; j <= n; j++) dg[j] = gw[j] * (dg[j] - dot); /* now dscore */
+                const real *u = m->a.u + (row * d->H + h) * Pw;
+                real *du = m->s.du + (row * d->H + h) * Pw;
+                size_t off = mc_hoff(d, h);
+                for (int j = 0; j <= n; j++) {
+                    if (dg[j] == 0) continue;
+                    const real *pool;
+                    real *dpool = NULL;
+                    if (j < n) {
+                        size_t pm = ((size_t)b * d->nmem + mc_read(d, s, j) - 1) * W + off;
+                        pool = m->a.poolm + pm;
+                        if (d->cgrad) dpool = m->s.dpoolm + pm;
+                    } else {
+                        pool = m->a.poolon + row * W + off;
+                        dpool = m->s.dpoolon + row * W + off;
+                    }
+                    for (int i = 0; i < Pw; i++) du[i] += dg[j] * pool[i];
+                    if (dpool)
+                        for (int i = 0; i < Pw; i++) dpool[i] += dg[j] * u[i];
                 }
-                for (int i = 0; i < Pw; i++) du[i] += dg[j] * pool[i];
-                if (dpool)
-                    for (int i = 0; i < Pw; i++) dpool[i] += dg[j] * u[i];
             }
         }
-    }
     if (d->cgrad)
         for (int P = 1; P <= d->nmem; P++) {
             const real *dp = m->s.dpoolm + ((size_t)b * d->nmem + P - 1) * W;
@@ -1340,6 +1419,16 @@ static void mc_ctx_of(mc_ctx *m, const mixer_call *mc, const real *x) {
     m->x = x;
     m->qkv = m->d.conv ? m->a.convd : m->a.proj;
     m->eps = (real)m->cfg->eps;
+    m->rows = mc->rows;
+    m->S = mc->rows ? mc->n_rows : 0;
+}
+
+/* The output stage (linfam.h) over the call's buffers. */
+static lf_outstage mc_outstage(const mc_ctx *m, const mc_ptrs *p, const mc_ptrs *gp) {
+    lf_outstage st = {m->d.H, m->d.Dv, m->cfg->out_norm, p->onw, p->wgate, p->wo, p->bo,
+                      gp->onw, gp->wgate, gp->wo, gp->bo, m->a.on, m->a.rstd, m->a.gz, m->a.y,
+                      m->s.dy, m->s.dgz, m->s.tmp};
+    return st;
 }
 
 static void memcache_forward(const mixer_call *mc, real *out, const real *x) {
@@ -1348,9 +1437,18 @@ static void memcache_forward(const mixer_call *mc, real *out, const real *x) {
     const memcache_cfg *c = m.cfg;
     const mc_dims *d = &m.d;
     mc_ptrs p = mc_unpack(c, mc->p);
-    const int N = d->N, C = d->C, H = d->H;
+    mc_ptrs gp = mc_unpack(c, mc->dp);
+    const lf_outstage st = mc_outstage(&m, &p, &gp);
+    const int N = d->N, C = d->C, H = d->H, S = m.S;
 
-    linear_forward(m.a.proj, x, p.wqkv, p.bqkv, N, C, d->Cp);
+    /* with rows: q (unless the short conv mixes it with its neighbours) and u
+     * projected for the rows only, zero elsewhere */
+    if (m.rows) rows_gather(m.s.xr, x, C, m.rows, S, C);
+    if (m.rows && !d->conv)
+        linear_forward_rows(m.a.proj, m.s.rtmp, x, m.s.xr, p.wqkv, p.bqkv, m.rows, S, N, C,
+                            d->Cp, d->Cq);
+    else
+        linear_forward(m.a.proj, x, p.wqkv, p.bqkv, N, C, d->Cp);
     if (d->conv) conv1d_causal_forward(m.a.convd, m.a.proj, p.convw, NULL, d->B, d->T, d->Cp,
                                        d->conv);
     for (int t = 0; t < N; t++)
@@ -1366,7 +1464,11 @@ static void memcache_forward(const mixer_call *mc, real *out, const real *x) {
         linear_forward(m.a.za, x, p.wdecay, NULL, N, C, H);
         lf_decay_forward(m.a.g, m.a.za, p.A_log, p.dt_bias, m.s.shift, N, H, H);
     }
-    if (d->gagg) linear_forward(m.a.u, x, p.wu, NULL, N, C, H * d->Pw);
+    if (d->gagg && m.rows)
+        linear_forward_rows(m.a.u, m.s.rtmp, x, m.s.xr, p.wu, NULL, m.rows, S, N, C, H * d->Pw,
+                            H * d->Pw);
+    else if (d->gagg)
+        linear_forward(m.a.u, x, p.wu, NULL, N, C, H * d->Pw);
 
     if (d->naive) {
         for (int b = 0; b < d->B; b++)
@@ -1386,14 +1488,12 @@ static void memcache_forward(const mixer_call *mc, real *out, const real *x) {
         ml_par_ranges(d->B, mc_threads(d), mc_fwd_range, &job);
     }
 
-    const real *y = m.a.o;
-    if (d->onorm) {
-        if (d->gated) linear_forward(m.a.gz, x, p.wgate, NULL, N, C, C);
-        real *yy = d->gated ? m.a.y : m.a.on;
-        lf_outnorm_forward(yy, m.a.on, m.a.rstd, m.a.o, p.onw, m.a.gz, N, H, d->Dv, c->out_norm);
-        y = yy;
+    if (m.rows) {
+        rows_gather(m.s.rtmp, m.a.o, C, m.rows, S, C);
+        lf_output_forward(&st, out, m.s.rtmp, m.s.xr, S);
+    } else {
+        lf_output_forward(&st, out, m.a.o, x, N);
     }
-    linear_forward(out, y, p.wo, p.bo, N, C, C);
 }
 
 static void memcache_backward(const mixer_call *mc, real *dx, const real *dout, const real *x) {
@@ -1403,21 +1503,22 @@ static void memcache_backward(const mixer_call *mc, real *dx, const real *dout, 
     const mc_dims *d = &m.d;
     mc_ptrs p = mc_unpack(c, mc->p);
     mc_ptrs gp = mc_unpack(c, mc->dp);
-    const int N = d->N, C = d->C, H = d->H;
+    const lf_outstage st = mc_outstage(&m, &p, &gp);
+    const int N = d->N, C = d->C, H = d->H, S = m.S;
     const size_t NC = (size_t)N * C, NP = (size_t)N * 2 * d->HF, NH = (size_t)N * H;
 
-    /* output projection and norm: dO = dy */
-    const real *y = d->onorm ? (d->gated ? m.a.y : m.a.on) : m.a.o;
-    memset(m.s.dO, 0, NC * sizeof(real));
-    if (d->onorm) {
-        memset(m.s.dy, 0, NC * sizeof(real));
-        linear_backward(m.s.dy, gp.wo, gp.bo, dout, y, p.wo, N, C, C);
-        if (d->gated) memset(m.s.dgz, 0, NC * sizeof(real));
-        lf_outnorm_backward(m.s.dO, gp.onw, m.s.dgz, m.s.dy, m.a.o, m.a.on, m.a.rstd, p.onw,
-                            m.a.gz, N, H, d->Dv, c->out_norm, m.s.tmp);
-        if (d->gated) linear_backward(dx, gp.wgate, NULL, m.s.dgz, x, p.wgate, N, C, C);
+    /* output projection and norm: dO = dy; with rows from the rows' d o
+     * (in s.donum until the core's backward), zero elsewhere, and the rows' d
+     * x gathered in s.dxr */
+    if (m.rows) {
+        rows_gather(m.s.xr, x, C, m.rows, S, C);
+        rows_gather(m.s.rtmp, m.a.o, C, m.rows, S, C);
+        memset(m.s.dxr, 0, (size_t)S * C * sizeof(real));
+        lf_output_backward(&st, m.s.donum, m.s.dxr, dout, m.s.rtmp, m.s.xr, S);
+        memset(m.s.dO, 0, NC * sizeof(real));
+        rows_scatter_add(m.s.dO, m.s.donum, m.rows, S, C);
     } else {
-        linear_backward(m.s.dO, gp.wo, gp.bo, dout, y, p.wo, N, C, C);
+        lf_output_backward(&st, m.s.dO, dx, dout, m.a.o, x, N);
     }
 
     memset(m.s.dphi, 0, NP * sizeof(real));
@@ -1431,6 +1532,7 @@ static void memcache_backward(const mixer_call *mc, real *dx, const real *dout, 
             for (int h = 0; h < H; h++) mc_naive_backward(&m, b, h, dx);
     } else {
         memset(m.s.donum, 0, NC * sizeof(real));
+        if (d->norm) memset(m.s.doden, 0, NH * sizeof(real)); /* rows: only theirs are set */
         mc_job job = {&m, dx};
         ml_par_ranges(d->B, mc_threads(d), mc_bwd_range, &job);
         size_t so = 0;
@@ -1448,7 +1550,11 @@ static void memcache_backward(const mixer_call *mc, real *dx, const real *dout, 
         }
         if (d->gagg) ml_par_ranges(d->B, mc_threads(d), mc_gates_bwd_range, &job);
     }
-    if (d->gagg) linear_backward(dx, gp.wu, NULL, m.s.du, x, p.wu, N, C, H * d->Pw);
+    if (d->gagg && m.rows)
+        linear_backward_rows(dx, m.s.dxr, gp.wu, NULL, m.s.rtmp, m.s.du, x, m.s.xr, p.wu, m.rows,
+                             S, N, C, H * d->Pw, H * d->Pw);
+    else if (d->gagg)
+        linear_backward(dx, gp.wu, NULL, m.s.du, x, p.wu, N, C, H * d->Pw);
 
     /* gates */
     if (d->delta) {
@@ -1478,7 +1584,12 @@ static void memcache_backward(const mixer_call *mc, real *dx, const real *dout, 
                                d->Cp, d->conv);
         dproj = m.s.dproj;
     }
-    linear_backward(dx, gp.wqkv, gp.bqkv, dproj, x, p.wqkv, N, C, d->Cp);
+    if (m.rows && !d->conv)
+        linear_backward_rows(dx, m.s.dxr, gp.wqkv, gp.bqkv, m.s.rtmp, dproj, x, m.s.xr, p.wqkv,
+                             m.rows, S, N, C, d->Cp, d->Cq);
+    else
+        linear_backward(dx, gp.wqkv, gp.bqkv, dproj, x, p.wqkv, N, C, d->Cp);
+    if (m.rows) rows_scatter_add(dx, m.s.dxr, m.rows, S, C);
 }
 
 /* The memories the most-reading of the T tokens holds (its cached ones and
@@ -1511,4 +1622,5 @@ const ml_mixer mixer_memcache = {
     .forward = memcache_forward,
     .backward = memcache_backward,
     .state_size = memcache_state_size,
+    .out_rows = 1,
 };

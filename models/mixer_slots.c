@@ -764,8 +764,7 @@ static void read_rows(const slot_env *E, const slot_chunk_acts *a, const slot_ch
         int r = rows_lower_bound(E->rows, E->S, p0), r1 = rows_lower_bound(E->rows, E->S,
                                                                            p0 + ch->n);
         while (r < r1) {
-            int e = r + 1;
-            while (e < r1 && E->rows[e] == E->rows[e - 1] + 1) e++;
+            int e = rows_run_end(E->rows, r, r1);
             int i0 = E->rows[r] - p0, m = e - r;
             size_t pos = (size_t)E->rows[r];
             xattn_dims d = read_dims(E, S, i0 + m);

@@ -33,3 +33,9 @@ int rows_lower_bound(const int *rows, int S, int pos) {
     }
     return lo;
 }
+
+int rows_run_end(const int *rows, int s, int s1) {
+    int e = s + 1;
+    while (e < s1 && rows[e] == rows[e - 1] + 1) e++;
+    return e;
+}

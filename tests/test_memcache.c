@@ -18,6 +18,8 @@
  *     a small K) do differ;
  *   - cache_grad false: the same forward, and with fresh segments no gradient
  *     from a later segment's loss reaches an earlier segment's tokens;
+ *   - called with rows (the last layer under the supervised head), the rows
+ *     of the full call: outputs, d x and every gradient, fast and naive paths;
  *   - causality by perturbation, at the mixer and through whole models;
  *   - state sizes, the refusal of impossible keys;
  *   - the PyTorch twin (tests/twin/twin_memcache.py, an independent float64
@@ -37,6 +39,7 @@
 #include "gradcheck.h"
 #include "kernels.h"
 #include "memcache.h"
+#include "mixer_rows.h"
 #include "model.h"
 #include "spec.h"
 #include "task.h"
@@ -427,6 +430,35 @@ static void test_mc_mixer_gradcheck(void) {
         mc_sets s;
         case_sets(&s, i % 4, (i / 4) % 2, (i / 8) % 2, 1, i);
         mixer_gradcheck(&s, 2, 11, 500 + (unsigned long long)i * 7);
+    }
+}
+
+/* Called with rows, the mixer gives the rows of its full call (outputs, d x,
+ * every gradient, within 1e-12): the 64 configurations of the fast == naive
+ * sweep (every aggregation, segmentation, init and cache_grad, the rules with
+ * the short conv and both output norms), every eighth also on the naive path. */
+static void test_mc_mixer_rows(void) {
+    enum { B = 4, T = 13 };
+    for (int i = 0; i < 64; i++) {
+        mc_sets s;
+        case_sets(&s, i % 4, (i / 4) % 2, (i / 8) % 2, (i / 16) % 2, i + i / 32);
+        rig r;
+        if (rig_build(&r, s.p, B, T, 1300 + i)) return;
+        char label[600], lb[512];
+        snprintf(label, sizeof label, "memcache (%s)", sets_label(&s, lb, sizeof lb));
+        mixer_call mc = call_of(&r, &r.cfg);
+        mixer_rows_expect(label, r.mx, &mc, r.m.g, r.m.n_params, 1400 + i, 1e-12);
+        call_free(&mc);
+        if (i % 8 == 7) {
+            run_config naive = r.cfg;
+            const char *const rec[] = {"model.form=recurrent", NULL};
+            if (apply_sets(&naive, rec)) return;
+            mc = call_of(&r, &naive);
+            snprintf(label, sizeof label, "memcache naive (%s)", sets_label(&s, lb, sizeof lb));
+            mixer_rows_expect(label, r.mx, &mc, r.m.g, r.m.n_params, 1500 + i, 1e-12);
+            call_free(&mc);
+        }
+        model_free(&r.m);
     }
 }
 
@@ -1084,6 +1116,7 @@ const test_case tests_memcache[] = {
     {"memcache: soup == grm for linear memory", test_mc_soup_equals_grm},
     {"memcache: ssc with K = all == grm", test_mc_ssc_all_equals_grm},
     {"memcache: cache_grad false", test_mc_cache_grad},
+    {"memcache: mixer on rows == rows of the full call", test_mc_mixer_rows},
     {"memcache: mixer causality by perturbation", test_mc_causality},
     {"memcache: 2-layer model gradient check", test_mc_model_gradcheck},
     {"memcache: model causality by perturbation", test_mc_model_causality},
