@@ -171,3 +171,15 @@ void lf_output_backward(const lf_outstage *st, real *dO, real *dx, const real *d
                         st->H, st->Dv, st->kind, st->tmp);
     if (gated) linear_backward(dx, st->dwgate, NULL, st->dgz, x, st->wgate, n, C, C);
 }
+
+void lf_output_backward_rows(const lf_outstage *st, real *dO, real *dxr, real *xr, real *orow,
+                             real *dOr, const real *dout, const real *o, const real *x,
+                             const int *rows, int S, int N) {
+    const int C = st->H * st->Dv;
+    rows_gather(xr, x, C, rows, S, C);
+    rows_gather(orow, o, C, rows, S, C);
+    memset(dxr, 0, (size_t)S * C * sizeof(real));
+    lf_output_backward(st, dOr, dxr, dout, orow, xr, S);
+    memset(dO, 0, (size_t)N * C * sizeof(real));
+    rows_scatter_add(dO, dOr, rows, S, C);
+}

@@ -90,5 +90,12 @@ void lf_output_forward(const lf_outstage *st, real *out, const real *o, const re
  * gradients +=, given dout[n,C] and forward's o, x on the same n rows. */
 void lf_output_backward(const lf_outstage *st, real *dO, real *dx, const real *dout,
                         const real *o, const real *x, int n);
+/* The same when forward ran on S rows (ascending flat indices) of N: from
+ * dout[S,C], dO[N,C] = d o at the rows and zero elsewhere; xr[S,C] receives
+ * the rows' x and dxr[S,C] their d x from the gate (overwritten; the caller
+ * adds its own rows' parts and scatters it); orow, dOr [S,C] scratch. */
+void lf_output_backward_rows(const lf_outstage *st, real *dO, real *dxr, real *xr, real *orow,
+                             real *dOr, const real *dout, const real *o, const real *x,
+                             const int *rows, int S, int N);
 
 #endif

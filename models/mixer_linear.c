@@ -429,19 +429,14 @@ static void linear_backward_mix(const mixer_call *mc, real *dx, const real *dout
     linear_scr_at(c, &d, mc->scratch, &s);
     const lf_outstage st = linear_outstage(c, &d, &p, &gp, &a, &s);
     const int N = d.N, C = d.C, H = d.H;
-    const size_t NC = (size_t)N * C, NP = (size_t)N * 2 * d.HF, NH = (size_t)N * H;
+    const size_t NP = (size_t)N * 2 * d.HF, NH = (size_t)N * H;
     const real *qkv = d.conv ? a.convd : a.proj;
 
     /* output projection and norm: dO = d(core output); with rows, from the
      * rows' dOr, zero elsewhere, and d x of the rows gathered in dxr */
     if (mc->rows) {
-        const int S = mc->n_rows;
-        rows_gather(s.xr, x, C, mc->rows, S, C);
-        rows_gather(s.orow, a.o, C, mc->rows, S, C);
-        memset(s.dxr, 0, (size_t)S * C * sizeof(real));
-        lf_output_backward(&st, s.dOr, s.dxr, dout, s.orow, s.xr, S);
-        memset(s.dO, 0, NC * sizeof(real));
-        rows_scatter_add(s.dO, s.dOr, mc->rows, S, C);
+        lf_output_backward_rows(&st, s.dO, s.dxr, s.xr, s.orow, s.dOr, dout, a.o, x, mc->rows,
+                                mc->n_rows, N);
     } else {
         lf_output_backward(&st, s.dO, dx, dout, a.o, x, N);
     }

@@ -1511,12 +1511,8 @@ static void memcache_backward(const mixer_call *mc, real *dx, const real *dout, 
      * (in s.donum until the core's backward), zero elsewhere, and the rows' d
      * x gathered in s.dxr */
     if (m.rows) {
-        rows_gather(m.s.xr, x, C, m.rows, S, C);
-        rows_gather(m.s.rtmp, m.a.o, C, m.rows, S, C);
-        memset(m.s.dxr, 0, (size_t)S * C * sizeof(real));
-        lf_output_backward(&st, m.s.donum, m.s.dxr, dout, m.s.rtmp, m.s.xr, S);
-        memset(m.s.dO, 0, NC * sizeof(real));
-        rows_scatter_add(m.s.dO, m.s.donum, m.rows, S, C);
+        lf_output_backward_rows(&st, m.s.dO, m.s.dxr, m.s.xr, m.s.rtmp, m.s.donum, dout, m.a.o,
+                                x, m.rows, S, N);
     } else {
         lf_output_backward(&st, m.s.dO, dx, dout, m.a.o, x, N);
     }

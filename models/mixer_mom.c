@@ -25,6 +25,11 @@
  * on every token. Top-K is not differentiable: the backward holds the
  * selection fixed (router.c); with K = 1 the renormalised weight is 1 and the
  * router learns from the load-balancing loss alone.
+ * Given rows (the last layer under a head that reads a few rows), q is
+ * projected for the rows only (zero elsewhere) and the output norm, gate and
+ * projection run on the rows; the router, the keys, values and gates of every
+ * memory and the memories themselves still run on every token (the rule's
+ * kernels write every routed token's read; those of other rows are unused).
  * Statistics (per layer): router_frac_<e>, the share of tokens routed to e.
  * State size: H * Mt * F * Dv (no normaliser). */
 #include <stddef.h>
@@ -288,6 +293,9 @@ typedef struct mom_scr {
     real *dv;                              /* [N,Mt,C] */
     real *dbeta, *dg, *dz;                 /* [N,Mt,H] */
     real *drw, *dlogits;                   /* [N,K], [N,E] */
+    /* with rows (S < N of them; sized N): their x, d x, and the gathered rows
+     * of q, its gradient or o */
+    real *xr, *dxr, *rtmp;                 /* [N,C], [N,C], [N,max(C, Cq)] */
 } mom_scr;
 
 static size_t mom_scr_at(const mom_cfg *c, const mom_dims *d, real *base, mom_scr *s) {
@@ -321,6 +329,9 @@ static size_t mom_scr_at(const mom_cfg *c, const mom_dims *d, real *base, mom_sc
     if (d->delta || d->decay) TAKE(dz, N * Mt * H);
     TAKE(drw, N * d->K);
     TAKE(dlogits, N * d->E);
+    TAKE(xr, N * C);
+    TAKE(dxr, N * C);
+    TAKE(rtmp, N * (C > (size_t)d->Cq ? C : (size_t)d->Cq));
 #undef TAKE
     return used;
 }
@@ -437,6 +448,15 @@ static void mom_routed_all(mom_task *t) {
     ml_par_ranges(d->B, ml_par_threads(d->B, work, 1 << 20), mom_routed_range, t);
 }
 
+/* The output stage (linfam.h) over the call's buffers. */
+static lf_outstage mom_outstage(const mom_cfg *c, const mom_dims *d, const mom_ptrs *p,
+                                const mom_ptrs *gp, const mom_acts *a, const mom_scr *s) {
+    lf_outstage st = {d->H, d->Dv, c->out_norm, p->onw, p->wgate, p->wo, p->bo,
+                      gp->onw, gp->wgate, gp->wo, gp->bo, a->on, a->rstd, a->gz, a->y,
+                      s->dy, s->dgz, s->tmp};
+    return st;
+}
+
 static void mom_forward(const mixer_call *mc, real *out, const real *x) {
     const mom_cfg *c = mc->cfg;
     mom_dims d = mom_dims_of(c, mc->B, mc->T, mc->C);
@@ -445,10 +465,18 @@ static void mom_forward(const mixer_call *mc, real *out, const real *x) {
     mom_scr s;
     mom_acts_at(c, &d, mc->act, &a);
     mom_scr_at(c, &d, mc->scratch, &s);
-    const int N = d.N, C = d.C, H = d.H, Mt = d.Mt, E = d.E, K = d.K;
+    mom_ptrs gp = mom_unpack(c, mc->dp);
+    const lf_outstage st = mom_outstage(c, &d, &p, &gp, &a, &s);
+    const int N = d.N, C = d.C, H = d.H, Mt = d.Mt, E = d.E, K = d.K, S = mc->n_rows;
 
-    /* projections, feature maps, gates */
-    linear_forward(a.qraw, x, p.wq, NULL, N, C, d.Cq);
+    /* projections (with rows, q for the rows only, zero elsewhere), feature
+     * maps, gates */
+    if (mc->rows) {
+        rows_gather(s.xr, x, C, mc->rows, S, C);
+        linear_forward_rows(a.qraw, s.rtmp, x, s.xr, p.wq, NULL, mc->rows, S, N, C, d.Cq, d.Cq);
+    } else {
+        linear_forward(a.qraw, x, p.wq, NULL, N, C, d.Cq);
+    }
     lf_map_forward(a.phq, a.qraw, N * H, d.Dk, d.Dk, d.F, c->feature_map);
     linear_forward(a.kraw, x, p.wk, NULL, N, C, Mt * d.Cq);
     lf_map_forward(a.phk, a.kraw, N * Mt * H, d.Dk, d.Dk, d.F, c->feature_map);
@@ -491,14 +519,12 @@ static void mom_forward(const mixer_call *mc, real *out, const real *x) {
         for (size_t i = 0; i < (size_t)N * C; i++) a.o[i] += osh[i];
     }
 
-    const real *y = a.o;
-    if (d.onorm) {
-        if (d.gated) linear_forward(a.gz, x, p.wgate, NULL, N, C, C);
-        real *yy = d.gated ? a.y : a.on;
-        lf_outnorm_forward(yy, a.on, a.rstd, a.o, p.onw, a.gz, N, H, d.Dv, c->out_norm);
-        y = yy;
+    if (mc->rows) {
+        rows_gather(s.rtmp, a.o, C, mc->rows, S, C);
+        lf_output_forward(&st, out, s.rtmp, s.xr, S);
+    } else {
+        lf_output_forward(&st, out, a.o, x, N);
     }
-    linear_forward(out, y, p.wo, p.bo, N, C, C);
 }
 
 static void mom_backward(const mixer_call *mc, real *dx, const real *dout, const real *x) {
@@ -510,21 +536,18 @@ static void mom_backward(const mixer_call *mc, real *dx, const real *dout, const
     mom_scr s;
     mom_acts_at(c, &d, mc->act, &a);
     mom_scr_at(c, &d, mc->scratch, &s);
-    const int N = d.N, C = d.C, H = d.H, Mt = d.Mt, E = d.E, K = d.K;
+    const lf_outstage st = mom_outstage(c, &d, &p, &gp, &a, &s);
+    const int N = d.N, C = d.C, H = d.H, Mt = d.Mt, E = d.E, K = d.K, S = mc->n_rows;
     const size_t NC = (size_t)N * C, HF = (size_t)d.HF, NMH = (size_t)N * Mt * H;
 
-    /* output projection and norm: dO = d o */
-    const real *y = d.onorm ? (d.gated ? a.y : a.on) : a.o;
-    memset(s.dO, 0, NC * sizeof(real));
-    if (d.onorm) {
-        memset(s.dy, 0, NC * sizeof(real));
-        linear_backward(s.dy, gp.wo, gp.bo, dout, y, p.wo, N, C, C);
-        if (d.gated) memset(s.dgz, 0, NC * sizeof(real));
-        lf_outnorm_backward(s.dO, gp.onw, s.dgz, s.dy, a.o, a.on, a.rstd, p.onw, a.gz, N, H,
-                            d.Dv, c->out_norm, s.tmp);
-        if (d.gated) linear_backward(dx, gp.wgate, NULL, s.dgz, x, p.wgate, N, C, C);
+    /* output projection and norm: dO = d o; with rows from the rows' d o (in
+     * s.dv until the memories' backward), zero elsewhere, and the rows' d x
+     * gathered in s.dxr */
+    if (mc->rows) {
+        lf_output_backward_rows(&st, s.dO, s.dxr, s.xr, s.rtmp, s.dv, dout, a.o, x, mc->rows, S,
+                                N);
     } else {
-        linear_backward(s.dO, gp.wo, gp.bo, dout, y, p.wo, N, C, C);
+        lf_output_backward(&st, s.dO, dx, dout, a.o, x, N);
     }
 
     /* the routed memories: gather, backward on the compact sequence, scatter */
@@ -587,7 +610,13 @@ static void mom_backward(const mixer_call *mc, real *dx, const real *dout, const
     memset(s.dkraw, 0, (size_t)N * Mt * d.Cq * sizeof(real));
     lf_map_backward(s.dqraw, dq, a.qraw, N * H, d.Dk, d.Dk, d.F, c->feature_map);
     lf_map_backward(s.dkraw, dk, a.kraw, N * Mt * H, d.Dk, d.Dk, d.F, c->feature_map);
-    linear_backward(dx, gp.wq, NULL, s.dqraw, x, p.wq, N, C, d.Cq);
+    if (mc->rows) {
+        linear_backward_rows(dx, s.dxr, gp.wq, NULL, s.rtmp, s.dqraw, x, s.xr, p.wq, mc->rows, S,
+                             N, C, d.Cq, d.Cq);
+        rows_scatter_add(dx, s.dxr, mc->rows, S, C);
+    } else {
+        linear_backward(dx, gp.wq, NULL, s.dqraw, x, p.wq, N, C, d.Cq);
+    }
     linear_backward(dx, gp.wk, NULL, s.dkraw, x, p.wk, N, C, Mt * d.Cq);
 }
 
@@ -621,4 +650,5 @@ const ml_mixer mixer_mom = {
     .state_size = mom_state_size,
     .n_stats = mom_n_stats,
     .stat_name = mom_stat_name,
+    .out_rows = 1,
 };

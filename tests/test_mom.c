@@ -17,6 +17,8 @@
  *   - gradients by central differences: the mixer alone with router logits
  *     checked to be well separated (so no selection flips under the probe),
  *     and whole 2-layer models; the load-balancing loss and router statistics;
+ *   - called with rows (the last layer under the supervised head), the rows
+ *     of the full call: outputs, d x and every gradient;
  *   - causality through the whole model; the state size formula. */
 #ifndef MEMLAB_DOUBLE
 #error "test_mom.c checks gradients in double: build it with -DMEMLAB_DOUBLE"
@@ -34,6 +36,7 @@
 #include "gradcheck.h"
 #include "kernels.h"
 #include "mixer.h"
+#include "mixer_rows.h"
 #include "model.h"
 #include "spec.h"
 #include "test.h"
@@ -574,26 +577,38 @@ static double route_margin(const double *x, const double *wr, int N, int C, int 
     return worst;
 }
 
+/* The mixer variants checked on their own (memories 4, heads 2, chunk 4):
+ * every rule, each output norm, with and without the shared memory, K 1 to
+ * 3, both forms. */
+static const char *const mixer_vars[][6] = {
+    {"model.rule=gated_delta", "model.topk=2", "model.shared=true", NULL},
+    {"model.rule=delta", "model.topk=1", "model.shared=false", "model.form=recurrent",
+     "model.out_norm=none", NULL},
+    {"model.rule=decay", "model.topk=3", "model.out_norm=rms", "model.feature_map=elu1", NULL},
+    {"model.rule=additive", "model.topk=2", "model.feature_map=taylor", "model.feature_dim=2",
+     "model.qk_l2norm=false", NULL},
+};
+
+/* Variant vi of mixer_vars as a model (aux_coef 0.5) and a direct call of
+ * its layer-0 mixer on B x T. */
+static int mixer_var_build(ml_model *m, run_config *cfg, mix_call *k, int vi, int B, int T) {
+    const char *const sets[] = {"model.mixer=mom", "model.memories=4", "model.heads=2",
+                                "model.chunk=4", "model.aux_coef=0.5", NULL};
+    if (build(m, cfg, sets, mixer_vars[vi], B)) return -1;
+    mix_call_init(k, m, B, T);
+    return 0;
+}
+
 /* The mixer alone (every parameter and x, auxiliary loss included) against
  * central differences, with router weights scaled up and the logit margin
  * around the K-th place checked first, so that no probe flips a selection. */
 static void test_mom_mixer_gradcheck(void) {
     enum { B = 2, T = 9 };
-    static const char *const vars[][5] = {
-        {"model.rule=gated_delta", "model.topk=2", "model.shared=true", NULL},
-        {"model.rule=delta", "model.topk=1", "model.shared=false", "model.form=recurrent", NULL},
-        {"model.rule=decay", "model.topk=3", "model.out_norm=rms", "model.feature_map=elu1", NULL},
-        {"model.rule=additive", "model.topk=2", "model.feature_map=taylor",
-         "model.feature_dim=2", NULL},
-    };
     for (int vi = 0; vi < 4; vi++) {
-        const char *const sets[] = {"model.mixer=mom", "model.memories=4", "model.heads=2",
-                                    "model.chunk=4", "model.aux_coef=0.5", NULL};
         ml_model m;
         run_config cfg;
-        if (build(&m, &cfg, sets, vars[vi], B)) return;
         mix_call k;
-        mix_call_init(&k, &m, B, T);
+        if (mixer_var_build(&m, &cfg, &k, vi, B, T)) return;
         const int C = k.C, E = 4, K = vi == 1 ? 1 : vi == 2 ? 3 : 2;
         size_t n = (size_t)B * T * C;
         double *wr = mix_w(&m, "wrouter");
@@ -627,6 +642,25 @@ static void test_mom_mixer_gradcheck(void) {
         CHECK(k.aux > 0 && k.aux <= 0.5 * E * K, "variant %d: aux loss %.17g out of range", vi,
               k.aux);
         free(c.x), free(c.out), free(c.w), free(dx), free(g);
+        mix_call_free(&k);
+        model_free(&m);
+    }
+}
+
+/* Called with rows, the mixer gives the rows of its full call (outputs, d x,
+ * every gradient including the load-balancing loss's, within 1e-12), for
+ * each of mixer_vars. */
+static void test_mom_mixer_rows(void) {
+    enum { B = 4, T = 13 };
+    for (int vi = 0; vi < 4; vi++) {
+        ml_model m;
+        run_config cfg;
+        mix_call k;
+        if (mixer_var_build(&m, &cfg, &k, vi, B, T)) return;
+        char label[64];
+        snprintf(label, sizeof label, "mom variant %d", vi);
+        mixer_rows_expect(label, k.mx, &k.mc, m.g, m.n_params, 1600 + (unsigned long long)vi,
+                          1e-12);
         mix_call_free(&k);
         model_free(&m);
     }
@@ -868,6 +902,7 @@ const test_case tests_mom[] = {
     {"mom: unselected memories are frozen", test_mom_unselected_frozen},
     {"mom: E 1, K 1, no shared == base rule", test_mom_single_memory_is_base_rule},
     {"mom: mixer gradient check, separated routing", test_mom_mixer_gradcheck},
+    {"mom: mixer on rows == rows of the full call", test_mom_mixer_rows},
     {"mom: model gradient check", test_mom_model_gradcheck},
     {"mom: causality", test_mom_causality},
     {"mom: state size, statistics, validation", test_mom_state_size_and_stats},
