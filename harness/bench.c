@@ -19,7 +19,7 @@
  *                     12 B T C^2 + 12 S C^2 + 12 P_S C (k, v of every token;
  *                     q, core, out of the rows; P_S their visible pairs),
  *                     linear 12 B T C^2 + 12 S C^2 + core (q and out of the
- *                     rows), MLP 12 S C R; other mixers compute every row
+ *                     rows), MLP 12 S C R; other mixers: counted products only
  *   linear core       B H sum_chunks (14 l^2 D + 6 l D^2 (a + b))   chunkwise,
  *                     chunk l; a = 1 but for the first chunk, b = 1 but for the
  *                     last (their state products are zero and skipped); 14 =
