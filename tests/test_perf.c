@@ -851,9 +851,13 @@ static float bf_rand(unsigned *s) {
  * (as matmul.c's threads cut it) bitwise equal to the whole; the rounding. */
 static void test_gemm_bf16(void) {
     if (!gemm_bf16_available()) {
+        /* a build for this CPU's AVX-512 (-march=native) must have the kernel;
+         * builds for a generic target (the sanitizer build) do not */
+#ifdef __AVX512F__
         __builtin_cpu_init();
         CHECK(!__builtin_cpu_supports("avx512bf16"),
               "the CPU has AVX-512 BF16 but this build has no bf16 kernel");
+#endif
         return;
     }
     CHECK(bf16_round(1.0f) == 1.0f && bf16_round(1.0f + 0x1p-8f) == 1.0f &&
