@@ -21,4 +21,11 @@ int blas_select_core(char *note, size_t cap);
  * "Haswell"). Valid after blas_select_core. */
 const char *blas_core_note(void);
 
+/* A warning when a user's OPENBLAS_CORETYPE selects kernels narrower than the
+ * CPU runs (Haswell's AVX2 kernels on an AVX-512 CPU: about half the SGEMM
+ * rate on the machines measured), else NULL. memlab keeps the user's choice
+ * and says this once on stderr and in the bench report. Valid after
+ * blas_select_core. */
+const char *blas_core_advice(void);
+
 #endif

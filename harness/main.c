@@ -200,6 +200,13 @@ static int parse_int_arg(const char *flag, const char *s, int lo, int hi, int *o
     return 0;
 }
 
+/* Before training or timing starts (after the spec is accepted): one line
+ * when OpenBLAS runs narrower kernels than the CPU could (blas.h). Sweep
+ * workers are forked, so a sweep says it once. */
+static void blas_note(int quiet) {
+    if (!quiet && blas_core_advice()) fprintf(stderr, "memlab: note: %s\n", blas_core_advice());
+}
+
 static int cmd_train(int argc, char **argv) {
     const char *spec = NULL, *db_path = DEFAULT_DB;
     const char *sets[64];
@@ -270,6 +277,7 @@ static int cmd_train(int argc, char **argv) {
     sigaction(SIGTERM, &sa, NULL);
     train_opts o = {.progress = !quiet && isatty(2), .quiet = quiet, .stop = &stop_flag};
     train_outcome out;
+    blas_note(quiet);
     int rc = train_run(&cfg, db, &o, &out, &e);
     db_close(db);
     if (rc) {
@@ -301,6 +309,7 @@ static int cmd_bench(int argc, char **argv) {
         fputs(usage_bench, stderr);
         return 2;
     }
+    blas_note(0);
     if (bench_run(&bo, &e)) {
         print_error(&e);
         return 1;
@@ -481,6 +490,7 @@ static int cmd_run(int argc, char **argv) {
                     sweep_size(s), db_path);
     }
     runner_result r;
+    blas_note(quiet);
     int rc = runner_run(s, &ro, &r, &e);
     if (rc) print_error(&e);
     if (!quiet)

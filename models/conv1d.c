@@ -7,10 +7,12 @@
  * beat any GEMM lowering. Whether the model uses the conv, and its init, is
  * the model's business.
  *
- * The fast path works on blocks of CONV_CB channels: the block's taps are
- * copied tap-major so that the inner loops run over contiguous channels (they
- * vectorise), the weight and bias gradients of the block are summed in local
- * arrays and added once, and the blocks are shared among memlab's threads
+ * The fast path works on blocks of CONV_CB channels, one vector register
+ * wide: the block's taps are copied tap-major and held in registers, an
+ * output row (forward) or an input-gradient row (backward, gathered from the
+ * K output gradients that reach it) is summed in a register and stored once,
+ * the weight and bias gradients of the block are summed in registers and
+ * added once, and the blocks are shared among memlab's threads
  * (parallel.h). A channel's outputs and gradients are computed by one thread
  * in a fixed order, so the numbers do not depend on the thread count. The
  * naive loops (*_ref) stay as the oracle. */
@@ -27,6 +29,18 @@
 /* Fewest multiply-adds per thread worth a parallel region. */
 #define CONV_MIN_WORK (1L << 18)
 
+/* A block of CONV_CB channels as one value (GNU C vectors: one 512-bit
+ * register of floats, two of doubles), loaded and stored unaligned. */
+typedef real conv_vec __attribute__((vector_size(CONV_CB * sizeof(real))));
+
+static inline conv_vec vload(const real *p) {
+    conv_vec v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+static inline void vstore(real *p, conv_vec v) { memcpy(p, &v, sizeof v); }
+
 typedef struct conv_call {
     real *out, *dx, *dw, *dbias;
     const real *x, *w, *bias, *dout;
@@ -39,69 +53,134 @@ static void conv_taps(real wt[][CONV_CB], const real *w, int c0, int n, int K) {
         for (int c = 0; c < n; c++) wt[j][c] = w[(size_t)(c0 + c) * K + j];
 }
 
-/* Forward of the channel blocks [u0, u1). */
-static void conv_fwd_range(void *ctx, int u0, int u1, int slot) {
-    (void)slot;
-    const conv_call *k = ctx;
+/* Forward of one whole block (CONV_CB channels from c0): each output row is
+ * summed in a register, bias first, then the taps in ascending order as the
+ * reference does, and stored once. Inlined with K a constant for the usual
+ * widths, so the taps stay in registers. */
+static inline __attribute__((always_inline)) void conv_fwd_block(const conv_call *k, int c0,
+                                                                 const real wt[][CONV_CB],
+                                                                 const int K) {
+    const int T = k->T, C = k->C;
+    conv_vec w[CONV_KMAX], bias = {0};
+    for (int j = 0; j < K; j++) w[j] = vload(wt[j]);
+    if (k->bias) bias = vload(k->bias + c0);
+    for (int b = 0; b < k->B; b++) {
+        const real *xb = k->x + (size_t)b * T * C + c0;
+        real *ob = k->out + (size_t)b * T * C + c0;
+        for (int t = 0; t < T; t++) {
+            conv_vec acc = bias;
+            for (int j = K - 1 - t > 0 ? K - 1 - t : 0; j < K; j++)
+                acc += w[j] * vload(xb + (size_t)(t - (K - 1) + j) * C);
+            vstore(ob + (size_t)t * C, acc);
+        }
+    }
+}
+
+/* Backward of one whole block. dx[s] gathers its K terms in the order the
+ * reference adds them (t = s, s+1, ... ascending, tap K-1 first) and is
+ * written once; the weight and bias gradients are summed in registers over
+ * the block's batch and time and added once. */
+static inline __attribute__((always_inline)) void conv_bwd_block(const conv_call *k, int c0,
+                                                                 const real wt[][CONV_CB],
+                                                                 const int K) {
+    const int T = k->T, C = k->C;
+    conv_vec w[CONV_KMAX], gw[CONV_KMAX], gb = {0};
+    for (int j = 0; j < K; j++) w[j] = vload(wt[j]), gw[j] = (conv_vec){0};
+    for (int b = 0; b < k->B; b++) {
+        const real *xb = k->x + (size_t)b * T * C + c0;
+        const real *db = k->dout + (size_t)b * T * C + c0;
+        real *dxb = k->dx ? k->dx + (size_t)b * T * C + c0 : NULL;
+        for (int t = 0; t < T; t++) {
+            conv_vec d = vload(db + (size_t)t * C);
+            gb += d;
+            for (int j = K - 1 - t > 0 ? K - 1 - t : 0; j < K; j++)
+                gw[j] += d * vload(xb + (size_t)(t - (K - 1) + j) * C);
+            if (dxb) {
+                conv_vec acc = vload(dxb + (size_t)t * C);
+                for (int i = 0; i < K && t + i < T; i++)
+                    acc += w[K - 1 - i] * vload(db + (size_t)(t + i) * C);
+                vstore(dxb + (size_t)t * C, acc);
+            }
+        }
+    }
+    if (k->dw)
+        for (int c = 0; c < CONV_CB; c++)
+            for (int j = 0; j < K; j++) k->dw[(size_t)(c0 + c) * K + j] += gw[j][c];
+    if (k->dbias)
+        for (int c = 0; c < CONV_CB; c++) k->dbias[c0 + c] += gb[c];
+}
+
+/* Forward of a block of n < CONV_CB channels (the last one). */
+static void conv_fwd_part(const conv_call *k, int c0, int n, const real wt[][CONV_CB]) {
     const int T = k->T, C = k->C, K = k->K;
-    real wt[CONV_KMAX][CONV_CB];
-    for (int u = u0; u < u1; u++) {
-        int c0 = u * CONV_CB, n = C - c0 < CONV_CB ? C - c0 : CONV_CB;
-        conv_taps(wt, k->w, c0, n, K);
-        for (int b = 0; b < k->B; b++) {
-            const real *xb = k->x + (size_t)b * T * C + c0;
-            real *ob = k->out + (size_t)b * T * C + c0;
-            for (int t = 0; t < T; t++) {
-                real *o = ob + (size_t)t * C;
-                for (int c = 0; c < n; c++) o[c] = k->bias ? k->bias[c0 + c] : 0;
-                int j0 = K - 1 - t > 0 ? K - 1 - t : 0;
-                for (int j = j0; j < K; j++) {
-                    const real *xs = xb + (size_t)(t - (K - 1) + j) * C;
-#pragma omp simd
-                    for (int c = 0; c < n; c++) o[c] += wt[j][c] * xs[c];
-                }
+    for (int b = 0; b < k->B; b++) {
+        const real *xb = k->x + (size_t)b * T * C + c0;
+        real *ob = k->out + (size_t)b * T * C + c0;
+        for (int t = 0; t < T; t++) {
+            real *o = ob + (size_t)t * C;
+            for (int c = 0; c < n; c++) o[c] = k->bias ? k->bias[c0 + c] : 0;
+            int j0 = K - 1 - t > 0 ? K - 1 - t : 0;
+            for (int j = j0; j < K; j++) {
+                const real *xs = xb + (size_t)(t - (K - 1) + j) * C;
+                for (int c = 0; c < n; c++) o[c] += wt[j][c] * xs[c];
             }
         }
     }
 }
 
-/* Backward of the channel blocks [u0, u1). */
-static void conv_bwd_range(void *ctx, int u0, int u1, int slot) {
-    (void)slot;
-    const conv_call *k = ctx;
+/* Backward of a block of n < CONV_CB channels (the last one). */
+static void conv_bwd_part(const conv_call *k, int c0, int n, const real wt[][CONV_CB]) {
     const int T = k->T, C = k->C, K = k->K;
-    real wt[CONV_KMAX][CONV_CB], gw[CONV_KMAX][CONV_CB], gb[CONV_CB];
-    for (int u = u0; u < u1; u++) {
-        int c0 = u * CONV_CB, n = C - c0 < CONV_CB ? C - c0 : CONV_CB;
-        conv_taps(wt, k->w, c0, n, K);
-        memset(gw, 0, sizeof gw);
-        memset(gb, 0, sizeof gb);
-        for (int b = 0; b < k->B; b++) {
-            const real *xb = k->x + (size_t)b * T * C + c0;
-            const real *db = k->dout + (size_t)b * T * C + c0;
-            real *dxb = k->dx ? k->dx + (size_t)b * T * C + c0 : NULL;
-            for (int t = 0; t < T; t++) {
-                const real *d = db + (size_t)t * C;
-#pragma omp simd
-                for (int c = 0; c < n; c++) gb[c] += d[c];
-                int j0 = K - 1 - t > 0 ? K - 1 - t : 0;
-                for (int j = j0; j < K; j++) {
-                    size_t s = (size_t)(t - (K - 1) + j) * C;
-                    if (dxb) {
-#pragma omp simd
-                        for (int c = 0; c < n; c++) dxb[s + c] += wt[j][c] * d[c];
-                    }
-#pragma omp simd
-                    for (int c = 0; c < n; c++) gw[j][c] += d[c] * xb[s + c];
-                }
+    real gw[CONV_KMAX][CONV_CB], gb[CONV_CB];
+    memset(gw, 0, sizeof gw);
+    memset(gb, 0, sizeof gb);
+    for (int b = 0; b < k->B; b++) {
+        const real *xb = k->x + (size_t)b * T * C + c0;
+        const real *db = k->dout + (size_t)b * T * C + c0;
+        real *dxb = k->dx ? k->dx + (size_t)b * T * C + c0 : NULL;
+        for (int t = 0; t < T; t++) {
+            const real *d = db + (size_t)t * C;
+            for (int c = 0; c < n; c++) gb[c] += d[c];
+            int j0 = K - 1 - t > 0 ? K - 1 - t : 0;
+            for (int j = j0; j < K; j++) {
+                size_t s = (size_t)(t - (K - 1) + j) * C;
+                if (dxb)
+                    for (int c = 0; c < n; c++) dxb[s + c] += wt[j][c] * d[c];
+                for (int c = 0; c < n; c++) gw[j][c] += d[c] * xb[s + c];
             }
         }
-        if (k->dw)
-            for (int c = 0; c < n; c++)
-                for (int j = 0; j < K; j++) k->dw[(size_t)(c0 + c) * K + j] += gw[j][c];
-        if (k->dbias)
-            for (int c = 0; c < n; c++) k->dbias[c0 + c] += gb[c];
     }
+    if (k->dw)
+        for (int c = 0; c < n; c++)
+            for (int j = 0; j < K; j++) k->dw[(size_t)(c0 + c) * K + j] += gw[j][c];
+    if (k->dbias)
+        for (int c = 0; c < n; c++) k->dbias[c0 + c] += gb[c];
+}
+
+/* The channel blocks [u0, u1), forward or backward: whole blocks through the
+ * register code, with the usual widths as constants, the last partial one
+ * through the loops over its channels. */
+static void conv_blocks(const conv_call *k, int u0, int u1, int bwd) {
+    real wt[CONV_KMAX][CONV_CB];
+    const real(*w)[CONV_CB] = (const real(*)[CONV_CB])wt;
+    for (int u = u0; u < u1; u++) {
+        int c0 = u * CONV_CB, n = k->C - c0 < CONV_CB ? k->C - c0 : CONV_CB;
+        conv_taps(wt, k->w, c0, n, k->K);
+        if (n < CONV_CB) bwd ? conv_bwd_part(k, c0, n, w) : conv_fwd_part(k, c0, n, w);
+        else if (k->K == 4) bwd ? conv_bwd_block(k, c0, w, 4) : conv_fwd_block(k, c0, w, 4);
+        else if (k->K == 3) bwd ? conv_bwd_block(k, c0, w, 3) : conv_fwd_block(k, c0, w, 3);
+        else bwd ? conv_bwd_block(k, c0, w, k->K) : conv_fwd_block(k, c0, w, k->K);
+    }
+}
+
+static void conv_fwd_range(void *ctx, int u0, int u1, int slot) {
+    (void)slot;
+    conv_blocks(ctx, u0, u1, 0);
+}
+
+static void conv_bwd_range(void *ctx, int u0, int u1, int slot) {
+    (void)slot;
+    conv_blocks(ctx, u0, u1, 1);
 }
 
 int conv1d_causal_threads(int B, int T, int C, int K) {

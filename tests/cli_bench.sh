@@ -46,7 +46,7 @@ check "one run per configuration (2 mixers x 2 lengths x 2 heads), all finished"
 check "each run is named bench with its mixer, L and head in the config" \
     test "$(q "$db" "select count(distinct json_extract(config,'$.model.mixer')||json_extract(config,'$.task.seq_len')||json_extract(config,'$.train.full_head')) from runs where json_extract(config,'$.name')='bench'")" = 8
 for metric in step_s_median step_s_min step_s_max step_cpu_s_median tokens_per_s gflop_per_step \
-    gflops sgemm_peak_gflops frac_sgemm_peak peak_rss_mib act_mib_mixer_layer act_mib_formula \
+    gflops sgemm_peak_gflops frac_sgemm_peak fma_peak_gflops frac_fma_peak peak_rss_mib act_mib_mixer_layer act_mib_formula \
     act_mib_model threads head_rows time_per_token_exponent; do
     check "metric bench/$metric on every run" \
         test "$(q "$db" "select count(distinct run_id) from metrics where split='bench' and name='$metric'")" = 8
@@ -67,6 +67,25 @@ check "no PyTorch metrics without the twin" \
     test "$(q "$db" "select count(*) from metrics where split='torch'")" = 0
 check "the report has the targets, the tables and the scaling fit" \
     bash -c "grep -q '^## Targets' '$md' && grep -q '^## 1 thread' '$md' && grep -q '^## Memory at L 64' '$md' && grep -q '^## Cost scaling' '$md'"
+check "the FMA peak and the step's fraction of it are positive on every run" \
+    test "$(q "$db" "select count(*) from metrics f join metrics g on g.run_id=f.run_id
+                     where f.name='fma_peak_gflops' and g.name='frac_fma_peak'
+                     and f.value > 0 and g.value > 0")" = 8
+check "the report states the measured FMA peak per thread count" \
+    grep -qE '^The cores. limit, measured: independent (128|256|512)-bit fused multiply-adds on registers [0-9]+ GFLOP/s on 1 thread' "$md"
+# a pinned OPENBLAS_CORETYPE narrower than an AVX-512 CPU: kept, and said once
+if grep -qw avx512bw /proc/cpuinfo && grep -qw avx512vl /proc/cpuinfo && grep -qw avx512dq /proc/cpuinfo; then
+    OPENBLAS_CORETYPE=Haswell "$memlab" bench --quick --mixers softmax --lens 32 --steps 1 --min-steps 1 \
+        --heads supervised --no-torch --db "$tmp/h.db" --report "$tmp/h.md" 2>"$tmp/herr" >/dev/null
+    check "OPENBLAS_CORETYPE=Haswell on an AVX-512 CPU: kept, noted once on stderr and in the report" \
+        bash -c "test \$(grep -c 'OPENBLAS_CORETYPE=Haswell: OpenBLAS runs its Haswell kernels' '$tmp/herr') = 1 &&
+                 grep -q '^\*\*Note:\*\* OPENBLAS_CORETYPE=Haswell' '$tmp/h.md' &&
+                 grep -q 'core Haswell (OPENBLAS_CORETYPE)' '$tmp/h.md'"
+    OPENBLAS_CORETYPE=SkylakeX "$memlab" bench --quick --mixers softmax --lens 32 --steps 1 --min-steps 1 \
+        --heads supervised --no-torch --db "$tmp/s.db" --report "$tmp/s.md" 2>"$tmp/serr" >/dev/null
+    check "OPENBLAS_CORETYPE=SkylakeX on an AVX-512 CPU: no note" \
+        bash -c "! grep -q 'note: OPENBLAS_CORETYPE' '$tmp/serr' && ! grep -q '^\*\*Note:' '$tmp/s.md'"
+fi
 check "the report has one row per configuration" \
     test "$(grep -cE '^\| (softmax|linear) \| 64 \| (32|64) \| (supervised|full) \| [0-9]' "$md")" = 8
 check "the report says why PyTorch and --jobs are missing" \

@@ -1,0 +1,68 @@
+/* peak.c: the floating-point limit of the cores, measured (see peak.h).
+ *
+ * Each thread runs PEAK_CHAINS independent multiply-add chains on vectors as
+ * wide as the build targets (512-bit with AVX-512, 256-bit with AVX2, else
+ * 128-bit): enough independent chains to cover the FMA latency of current
+ * cores, nothing loaded from memory. GNU C contracts a * b + c into one FMA
+ * (-ffp-contract=fast is the default of gnu11). */
+#include "peak.h"
+
+#include <omp.h>
+#include <time.h>
+
+#if defined(__AVX512F__)
+#define PEAK_BYTES 64
+#elif defined(__AVX2__) || defined(__AVX__)
+#define PEAK_BYTES 32
+#else
+#define PEAK_BYTES 16
+#endif
+#define PEAK_LANES (PEAK_BYTES / (int)sizeof(float))
+#define PEAK_CHAINS 16
+
+typedef float peak_vec __attribute__((vector_size(PEAK_BYTES)));
+
+static double peak_now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + 1e-9 * ts.tv_nsec;
+}
+
+/* iters rounds of PEAK_CHAINS multiply-adds; returns a value that depends on
+ * every chain, so none is dropped. */
+static float peak_chains(long iters) {
+    peak_vec a[PEAK_CHAINS], b, c;
+    for (int l = 0; l < PEAK_LANES; l++) b[l] = 1.0f + 0x1p-20f, c[l] = 0x1p-24f;
+    for (int i = 0; i < PEAK_CHAINS; i++)
+        for (int l = 0; l < PEAK_LANES; l++) a[i][l] = (float)(i + l) * 0x1p-10f;
+    for (long k = 0; k < iters; k++) {
+#pragma GCC unroll 16
+        for (int i = 0; i < PEAK_CHAINS; i++) a[i] = a[i] * b + c;
+    }
+    float s = 0;
+    for (int i = 0; i < PEAK_CHAINS; i++)
+        for (int l = 0; l < PEAK_LANES; l++) s += a[i][l];
+    return s;
+}
+
+double fma_peak_gflops(int threads, double seconds) {
+    if (threads < 1) threads = 1;
+    long iters = 1L << 20;
+    double best = 0, t_end = peak_now() + seconds;
+    volatile float sink = 0;
+    for (int r = 0; r < 32; r++) {
+        double t0 = peak_now();
+        float part = 0;
+#pragma omp parallel num_threads(threads) reduction(+ : part)
+        part += peak_chains(iters);
+        double dt = peak_now() - t0;
+        sink = sink + part;
+        double g = 2.0 * PEAK_LANES * PEAK_CHAINS * (double)iters * threads / dt / 1e9;
+        if (g > best) best = g;
+        if (dt < 0.02) iters *= 2; /* long enough that the region's start-up is noise */
+        else if (r >= 4 && peak_now() > t_end) break;
+    }
+    return best;
+}
+
+int fma_peak_vector_bits(void) { return 8 * PEAK_BYTES; }

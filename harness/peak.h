@@ -1,0 +1,15 @@
+/* peak.h: what the cores can do at most, so that the benchmark can say how
+ * close a kernel, and OpenBLAS's SGEMM, come to the hardware. */
+#ifndef MEMLAB_PEAK_H
+#define MEMLAB_PEAK_H
+
+/* The best single-precision GFLOP/s of `threads` threads each running
+ * independent fused multiply-adds on registers (no memory traffic) at the
+ * build's vector width, over repeats for about `seconds`. A multiply-add
+ * counts 2 FLOPs. */
+double fma_peak_gflops(int threads, double seconds);
+
+/* The vector width the measurement uses: 512, 256 or 128 bits. */
+int fma_peak_vector_bits(void);
+
+#endif
