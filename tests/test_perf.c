@@ -865,7 +865,9 @@ static void test_gemm_bf16(void) {
               bf16_round(-3.0f - 0x1p-9f) == -3.0f && bf16_round(1.0f + 0x1p-8f + 0x1p-20f) == 1.0f + 0x1p-7f,
           "bf16_round: not round to nearest, ties to even");
     static const int shapes[][3] = {{1, 1, 1},    {7, 33, 5},     {6, 32, 2},    {13, 70, 1029},
-                                    {40, 300, 600}, {3, 5, 64},   {100, 257, 513}, {12, 64, 31}};
+                                    {40, 300, 600}, {3, 5, 64},   {100, 257, 513}, {12, 64, 31},
+                                    /* row blocks, column blocks, three k blocks */
+                                    {137, 545, 1030}, {9, 47, 2}};
     for (size_t sh = 0; sh < sizeof shapes / sizeof shapes[0]; sh++)
         for (int ta = 0; ta < 2; ta++)
             for (int tb = 0; tb < 2; tb++)
