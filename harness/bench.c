@@ -444,13 +444,18 @@ typedef struct torch_server {
     char version[96];
 } torch_server;
 
-/* The environment of the twin: ours with the thread variables set to n. */
+/* The environment of the twin: ours with the thread variables set to n and,
+ * on several threads, OMP_WAIT_POLICY=passive unless the user set it: torch's
+ * OpenMP threads otherwise spin between parallel regions against the OpenBLAS
+ * workers its products wake, and its step on 2 threads was slower than on
+ * one (softmax d 256 L 64, twin alone: 307 ms against 204; passive: 119). */
 static char **twin_env(int n) {
+    static char passive[] = "OMP_WAIT_POLICY=passive";
     static const char *const vars[] = {"OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
                                        "MKL_NUM_THREADS"};
     size_t have = 0;
     while (environ[have]) have++;
-    char **env = calloc(have + 4, sizeof(char *));
+    char **env = calloc(have + 5, sizeof(char *));
     if (!env) return NULL;
     size_t k = 0;
     for (size_t i = 0; i < have; i++) {
@@ -461,6 +466,7 @@ static char **twin_env(int n) {
         }
         if (!ours) env[k++] = environ[i];
     }
+    if (n > 1 && !getenv("OMP_WAIT_POLICY")) env[k++] = passive;
     for (int v = 0; v < 3; v++) {
         char *s = malloc(64);
         if (!s) break;
@@ -663,6 +669,23 @@ static void train_step(ml_model *m, const run_config *cfg, const int *in, const 
 
 /* Whether a side wants another timed step: fewer than `steps`, and fewer than
  * min_steps or budget not yet spent. */
+/* Seconds each side rests before its timed step when memlab and the twin
+ * alternate on more than one thread. A process's idle threads keep a core
+ * busy for a while after its step: OpenBLAS's workers, which the twin's
+ * multi-threaded products wake, spin (sched_yield) for 2^28 cycles, about
+ * 0.1 s, before they sleep. Without the rest each side's step ran into the
+ * other's spinning threads: on 2 threads memlab's softmax d 64 L 64 step took
+ * 27 ms alternating with the twin against 14 ms alone, and the twin's took
+ * longer on 2 threads than on 1. */
+#define BENCH_SETTLE_S 0.15
+
+static void settle(int on) {
+    if (!on) return;
+    struct timespec ts = {0, (long)(BENCH_SETTLE_S * 1e9)};
+    while (nanosleep(&ts, &ts) && errno == EINTR) {
+    }
+}
+
 static int wants_step(const bench_opts *o, int n, double spent) {
     return n < o->steps && (n < o->min_steps || spent < o->budget_s);
 }
@@ -709,8 +732,10 @@ static int measure_config(bench_row *r, torch_server *ts, const bench_opts *o, m
     bench_timing *pt = &r->pt;
     memset(pt, 0, sizeof *pt);
     int twin = twin_build(ts, r, pt->note, sizeof pt->note) == 0;
+    int rest = twin && r->threads > 1; /* the two sides alternate on several threads */
     int t = 1;
     for (int w = 0; w < 2; w++) {
+        settle(rest);
         double t0 = now_s();
         if (w == 0) ml_flops_reset();
         train_step(&m, cfg, in, tg, B, T, t++);
@@ -719,6 +744,7 @@ static int measure_config(bench_row *r, torch_server *ts, const bench_opts *o, m
     }
     for (int w = 0; twin && w < 2; w++) {
         double c;
+        settle(rest);
         double dt = twin_step(ts, &c, pt->note, sizeof pt->note);
         if (dt < 0) twin = 0;
         if (dt > o->budget_s / 3) break;
@@ -729,6 +755,7 @@ static int measure_config(bench_row *r, torch_server *ts, const bench_opts *o, m
         int ml_more = wants_step(o, n, spent), pt_more = twin && wants_step(o, np, pspent);
         if (!ml_more && !pt_more) break;
         if (ml_more) {
+            settle(rest);
             double t0 = now_s(), c0 = cpu_s();
             train_step(&m, cfg, in, tg, B, T, t++);
             times[n] = now_s() - t0;
@@ -736,6 +763,7 @@ static int measure_config(bench_row *r, torch_server *ts, const bench_opts *o, m
             spent += times[n++];
         }
         if (pt_more) {
+            settle(rest);
             double dt = twin_step(ts, &pcpus[np], pt->note, sizeof pt->note);
             if (dt < 0) {
                 twin = 0;
