@@ -33,13 +33,19 @@
  * register of floats, two of doubles), loaded and stored unaligned. */
 typedef real conv_vec __attribute__((vector_size(CONV_CB * sizeof(real))));
 
-static inline conv_vec vload(const real *p) {
-    conv_vec v;
-    memcpy(&v, p, sizeof v);
-    return v;
-}
-
-static inline void vstore(real *p, conv_vec v) { memcpy(p, &v, sizeof v); }
+/* Macros, not functions: a build without AVX-512 would pass these vectors
+ * through memory under a different ABI (GCC's -Wpsabi). */
+#define vload(p)                                                                                  \
+    ({                                                                                            \
+        conv_vec v_;                                                                              \
+        memcpy(&v_, (p), sizeof v_);                                                              \
+        v_;                                                                                       \
+    })
+#define vstore(p, v)                                                                              \
+    do {                                                                                          \
+        conv_vec s_ = (v);                                                                        \
+        memcpy((p), &s_, sizeof s_);                                                              \
+    } while (0)
 
 typedef struct conv_call {
     real *out, *dx, *dw, *dbias;
