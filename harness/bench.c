@@ -405,6 +405,7 @@ typedef struct bench_row {
     double flops_counted; /* per step: the matrix products memlab ran (matmul.c) */
     double sgemm;       /* SGEMM GFLOP/s around the row: the better median of before and after */
     double fma;         /* the measured FMA peak, GFLOP/s, of the row's thread count */
+    double bf16;        /* the bfloat16 dot-product peak, bf16 rows only (else 0) */
     double act_mixer;   /* floats one layer's mixer saves (its act_size) */
     double act_formula; /* the same from the formula, 0 = none */
     double act_model;   /* floats of all activations and scratch of the model */
@@ -1000,6 +1001,8 @@ static int record_row(ml_db *db, bench_row *r, const char *machine,
         {"bench", "frac_sgemm_peak", gflops / r->sgemm},
         {"bench", "fma_peak_gflops", r->fma > 0 ? r->fma : NAN},
         {"bench", "frac_fma_peak", r->fma > 0 ? gflops / r->fma : NAN},
+        {"bench", "bf16_peak_gflops", r->bf16 > 0 ? r->bf16 : NAN},
+        {"bench", "frac_bf16_peak", r->bf16 > 0 ? gflops / r->bf16 : NAN},
         {"bench", "peak_rss_mib", m->rss_mib},
         {"bench", "act_mib_mixer_layer", r->act_mixer * sizeof(real) / 1048576.0},
         {"bench", "act_mib_formula", r->act_formula > 0 ? r->act_formula * sizeof(real) / 1048576.0 : NAN},
@@ -1099,6 +1102,7 @@ typedef struct bench_ctx {
     int threads[MAX_LIST], n_threads;
     double peak_med[MAX_LIST], peak_best[MAX_LIST]; /* at the start */
     double fma[MAX_LIST];                           /* the FMA peak, per thread count */
+    double bf16[MAX_LIST]; /* the bf16 dot-product peak, when the products are bf16 */
     double load_start, load_end;
     double t_start, t_end;
     char started[32];
@@ -1329,7 +1333,13 @@ static int write_report(const char *path, const bench_ctx *c, const bench_row *r
         fprintf(f, "%s %.0f GFLOP/s on %d thread%s (SGEMM 1024^3 at the start: %.0f%% of it)",
                 ti ? ";" : "", c->fma[ti], c->threads[ti], c->threads[ti] > 1 ? "s" : "",
                 c->fma[ti] > 0 ? 100 * c->peak_med[ti] / c->fma[ti] : NAN);
-    fprintf(f, ".\n\n");
+    fprintf(f, ".");
+    for (int ti = 0; ti < c->n_threads; ti++)
+        if (c->bf16[ti] > 0)
+            fprintf(f, "%s %.0f GFLOP/s on %d thread%s", ti ? ";" : " The bfloat16 dot product "
+                                                              "(VDPBF16PS) of the bf16 products:",
+                    c->bf16[ti], c->threads[ti], c->threads[ti] > 1 ? "s" : "");
+    fprintf(f, "%s\n\n", c->bf16[0] > 0 ? "." : "");
     if (blas_core_advice()) fprintf(f, "**Note:** %s.\n\n", blas_core_advice());
     fprintf(f, "Load average (1 min) at the start %.2f, at the end %.2f: above 0.5 the machine "
                "was shared and single timings are noisy; ratios measured side by side hold "
@@ -1467,6 +1477,7 @@ int bench_run(const bench_opts *o, ml_error *e) {
         openblas_set_num_threads(th);
         sgemm_peak(&sg, &c.peak_med[ti], &c.peak_best[ti], 0.5);
         c.fma[ti] = fma_peak_gflops(th, 0.3);
+        if (q.matmul && !strcmp(q.matmul, "bf16")) c.bf16[ti] = bf16_peak_gflops(th, 0.3);
         if (q.progress)
             fprintf(q.progress,
                     "%d thread%s: SGEMM %dx%dx%d median %.0f GFLOP/s (best %.0f), FMA peak %.0f\n",
@@ -1491,6 +1502,7 @@ int bench_run(const bench_opts *o, ml_error *e) {
                         r->L = lens[li];
                         r->threads = th;
                         r->fma = c.fma[ti];
+                        r->bf16 = c.bf16[ti];
                         r->full = heads[hi];
                         r->exponent = r->pt_exponent = NAN;
                         ml_error ce;

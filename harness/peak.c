@@ -45,7 +45,10 @@ static float peak_chains(long iters) {
     return s;
 }
 
-double fma_peak_gflops(int threads, double seconds) {
+/* The best GFLOP/s of `threads` threads each running chains(iters), which
+ * does flop_per_iter FLOPs per iteration, over repeats for about `seconds`. */
+static double peak_time(float (*chains)(long), double flop_per_iter, int threads,
+                        double seconds) {
     if (threads < 1) threads = 1;
     long iters = 1L << 20;
     double best = 0, t_end = peak_now() + seconds;
@@ -54,10 +57,10 @@ double fma_peak_gflops(int threads, double seconds) {
         double t0 = peak_now();
         float part = 0;
 #pragma omp parallel num_threads(threads) reduction(+ : part)
-        part += peak_chains(iters);
+        part += chains(iters);
         double dt = peak_now() - t0;
         sink = sink + part;
-        double g = 2.0 * PEAK_LANES * PEAK_CHAINS * (double)iters * threads / dt / 1e9;
+        double g = flop_per_iter * (double)iters * threads / dt / 1e9;
         if (g > best) best = g;
         if (dt < 0.02) iters *= 2; /* long enough that the region's start-up is noise */
         else if (r >= 4 && peak_now() > t_end) break;
@@ -65,4 +68,38 @@ double fma_peak_gflops(int threads, double seconds) {
     return best;
 }
 
+double fma_peak_gflops(int threads, double seconds) {
+    return peak_time(peak_chains, 2.0 * PEAK_LANES * PEAK_CHAINS, threads, seconds);
+}
+
 int fma_peak_vector_bits(void) { return 8 * PEAK_BYTES; }
+
+#if defined(__AVX512BF16__) && defined(__AVX512F__)
+#include <immintrin.h>
+
+/* iters rounds of PEAK_CHAINS VDPBF16PS (16 lanes, two products each). */
+static float peak_bf16_chains(long iters) {
+    __m512 a[PEAK_CHAINS];
+    const __m512bh x = (__m512bh)_mm512_set1_epi16(0x3f80); /* 1.0 */
+    const __m512bh y = (__m512bh)_mm512_set1_epi16(0x2f80); /* 2^-32 */
+    for (int i = 0; i < PEAK_CHAINS; i++) a[i] = _mm512_set1_ps((float)i);
+    for (long k = 0; k < iters; k++) {
+#pragma GCC unroll 16
+        for (int i = 0; i < PEAK_CHAINS; i++) a[i] = _mm512_dpbf16_ps(a[i], x, y);
+    }
+    float s = 0;
+    for (int i = 0; i < PEAK_CHAINS; i++) s += _mm512_reduce_add_ps(a[i]);
+    return s;
+}
+
+double bf16_peak_gflops(int threads, double seconds) {
+    __builtin_cpu_init();
+    if (!__builtin_cpu_supports("avx512bf16")) return 0;
+    return peak_time(peak_bf16_chains, 4.0 * 16 * PEAK_CHAINS, threads, seconds);
+}
+#else
+double bf16_peak_gflops(int threads, double seconds) {
+    (void)threads, (void)seconds;
+    return 0;
+}
+#endif

@@ -12,4 +12,9 @@ double fma_peak_gflops(int threads, double seconds);
 /* The vector width the measurement uses: 512, 256 or 128 bits. */
 int fma_peak_vector_bits(void);
 
+/* The same for the bfloat16 dot product of train.matmul: bf16 (VDPBF16PS:
+ * two multiply-adds per float lane, 4 FLOPs), the limit of that precision's
+ * products; 0 where the build or the CPU has no AVX-512 BF16. */
+double bf16_peak_gflops(int threads, double seconds);
+
 #endif
