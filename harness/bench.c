@@ -668,8 +668,6 @@ static void train_step(ml_model *m, const run_config *cfg, const int *in, const 
     ml_matmul_set_bf16(bf16);
 }
 
-/* Whether a side wants another timed step: fewer than `steps`, and fewer than
- * min_steps or budget not yet spent. */
 /* Seconds each side rests before its timed step when memlab and the twin
  * alternate on more than one thread. A process's idle threads keep a core
  * busy for a while after its step: OpenBLAS's workers, which the twin's
@@ -687,6 +685,8 @@ static void settle(int on) {
     }
 }
 
+/* Whether a side wants another timed step: fewer than `steps`, and fewer than
+ * min_steps or budget not yet spent. */
 static int wants_step(const bench_opts *o, int n, double spent) {
     return n < o->steps && (n < o->min_steps || spent < o->budget_s);
 }

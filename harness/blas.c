@@ -53,8 +53,7 @@ int blas_select_core(char *note, size_t cap) {
                                            "SapphireRapids", NULL};
         const char *want = NULL;
         const char *const *good = NULL;
-        __builtin_cpu_init();
-        if (cpu_wide()) {
+        if (cpu_wide()) { /* also initialises the CPU checks below */
             want = "SkylakeX";
             good = wide;
         } else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {

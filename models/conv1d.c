@@ -33,18 +33,20 @@
  * register of floats, two of doubles), loaded and stored unaligned. */
 typedef real conv_vec __attribute__((vector_size(CONV_CB * sizeof(real))));
 
-/* Macros, not functions: a build without AVX-512 would pass these vectors
- * through memory under a different ABI (GCC's -Wpsabi). */
-#define vload(p)                                                                                  \
+/* The first n channels of a block at p, the lanes past n zero (n is
+ * CONV_CB but for the last block, where a channel count that is not a multiple
+ * of the block ends). Macros, not functions: a build without AVX-512 would
+ * pass these vectors through memory under a different ABI (GCC's -Wpsabi). */
+#define vload(p, n)                                                                               \
     ({                                                                                            \
-        conv_vec v_;                                                                              \
-        memcpy(&v_, (p), sizeof v_);                                                              \
+        conv_vec v_ = {0};                                                                        \
+        memcpy(&v_, (p), (size_t)(n) * sizeof(real));                                            \
         v_;                                                                                       \
     })
-#define vstore(p, v)                                                                              \
+#define vstore(p, v, n)                                                                           \
     do {                                                                                          \
         conv_vec s_ = (v);                                                                        \
-        memcpy((p), &s_, sizeof s_);                                                              \
+        memcpy((p), &s_, (size_t)(n) * sizeof(real));                                            \
     } while (0)
 
 typedef struct conv_call {
@@ -53,106 +55,60 @@ typedef struct conv_call {
     int B, T, C, K;
 } conv_call;
 
-/* Tap-major copy of channels [c0, c0 + n) of w[C,K]: wt[j][c]. */
+/* Tap-major copy of channels [c0, c0 + n) of w[C,K]: wt[j][c], zero for
+ * c >= n. */
 static void conv_taps(real wt[][CONV_CB], const real *w, int c0, int n, int K) {
     for (int j = 0; j < K; j++)
-        for (int c = 0; c < n; c++) wt[j][c] = w[(size_t)(c0 + c) * K + j];
+        for (int c = 0; c < CONV_CB; c++) wt[j][c] = c < n ? w[(size_t)(c0 + c) * K + j] : 0;
 }
 
-/* Forward of one whole block (CONV_CB channels from c0): each output row is
- * summed in a register, bias first, then the taps in ascending order as the
- * reference does, and stored once. Inlined with K a constant for the usual
- * widths, so the taps stay in registers. */
+/* Forward of the block of n channels from c0: each output row is summed in
+ * a register, bias first, then the taps in ascending order as the reference
+ * does, and stored once. Inlined with K and n constants for whole blocks of
+ * the usual widths, so the taps stay in registers. */
 static inline __attribute__((always_inline)) void conv_fwd_block(const conv_call *k, int c0,
                                                                  const real wt[][CONV_CB],
-                                                                 const int K) {
+                                                                 const int K, const int n) {
     const int T = k->T, C = k->C;
     conv_vec w[CONV_KMAX], bias = {0};
-    for (int j = 0; j < K; j++) w[j] = vload(wt[j]);
-    if (k->bias) bias = vload(k->bias + c0);
+    for (int j = 0; j < K; j++) w[j] = vload(wt[j], CONV_CB);
+    if (k->bias) bias = vload(k->bias + c0, n);
     for (int b = 0; b < k->B; b++) {
         const real *xb = k->x + (size_t)b * T * C + c0;
         real *ob = k->out + (size_t)b * T * C + c0;
         for (int t = 0; t < T; t++) {
             conv_vec acc = bias;
             for (int j = K - 1 - t > 0 ? K - 1 - t : 0; j < K; j++)
-                acc += w[j] * vload(xb + (size_t)(t - (K - 1) + j) * C);
-            vstore(ob + (size_t)t * C, acc);
+                acc += w[j] * vload(xb + (size_t)(t - (K - 1) + j) * C, n);
+            vstore(ob + (size_t)t * C, acc, n);
         }
     }
 }
 
-/* Backward of one whole block. dx[s] gathers its K terms in the order the
- * reference adds them (t = s, s+1, ... ascending, tap K-1 first) and is
- * written once; the weight and bias gradients are summed in registers over
- * the block's batch and time and added once. */
+/* Backward of the block of n channels from c0. dx[s] gathers its K terms in
+ * the order the reference adds them (t = s, s+1, ... ascending, tap K-1
+ * first) and is written once; the weight and bias gradients are summed in
+ * registers over the block's batch and time and added once. */
 static inline __attribute__((always_inline)) void conv_bwd_block(const conv_call *k, int c0,
                                                                  const real wt[][CONV_CB],
-                                                                 const int K) {
+                                                                 const int K, const int n) {
     const int T = k->T, C = k->C;
     conv_vec w[CONV_KMAX], gw[CONV_KMAX], gb = {0};
-    for (int j = 0; j < K; j++) w[j] = vload(wt[j]), gw[j] = (conv_vec){0};
+    for (int j = 0; j < K; j++) w[j] = vload(wt[j], CONV_CB), gw[j] = (conv_vec){0};
     for (int b = 0; b < k->B; b++) {
         const real *xb = k->x + (size_t)b * T * C + c0;
         const real *db = k->dout + (size_t)b * T * C + c0;
         real *dxb = k->dx ? k->dx + (size_t)b * T * C + c0 : NULL;
         for (int t = 0; t < T; t++) {
-            conv_vec d = vload(db + (size_t)t * C);
+            conv_vec d = vload(db + (size_t)t * C, n);
             gb += d;
             for (int j = K - 1 - t > 0 ? K - 1 - t : 0; j < K; j++)
-                gw[j] += d * vload(xb + (size_t)(t - (K - 1) + j) * C);
+                gw[j] += d * vload(xb + (size_t)(t - (K - 1) + j) * C, n);
             if (dxb) {
-                conv_vec acc = vload(dxb + (size_t)t * C);
+                conv_vec acc = vload(dxb + (size_t)t * C, n);
                 for (int i = 0; i < K && t + i < T; i++)
-                    acc += w[K - 1 - i] * vload(db + (size_t)(t + i) * C);
-                vstore(dxb + (size_t)t * C, acc);
-            }
-        }
-    }
-    if (k->dw)
-        for (int c = 0; c < CONV_CB; c++)
-            for (int j = 0; j < K; j++) k->dw[(size_t)(c0 + c) * K + j] += gw[j][c];
-    if (k->dbias)
-        for (int c = 0; c < CONV_CB; c++) k->dbias[c0 + c] += gb[c];
-}
-
-/* Forward of a block of n < CONV_CB channels (the last one). */
-static void conv_fwd_part(const conv_call *k, int c0, int n, const real wt[][CONV_CB]) {
-    const int T = k->T, C = k->C, K = k->K;
-    for (int b = 0; b < k->B; b++) {
-        const real *xb = k->x + (size_t)b * T * C + c0;
-        real *ob = k->out + (size_t)b * T * C + c0;
-        for (int t = 0; t < T; t++) {
-            real *o = ob + (size_t)t * C;
-            for (int c = 0; c < n; c++) o[c] = k->bias ? k->bias[c0 + c] : 0;
-            int j0 = K - 1 - t > 0 ? K - 1 - t : 0;
-            for (int j = j0; j < K; j++) {
-                const real *xs = xb + (size_t)(t - (K - 1) + j) * C;
-                for (int c = 0; c < n; c++) o[c] += wt[j][c] * xs[c];
-            }
-        }
-    }
-}
-
-/* Backward of a block of n < CONV_CB channels (the last one). */
-static void conv_bwd_part(const conv_call *k, int c0, int n, const real wt[][CONV_CB]) {
-    const int T = k->T, C = k->C, K = k->K;
-    real gw[CONV_KMAX][CONV_CB], gb[CONV_CB];
-    memset(gw, 0, sizeof gw);
-    memset(gb, 0, sizeof gb);
-    for (int b = 0; b < k->B; b++) {
-        const real *xb = k->x + (size_t)b * T * C + c0;
-        const real *db = k->dout + (size_t)b * T * C + c0;
-        real *dxb = k->dx ? k->dx + (size_t)b * T * C + c0 : NULL;
-        for (int t = 0; t < T; t++) {
-            const real *d = db + (size_t)t * C;
-            for (int c = 0; c < n; c++) gb[c] += d[c];
-            int j0 = K - 1 - t > 0 ? K - 1 - t : 0;
-            for (int j = j0; j < K; j++) {
-                size_t s = (size_t)(t - (K - 1) + j) * C;
-                if (dxb)
-                    for (int c = 0; c < n; c++) dxb[s + c] += wt[j][c] * d[c];
-                for (int c = 0; c < n; c++) gw[j][c] += d[c] * xb[s + c];
+                    acc += w[K - 1 - i] * vload(db + (size_t)(t + i) * C, n);
+                vstore(dxb + (size_t)t * C, acc, n);
             }
         }
     }
@@ -163,19 +119,21 @@ static void conv_bwd_part(const conv_call *k, int c0, int n, const real wt[][CON
         for (int c = 0; c < n; c++) k->dbias[c0 + c] += gb[c];
 }
 
-/* The channel blocks [u0, u1), forward or backward: whole blocks through the
- * register code, with the usual widths as constants, the last partial one
- * through the loops over its channels. */
+/* The channel blocks [u0, u1), forward or backward; whole blocks of the usual
+ * widths with K and n compiled in, the rest (other K, the last partial block)
+ * with them as variables. */
 static void conv_blocks(const conv_call *k, int u0, int u1, int bwd) {
     real wt[CONV_KMAX][CONV_CB];
     const real(*w)[CONV_CB] = (const real(*)[CONV_CB])wt;
     for (int u = u0; u < u1; u++) {
         int c0 = u * CONV_CB, n = k->C - c0 < CONV_CB ? k->C - c0 : CONV_CB;
         conv_taps(wt, k->w, c0, n, k->K);
-        if (n < CONV_CB) bwd ? conv_bwd_part(k, c0, n, w) : conv_fwd_part(k, c0, n, w);
-        else if (k->K == 4) bwd ? conv_bwd_block(k, c0, w, 4) : conv_fwd_block(k, c0, w, 4);
-        else if (k->K == 3) bwd ? conv_bwd_block(k, c0, w, 3) : conv_fwd_block(k, c0, w, 3);
-        else bwd ? conv_bwd_block(k, c0, w, k->K) : conv_fwd_block(k, c0, w, k->K);
+        if (n == CONV_CB && k->K == 4)
+            bwd ? conv_bwd_block(k, c0, w, 4, CONV_CB) : conv_fwd_block(k, c0, w, 4, CONV_CB);
+        else if (n == CONV_CB && k->K == 3)
+            bwd ? conv_bwd_block(k, c0, w, 3, CONV_CB) : conv_fwd_block(k, c0, w, 3, CONV_CB);
+        else
+            bwd ? conv_bwd_block(k, c0, w, k->K, n) : conv_fwd_block(k, c0, w, k->K, n);
     }
 }
 
