@@ -487,6 +487,28 @@ static void twin_env_free(char **env) {
     free(env);
 }
 
+/* The twin's script: o->torch_script as given when readable; a relative one
+ * is also looked for from the executable's folder and the two above it (the
+ * project root holds ./memlab, the build tree build/<kind>/memlab), so that
+ * bench finds it from any working directory. NULL when none is readable. */
+static const char *twin_script(const bench_opts *o) {
+    static char found[4096];
+    if (!access(o->torch_script, R_OK)) return o->torch_script;
+    if (o->torch_script[0] == '/') return NULL;
+    char exe[3072];
+    ssize_t n = readlink(o->self, exe, sizeof exe - 1);
+    if (n <= 0) return NULL;
+    exe[n] = 0;
+    for (int up = 0; up < 3; up++) {
+        char *slash = strrchr(exe, '/');
+        if (!slash) return NULL;
+        *slash = 0;
+        snprintf(found, sizeof found, "%s/%s", exe, o->torch_script);
+        if (!access(found, R_OK)) return found;
+    }
+    return NULL;
+}
+
 /* Start the twin with n threads. Returns 0 when it answered "ready"; otherwise
  * -1 with the reason in ts->why (torch missing is not an error of memlab). */
 static int torch_start(torch_server *ts, const bench_opts *o, int n) {
@@ -496,8 +518,10 @@ static int torch_start(torch_server *ts, const bench_opts *o, int n) {
         snprintf(ts->why, sizeof ts->why, "%s not found", o->python);
         return -1;
     }
-    if (access(o->torch_script, R_OK)) {
-        snprintf(ts->why, sizeof ts->why, "%s not found", o->torch_script);
+    const char *script = twin_script(o);
+    if (!script) {
+        snprintf(ts->why, sizeof ts->why,
+                 "%s not found here or beside the memlab executable", o->torch_script);
         return -1;
     }
     int sv[2];
@@ -507,7 +531,7 @@ static int torch_start(torch_server *ts, const bench_opts *o, int n) {
     }
     char **env = twin_env(n);
     int devnull = o->progress ? -1 : open("/dev/null", O_WRONLY | O_CLOEXEC);
-    char *const argv[] = {(char *)(uintptr_t)o->python, (char *)(uintptr_t)o->torch_script,
+    char *const argv[] = {(char *)(uintptr_t)o->python, (char *)(uintptr_t)script,
                           "--serve", NULL};
     pid_t pid = env ? fork() : -1;
     if (pid == 0) {

@@ -101,6 +101,12 @@ if grep -qw avx512bw /proc/cpuinfo && grep -qw avx512vl /proc/cpuinfo && grep -q
     check "OPENBLAS_CORETYPE=SkylakeX on an AVX-512 CPU: no note" \
         bash -c "! grep -q 'note: OPENBLAS_CORETYPE' '$tmp/serr' && ! grep -q '^\*\*Note:' '$tmp/s.md'"
 fi
+# the twin's script is found beside the executable from any working directory
+(cd "$tmp" && "$memlab" bench --quick --mixers softmax --lens 32 --steps 1 --min-steps 1 \
+    --heads supervised --python /bin/true --no-jobs --db "$tmp/tw.db" --report "$tmp/tw.md" \
+    >"$tmp/twout" 2>&1)
+check "run elsewhere, bench still finds tests/twin/bench_torch.py (and says why the twin failed)" \
+    bash -c "! grep -q 'bench_torch.py not found' '$tmp/tw.md' '$tmp/twout' && grep -q 'PyTorch rows missing' '$tmp/tw.md'"
 check "the report has one row per configuration" \
     test "$(grep -cE '^\| (softmax|linear) \| 64 \| (32|64) \| (supervised|full) \| [0-9]' "$md")" = 8
 check "the report says why PyTorch and --jobs are missing" \
