@@ -1360,9 +1360,13 @@ static int write_report(const char *path, const bench_ctx *c, const bench_row *r
     fprintf(f, ".");
     for (int ti = 0; ti < c->n_threads; ti++)
         if (c->bf16[ti] > 0)
-            fprintf(f, "%s %.0f GFLOP/s on %d thread%s", ti ? ";" : " The bfloat16 dot product "
-                                                              "(VDPBF16PS) of the bf16 products:",
-                    c->bf16[ti], c->threads[ti], c->threads[ti] > 1 ? "s" : "");
+        {
+            if (!ti)
+                fprintf(f, " The bfloat16 dot product (%s) of the bf16 products:",
+                        bf16_peak_instruction());
+            fprintf(f, "%s %.0f GFLOP/s on %d thread%s", ti ? ";" : "", c->bf16[ti],
+                    c->threads[ti], c->threads[ti] > 1 ? "s" : "");
+        }
     fprintf(f, "%s\n\n", c->bf16[0] > 0 ? "." : "");
     if (blas_core_advice()) fprintf(f, "**Note:** %s.\n\n", blas_core_advice());
     fprintf(f, "Load average (1 min) at the start %.2f, at the end %.2f: above 0.5 the machine "

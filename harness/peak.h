@@ -12,9 +12,13 @@ double fma_peak_gflops(int threads, double seconds);
 /* The vector width the measurement uses: 512, 256 or 128 bits. */
 int fma_peak_vector_bits(void);
 
-/* The same for the bfloat16 dot product of train.matmul: bf16 (VDPBF16PS:
- * two multiply-adds per float lane, 4 FLOPs), the limit of that precision's
+/* The same for the bfloat16 dot product of train.matmul: bf16, through the
+ * instruction its products use (gemm_bf16_amx(): AMX TDPBF16PS on tiles, else
+ * VDPBF16PS, two multiply-adds per float lane), the limit of that precision's
  * products; 0 where the build or the CPU has no AVX-512 BF16. */
 double bf16_peak_gflops(int threads, double seconds);
+
+/* The instruction bf16_peak_gflops times: "TDPBF16PS" or "VDPBF16PS". */
+const char *bf16_peak_instruction(void);
 
 #endif

@@ -20,6 +20,7 @@
 #endif
 
 #include "blas.h"
+#include "gemm_bf16.h"
 #include "kernels.h"
 #include "model.h"
 #include "rng.h"
@@ -57,8 +58,9 @@ void machine_describe(char *buf, size_t cap) {
         }
         fclose(f);
     }
-    snprintf(buf, cap, "%s; %s; %ld cpus; OpenBLAS %s; core %s", host, cpu,
-             sysconf(_SC_NPROCESSORS_ONLN), openblas_get_config(), blas_core_note());
+    snprintf(buf, cap, "%s; %s; %ld cpus; OpenBLAS %s; core %s; bf16 products %s", host, cpu,
+             sysconf(_SC_NPROCESSORS_ONLN), openblas_get_config(), blas_core_note(),
+             gemm_bf16_amx() ? "AMX" : gemm_bf16_available() ? "AVX-512 BF16" : "none");
 }
 
 /* Fill input/target for `count` examples of split starting at the given

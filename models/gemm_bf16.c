@@ -1,4 +1,6 @@
-/* gemm_bf16.c: the bfloat16 matrix product (see gemm_bf16.h).
+/* gemm_bf16.c: the bfloat16 matrix product (see gemm_bf16.h), with two
+ * micro-kernels under one blocking: AVX-512 BF16 registers, or AMX tiles (see
+ * the AMX section below).
  *
  * Blocking in the usual (Goto) GEMM order, one thread:
  *
@@ -38,7 +40,10 @@
 #include <string.h>
 
 #if defined(__AVX512BF16__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+#include <cpuid.h>
 #include <immintrin.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #define GB_MR 8
 #define GB_NR 32
@@ -111,10 +116,15 @@ static void transpose16(__m512i r[16]) {
 }
 
 /* Pack op(B)[k0 : k0+kc, j0 : j0+nc] into panels of GB_NR columns:
- * panel p at dst + p K2 GB_NR, word [k2][j]; columns past nc are zero. */
+ * panel p at dst + p K2s GB_NR, word [k2][j]; columns past nc and the rows
+ * k2 in [K2, K2s) (K2s = K2, or K2 rounded up to a whole tile for AMX) are
+ * zero. */
 static void pack_b_block(uint32_t *dst, const float *B, int ldb, int tb, int k0, int kc,
-                         int j0, int nc) {
+                         int j0, int nc, int K2s) {
     const int K2 = (kc + 1) / 2;
+    for (int p = 0; p * GB_NR < nc && K2s > K2; p++)
+        memset(dst + ((size_t)p * K2s + K2) * GB_NR, 0,
+               (size_t)(K2s - K2) * GB_NR * sizeof(uint32_t));
     if (!tb) { /* op(B)[k][j] = B[k ldb + j]: rows of k, pairs across two rows, each
                 * pair of rows read along its length */
         for (int k2 = 0; k2 < K2; k2++) {
@@ -125,17 +135,17 @@ static void pack_b_block(uint32_t *dst, const float *B, int ldb, int tb, int k0,
                     _mm_prefetch((const char *)(r0 + (size_t)4 * ldb + j), _MM_HINT_T0);
                     _mm_prefetch((const char *)(r0 + (size_t)5 * ldb + j), _MM_HINT_T0);
                 }
-                _mm512_store_si512(dst + ((size_t)(j / GB_NR) * K2 + k2) * GB_NR + j % GB_NR,
+                _mm512_store_si512(dst + ((size_t)(j / GB_NR) * K2s + k2) * GB_NR + j % GB_NR,
                                    pairs_rows(r0 + j, r1 ? r1 + j : NULL, nc - j));
             }
             if (nc % GB_NR && nc % GB_NR <= 16) /* the last panel's zero half */
-                _mm512_store_si512(dst + ((size_t)(nc / GB_NR) * K2 + k2) * GB_NR + 16,
+                _mm512_store_si512(dst + ((size_t)(nc / GB_NR) * K2s + k2) * GB_NR + 16,
                                    _mm512_setzero_si512());
         }
         return;
     }
     for (int p = 0; p * GB_NR < nc; p++) {
-        uint32_t *d = dst + (size_t)p * K2 * GB_NR;
+        uint32_t *d = dst + (size_t)p * K2s * GB_NR;
         int jp = j0 + p * GB_NR, np = nc - p * GB_NR < GB_NR ? nc - p * GB_NR : GB_NR;
         /* op(B)[k][j] = B[j ldb + k]: 32 k of 16 columns at a time, transposed;
          * the next 16 columns' rows are fetched meanwhile (B comes from memory
@@ -160,13 +170,14 @@ static void pack_b_block(uint32_t *dst, const float *B, int ldb, int tb, int k0,
 }
 
 /* Pack op(A)[i0 : i0+mc, k0 : k0+kc] into panels of GB_MR rows at
- * dst + p GB_MR GB_KW; rows past mc are zero. A plain A packs word [i][k2]
+ * dst + p GB_MR GB_KW; rows past mc, up to a multiple of `round` for a plain
+ * A, are zero. A plain A packs word [i][k2]
  * (row stride GB_KW), a transposed A word [k2][i]. */
 static void pack_a_block(uint32_t *dst, const float *A, int lda, int ta, int i0, int mc,
-                         int k0, int kc) {
+                         int k0, int kc, int round) {
     const int K2 = (kc + 1) / 2;
     if (!ta) { /* op(A)[i][k] = A[i lda + k]: k contiguous along each row */
-        int rows = (mc + GB_MR - 1) / GB_MR * GB_MR;
+        int rows = (mc + round - 1) / round * round;
         for (int i = 0; i < rows; i++) {
             const float *x = i < mc ? A + (size_t)(i0 + i) * lda + k0 : NULL;
             uint32_t *d = dst + (size_t)i * GB_KW;
@@ -200,6 +211,31 @@ static void pack_a_block(uint32_t *dst, const float *A, int lda, int ta, int i0,
     }
 }
 
+/* Writing a block of sums to C: row by row, C = alpha sum + (first ? beta C :
+ * C) in the first nr <= 32 columns, C not read when first and beta is 0. */
+typedef struct {
+    __m512 va, vb;
+    __mmask16 m[2];
+    int read;
+} epilogue;
+
+static epilogue epilogue_of(int nr, float alpha, float beta, int first) {
+    epilogue e = {_mm512_set1_ps(alpha), _mm512_set1_ps(first ? beta : 1.0f),
+                  {mask16(nr), mask16(nr - 16)}, !first || beta != 0.0f};
+    return e;
+}
+
+/* One row: sums s0 (columns 0-15) and s1 (16-31) into C row cp. */
+static inline void epilogue_row(const epilogue *e, float *cp, __m512 s0, __m512 s1) {
+    const __m512 s[2] = {s0, s1};
+    for (int h = 0; h < 2; h++) {
+        if (!e->m[h]) continue;
+        __m512 r = _mm512_mul_ps(e->va, s[h]);
+        if (e->read) r = _mm512_fmadd_ps(e->vb, _mm512_maskz_loadu_ps(e->m[h], cp + 16 * h), r);
+        _mm512_mask_storeu_ps(cp + 16 * h, e->m[h], r);
+    }
+}
+
 /* C[0:mr, 0:nr] = alpha (a b) + (first ? beta C : C), b a packed panel of K2
  * pairs, a word (i, k2) at a[i ars + k2 acs]; with first and beta 0, C is not
  * read. */
@@ -222,17 +258,8 @@ micro(int K2, const uint32_t *a, int ars, int acs, const uint32_t *b, float *C, 
             c[i][1] = _mm512_dpbf16_ps(c[i][1], av, b1);
         }
     }
-    const __m512 va = _mm512_set1_ps(alpha), vb = _mm512_set1_ps(first ? beta : 1.0f);
-    const int read = !first || beta != 0.0f;
-    const __mmask16 m[2] = {mask16(nr), mask16(nr - 16)};
-    for (int i = 0; i < mr; i++)
-        for (int h = 0; h < 2; h++) {
-            if (!m[h]) continue;
-            float *cp = C + (size_t)i * ldc + 16 * h;
-            __m512 r = _mm512_mul_ps(va, c[i][h]);
-            if (read) r = _mm512_fmadd_ps(vb, _mm512_maskz_loadu_ps(m[h], cp), r);
-            _mm512_mask_storeu_ps(cp, m[h], r);
-        }
+    const epilogue e = epilogue_of(nr, alpha, beta, first);
+    for (int i = 0; i < mr; i++) epilogue_row(&e, C + (size_t)i * ldc, c[i][0], c[i][1]);
 }
 
 /* The two layouts of the A panels, each with its strides known. */
@@ -245,6 +272,162 @@ static void micro_cols(int K2, const uint32_t *a, const uint32_t *b, float *C, i
     micro(K2, a, 1, GB_MR, b, C, ldc, mr, nr, alpha, beta, first);
 }
 
+/* ---- AMX tiles --------------------------------------------------------------------
+ *
+ * The same blocking and packing with a 32 x 32 block of C in four tiles
+ * (tmm0-3, 16 x 16 floats each), two tiles of A (tmm4-5: 16 rows x 16 pairs)
+ * and two of B (tmm6-7: 16 pairs x 16 columns); one TDPBF16PS step sums 16
+ * pairs of k. A B panel is already a stack of such B tiles (row stride GB_NR
+ * words), a plain A block one of A tiles (row stride GB_KW); a transposed A
+ * is packed word [i][k2] too, through the 16 x 16 transpose, so both read
+ * the same way. k is padded with zero pairs to a whole tile (B rows, A
+ * columns) and rows of A to a whole block (GB_TR). Each thread loads the tile
+ * configuration when it enters gemm_bf16 and releases the tiles on leaving,
+ * so no tile state outlives a call. Linux hands out the tile registers only
+ * on request (arch_prctl ARCH_REQ_XCOMP_PERM), asked once per process. */
+
+#define GB_TR 32         /* rows of C per AMX block */
+#define GB_TK 16         /* pairs of k per tile */
+#define AMX_TARGET __attribute__((target("amx-tile,amx-bf16")))
+
+/* -1 not yet decided, 0 AVX-512 BF16, 1 AMX; gemm_bf16_use_amx() sets it. */
+static int amx_on = -1;
+
+/* The CPU has AMX-BF16, the kernel enables the tile state (XCR0 bits 17, 18)
+ * and grants it to this process. */
+static int amx_grant(void) {
+    unsigned a, b, c, d;
+    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d) || !(d & (1u << 24)) || !(d & (1u << 22)))
+        return 0; /* AMX-TILE, AMX-BF16 */
+    if (!__get_cpuid(1, &a, &b, &c, &d) || !(c & (1u << 27))) return 0; /* OSXSAVE */
+    unsigned lo, hi;
+    __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+    if ((lo & (3u << 17)) != (3u << 17)) return 0;
+    return syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */, 18 /* XTILEDATA */) == 0;
+}
+
+/* Both decided on first use, possibly by several threads at once: each
+ * finds the same answer (the request is idempotent), stored atomically. */
+int gemm_bf16_amx_available(void) {
+    static int granted = -1;
+    int g = __atomic_load_n(&granted, __ATOMIC_RELAXED);
+    if (g < 0) {
+        g = gemm_bf16_available() && amx_grant();
+        __atomic_store_n(&granted, g, __ATOMIC_RELAXED);
+    }
+    return g;
+}
+
+int gemm_bf16_use_amx(int on) {
+    int v = on && gemm_bf16_amx_available();
+    __atomic_store_n(&amx_on, v, __ATOMIC_RELAXED);
+    return v;
+}
+
+int gemm_bf16_amx(void) {
+    int v = __atomic_load_n(&amx_on, __ATOMIC_RELAXED);
+    if (v < 0) {
+        v = gemm_bf16_amx_available();
+        __atomic_store_n(&amx_on, v, __ATOMIC_RELAXED);
+    }
+    return v;
+}
+
+typedef struct {
+    uint8_t palette, start_row, reserved[14];
+    uint16_t colsb[16];
+    uint8_t rows[16];
+} amx_config;
+
+/* Palette 1, tiles 0-7 all 16 rows of 64 bytes. */
+AMX_TARGET static void amx_configure(void) {
+    amx_config c;
+    memset(&c, 0, sizeof c);
+    c.palette = 1;
+    for (int t = 0; t < 8; t++) c.rows[t] = 16, c.colsb[t] = 64;
+    _tile_loadconfig(&c);
+}
+
+AMX_TARGET static void amx_release(void) { _tile_release(); }
+
+/* acc[32][32] = A rows [0, 32) (word [i][k2], row stride GB_KW) times the B
+ * panel b (word [k2][j], row stride GB_NR), over K2p pairs (a whole number of
+ * tiles). */
+AMX_TARGET static void amx_block(int K2p, const uint32_t *a, const uint32_t *b, float *acc) {
+    _tile_zero(0);
+    _tile_zero(1);
+    _tile_zero(2);
+    _tile_zero(3);
+    for (int k = 0; k < K2p; k += GB_TK) {
+        _tile_loadd(4, a + k, GB_KW * 4);
+        _tile_loadd(5, a + (size_t)16 * GB_KW + k, GB_KW * 4);
+        _tile_loadd(6, b + (size_t)k * GB_NR, GB_NR * 4);
+        _tile_loadd(7, b + (size_t)k * GB_NR + 16, GB_NR * 4);
+        _tile_dpbf16ps(0, 4, 6);
+        _tile_dpbf16ps(1, 4, 7);
+        _tile_dpbf16ps(2, 5, 6);
+        _tile_dpbf16ps(3, 5, 7);
+    }
+    _tile_stored(0, acc, GB_TR * 4);
+    _tile_stored(1, acc + 16, GB_TR * 4);
+    _tile_stored(2, acc + 16 * GB_TR, GB_TR * 4);
+    _tile_stored(3, acc + 16 * GB_TR + 16, GB_TR * 4);
+}
+
+/* C[0:mr, 0:nr] = alpha acc + (first ? beta C : C), as micro's epilogue. */
+static void amx_store(const float *acc, float *C, int ldc, int mr, int nr, float alpha,
+                      float beta, int first) {
+    const epilogue e = epilogue_of(nr, alpha, beta, first);
+    for (int i = 0; i < mr; i++)
+        epilogue_row(&e, C + (size_t)i * ldc, _mm512_load_ps(acc + (size_t)i * GB_TR),
+                     _mm512_load_ps(acc + (size_t)i * GB_TR + 16));
+}
+
+/* A transposed A block (op(A)[i][k] = A[k lda + i]) packed word [i][k2] with
+ * row stride GB_KW: pairs of rows of A give 16 i at a time, 16 such vectors
+ * (16 pairs of k) are transposed; rows up to a multiple of GB_TR and pairs
+ * up to a whole tile are zero past the edge. */
+static void pack_a_trows(uint32_t *dst, const float *A, int lda, int i0, int mc, int k0,
+                         int kc) {
+    const int K2 = (kc + 1) / 2, rows = (mc + GB_TR - 1) / GB_TR * GB_TR;
+    for (int ib = 0; ib < rows; ib += 16)
+        for (int kb = 0; kb < K2; kb += GB_TK) {
+            __m512i r[16];
+            for (int q = 0; q < 16; q++) {
+                const int k = 2 * (kb + q);
+                const float *r0 = k < kc && ib < mc ? A + (size_t)(k0 + k) * lda + i0 + ib : NULL;
+                const float *r1 = r0 && k + 1 < kc ? r0 + lda : NULL;
+                r[q] = r0 ? pairs_rows(r0, r1, mc - ib) : _mm512_setzero_si512();
+            }
+            transpose16(r);
+            for (int i = 0; i < 16; i++)
+                _mm512_store_si512(dst + (size_t)(ib + i) * GB_KW + kb, r[i]);
+        }
+}
+
+/* The micro-kernels over one packed A block and one B panel: rows [0, mc)
+ * of C at cp, nr columns, K2 pairs (K2s for the tiles: whole tiles). */
+static void block_panel(int amx, int ta, int mc, int nr, int K2, const uint32_t *bp, float *cp,
+                        int ldc, float alpha, float beta, int first) {
+    float acc[GB_TR * GB_TR] __attribute__((aligned(64)));
+    const int step = amx ? GB_TR : GB_MR;
+    for (int ir = 0; ir < mc; ir += step) {
+        const int mr = mc - ir < step ? mc - ir : step;
+        const uint32_t *ap = pack_a + (size_t)ir * GB_KW;
+        float *c = cp + (size_t)ir * ldc;
+        if (amx) {
+            amx_block(K2, ap, bp, acc);
+            amx_store(acc, c, ldc, mr, nr, alpha, beta, first);
+        } else if (ta) {
+            micro_cols(K2, ap, bp, c, ldc, mr, nr, alpha, beta, first);
+        } else {
+            micro_rows(K2, ap, bp, c, ldc, mr, nr, alpha, beta, first);
+        }
+    }
+}
+
+/* ---- the product ------------------------------------------------------------------ */
+
 void gemm_bf16(int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda,
                const float *B, int ldb, float beta, float *C, int ldc) {
     if (M <= 0 || N <= 0) return;
@@ -256,33 +439,28 @@ void gemm_bf16(int ta, int tb, int M, int N, int K, float alpha, const float *A,
             }
         return;
     }
+    const int amx = gemm_bf16_amx();
+    if (amx) amx_configure();
     for (int k0 = 0; k0 < K; k0 += GB_KC) {
-        const int kc = K - k0 < GB_KC ? K - k0 : GB_KC, K2 = (kc + 1) / 2, first = k0 == 0;
-        const int ncmax = GB_BW / (K2 * GB_NR) * GB_NR; /* columns pack_b holds */
+        const int kc = K - k0 < GB_KC ? K - k0 : GB_KC, first = k0 == 0;
+        /* pairs of k per B panel row block: whole tiles for AMX */
+        const int K2 = (kc + 1) / 2, K2s = amx ? (K2 + GB_TK - 1) / GB_TK * GB_TK : K2;
+        const int ncmax = GB_BW / (K2s * GB_NR) * GB_NR; /* columns pack_b holds */
         for (int j0 = 0; j0 < N; j0 += ncmax) {
             int nc = N - j0 < ncmax ? N - j0 : ncmax;
-            pack_b_block(pack_b, B, ldb, tb, k0, kc, j0, nc);
+            pack_b_block(pack_b, B, ldb, tb, k0, kc, j0, nc, K2s);
             for (int i0 = 0; i0 < M; i0 += GB_MC) {
                 int mc = M - i0 < GB_MC ? M - i0 : GB_MC;
-                pack_a_block(pack_a, A, lda, ta, i0, mc, k0, kc);
-                for (int p = 0; p * GB_NR < nc; p++) {
-                    int nr = nc - p * GB_NR < GB_NR ? nc - p * GB_NR : GB_NR;
-                    const uint32_t *bp = pack_b + (size_t)p * K2 * GB_NR;
-                    float *cp = C + (size_t)i0 * ldc + j0 + p * GB_NR;
-                    for (int ir = 0; ir < mc; ir += GB_MR) {
-                        int mr = mc - ir < GB_MR ? mc - ir : GB_MR;
-                        const uint32_t *ap = pack_a + (size_t)ir * GB_KW;
-                        if (ta)
-                            micro_cols(K2, ap, bp, cp + (size_t)ir * ldc, ldc, mr, nr, alpha,
-                                       beta, first);
-                        else
-                            micro_rows(K2, ap, bp, cp + (size_t)ir * ldc, ldc, mr, nr, alpha,
-                                       beta, first);
-                    }
-                }
+                if (amx && ta) pack_a_trows(pack_a, A, lda, i0, mc, k0, kc);
+                else pack_a_block(pack_a, A, lda, ta, i0, mc, k0, kc, amx ? GB_TR : GB_MR);
+                for (int p = 0; p * GB_NR < nc; p++)
+                    block_panel(amx, ta, mc, nc - p * GB_NR < GB_NR ? nc - p * GB_NR : GB_NR,
+                                K2s, pack_b + (size_t)p * K2s * GB_NR,
+                                C + (size_t)i0 * ldc + j0 + p * GB_NR, ldc, alpha, beta, first);
             }
         }
     }
+    if (amx) amx_release();
 }
 
 float bf16_round(float x) {
@@ -298,6 +476,9 @@ float bf16_round(float x) {
 #else /* built without AVX-512 BF16: the precision is refused before any run */
 
 int gemm_bf16_available(void) { return 0; }
+int gemm_bf16_amx_available(void) { return 0; }
+int gemm_bf16_use_amx(int on) { return (void)on, 0; }
+int gemm_bf16_amx(void) { return 0; }
 
 void gemm_bf16(int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda,
                const float *B, int ldb, float beta, float *C, int ldc) {

@@ -1,4 +1,5 @@
-/* gemm_bf16.h: the bfloat16 matrix product (AVX-512 BF16), the opt-in
+/* gemm_bf16.h: the bfloat16 matrix product (AVX-512 BF16, or AMX tiles where
+ * the CPU and the OS have them), the opt-in
  * precision of train.matmul: bf16.
  *
  * C[M,N] = alpha op(A) op(B) + beta C, row-major, float in and out: every
@@ -15,6 +16,20 @@
 
 /* 1 when this build has the kernel and this CPU runs it (AVX-512 BF16). */
 int gemm_bf16_available(void);
+
+/* 1 when the CPU also has AMX-BF16 tiles and the kernel grants them to this
+ * process (asked once, on the first call). */
+int gemm_bf16_amx_available(void);
+
+/* Which kernel the products go through: AMX tiles (TDPBF16PS, the default
+ * where available) or the AVX-512 BF16 micro-kernel (VDPBF16PS). Both round
+ * the same inputs and sum each element's pairs in ascending k in a float
+ * chain; whether two machines' hardware rounds inside a pair alike is the
+ * hardware's, so results are compared to a reference, not across kernels.
+ * gemm_bf16_use_amx(on) chooses (AMX only where available; set it before
+ * threads run products) and returns the choice; gemm_bf16_amx() tells it. */
+int gemm_bf16_use_amx(int on);
+int gemm_bf16_amx(void);
 
 /* The product above; only when gemm_bf16_available(). ta/tb nonzero:
  * transpose. No allocation: packing buffers are per thread and fixed. */

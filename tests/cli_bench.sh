@@ -86,7 +86,7 @@ if grep -qw avx512_bf16 /proc/cpuinfo; then
                          and f.name='fma_peak_gflops' and g.name='frac_bf16_peak'
                          and b.value > 0 and f.value > 0 and g.value > 0")" = 1
     check "the bf16 report states the dot product's peak" \
-        grep -qE 'The bfloat16 dot product \(VDPBF16PS\) of the bf16 products: [0-9]+ GFLOP/s on 1 thread' "$tmp/bf.md"
+        grep -qE 'The bfloat16 dot product \((VDPBF16PS|TDPBF16PS)\) of the bf16 products: [0-9]+ GFLOP/s on 1 thread' "$tmp/bf.md"
 fi
 # a pinned OPENBLAS_CORETYPE narrower than an AVX-512 CPU: kept, and said once
 if grep -qw avx512bw /proc/cpuinfo && grep -qw avx512vl /proc/cpuinfo && grep -qw avx512dq /proc/cpuinfo; then

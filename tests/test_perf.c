@@ -849,25 +849,13 @@ static float bf_rand(unsigned *s) {
  * not be read) and not, shapes at and around the tile and block edges; the
  * columns past N untouched; one product cut into row and column blocks
  * (as matmul.c's threads cut it) bitwise equal to the whole; the rounding. */
-static void test_gemm_bf16(void) {
-    if (!gemm_bf16_available()) {
-        /* a build for this CPU's AVX-512 (-march=native) must have the kernel;
-         * builds for a generic target (the sanitizer build) do not */
-#ifdef __AVX512F__
-        __builtin_cpu_init();
-        CHECK(!__builtin_cpu_supports("avx512bf16"),
-              "the CPU has AVX-512 BF16 but this build has no bf16 kernel");
-#endif
-        return;
-    }
-    CHECK(bf16_round(1.0f) == 1.0f && bf16_round(1.0f + 0x1p-8f) == 1.0f &&
-              bf16_round(1.0f + 0x1p-7f + 0x1p-8f) == 1.0f + 0x1p-6f &&
-              bf16_round(-3.0f - 0x1p-9f) == -3.0f && bf16_round(1.0f + 0x1p-8f + 0x1p-20f) == 1.0f + 0x1p-7f,
-          "bf16_round: not round to nearest, ties to even");
+static void gemm_bf16_kernel_matches_ref(const char *kernel) {
     static const int shapes[][3] = {{1, 1, 1},    {7, 33, 5},     {6, 32, 2},    {13, 70, 1029},
                                     {40, 300, 600}, {3, 5, 64},   {100, 257, 513}, {12, 64, 31},
                                     /* row blocks, column blocks, three k blocks */
-                                    {137, 545, 1030}, {9, 47, 2}};
+                                    {137, 545, 1030}, {9, 47, 2},
+                                    /* whole AMX blocks and tiles, and one past */
+                                    {64, 64, 64}, {33, 65, 33}};
     for (size_t sh = 0; sh < sizeof shapes / sizeof shapes[0]; sh++)
         for (int ta = 0; ta < 2; ta++)
             for (int tb = 0; tb < 2; tb++)
@@ -904,9 +892,10 @@ static void test_gemm_bf16(void) {
                         for (int j = N; j < ldc; j++) pad += C[(size_t)i * ldc + j] != 7.0f;
                     }
                     /* float sums of K terms: a few units of 2^-24 per term */
-                    CHECK(worst <= (K + 2) * 6e-8, "M%d N%d K%d ta%d tb%d beta0 %d: error %.3g",
-                          M, N, K, ta, tb, bz, worst);
-                    CHECK(pad == 0, "M%d N%d K%d: %d padding elements written", M, N, K, pad);
+                    CHECK(worst <= (K + 2) * 6e-8, "%s M%d N%d K%d ta%d tb%d beta0 %d: error %.3g",
+                          kernel, M, N, K, ta, tb, bz, worst);
+                    CHECK(pad == 0, "%s M%d N%d K%d: %d padding elements written", kernel, M, N, K,
+                          pad);
                     /* rows [0,16) and [16,M), then columns [0,32) and [32,N) */
                     if (M > 16 && N > 32) {
                         float *R = malloc(nc * sizeof(float)), *Q = malloc(nc * sizeof(float));
@@ -920,12 +909,59 @@ static void test_gemm_bf16(void) {
                                   tb ? B + (size_t)32 * ldb : B + 32, ldb, beta, Q + 32, ldc);
                         CHECK(memcmp(R, C, nc * sizeof(float)) == 0 &&
                                   memcmp(Q, C, nc * sizeof(float)) == 0,
-                              "M%d N%d K%d ta%d tb%d: blocks differ from the whole product", M, N,
-                              K, ta, tb);
+                              "%s M%d N%d K%d ta%d tb%d: blocks differ from the whole product",
+                              kernel, M, N, K, ta, tb);
                         free(R), free(Q);
                     }
                     free(A), free(B), free(C), free(C0);
                 }
+}
+
+/* 1 when /proc/cpuinfo lists the flag (as a whole word). */
+static int cpuinfo_flag(const char *flag) {
+    FILE *f = fopen("/proc/cpuinfo", "r");
+    char line[8192];
+    int found = 0;
+    size_t n = strlen(flag);
+    while (f && !found && fgets(line, sizeof line, f)) {
+        if (strncmp(line, "flags", 5)) continue;
+        for (char *p = strstr(line, flag); p && !found; p = strstr(p + 1, flag))
+            found = (p == line || p[-1] == ' ') && (p[n] == ' ' || p[n] == '\n');
+        break;
+    }
+    if (f) fclose(f);
+    return found;
+}
+
+/* Both kernels (AVX-512 BF16, and AMX tiles where the CPU and the OS have
+ * them) through the checks above; the rounding. */
+static void test_gemm_bf16(void) {
+    if (!gemm_bf16_available()) {
+        /* a build for this CPU's AVX-512 (-march=native) must have the kernel;
+         * builds for a generic target (the sanitizer build) do not */
+#ifdef __AVX512F__
+        __builtin_cpu_init();
+        CHECK(!__builtin_cpu_supports("avx512bf16"),
+              "the CPU has AVX-512 BF16 but this build has no bf16 kernel");
+#endif
+        return;
+    }
+    /* where Linux lists the tiles, memlab must get them */
+    CHECK(gemm_bf16_amx_available() == (cpuinfo_flag("amx_bf16") && cpuinfo_flag("amx_tile")),
+          "AMX: cpuinfo lists amx_bf16 %d amx_tile %d, gemm_bf16_amx_available %d",
+          cpuinfo_flag("amx_bf16"), cpuinfo_flag("amx_tile"), gemm_bf16_amx_available());
+    const int was = gemm_bf16_amx();
+    CHECK(gemm_bf16_use_amx(0) == 0 && !gemm_bf16_amx(), "AVX-512 BF16 kernel not chosen");
+    gemm_bf16_kernel_matches_ref("avx512-bf16");
+    if (gemm_bf16_amx_available()) {
+        CHECK(gemm_bf16_use_amx(1) == 1 && gemm_bf16_amx(), "AMX kernel not chosen");
+        gemm_bf16_kernel_matches_ref("amx");
+    }
+    gemm_bf16_use_amx(was);
+    CHECK(bf16_round(1.0f) == 1.0f && bf16_round(1.0f + 0x1p-8f) == 1.0f &&
+              bf16_round(1.0f + 0x1p-7f + 0x1p-8f) == 1.0f + 0x1p-6f &&
+              bf16_round(-3.0f - 0x1p-9f) == -3.0f && bf16_round(1.0f + 0x1p-8f + 0x1p-20f) == 1.0f + 0x1p-7f,
+          "bf16_round: not round to nearest, ties to even");
 }
 
 const test_case tests_perf[] = {
