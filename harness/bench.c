@@ -57,6 +57,7 @@
 #include "blas.h"
 #include "peak.h"
 #include "db.h"
+#include "gemm_bf16.h"
 #include "kernels.h"
 #include "mixer.h"
 #include "model.h"
@@ -1346,6 +1347,7 @@ static int write_report(const char *path, const bench_ctx *c, const bench_row *r
     FILE *f = fopen(path, "w");
     if (!f) return ML_FAIL(e, "cannot write the report %s: %s", path, strerror(errno));
     const bench_opts *o = c->o;
+    const int bf16 = o->matmul && !strcmp(o->matmul, "bf16");
     fprintf(f, "# memlab bench\n\n");
     fprintf(f, "Started %s, %.0f s. Code %s; %s; OpenBLAS core %s; PyTorch: %s.\n\n",
             c->started, c->t_end - c->t_start, memlab_code_version(), c->machine, c->core,
@@ -1376,9 +1378,9 @@ static int write_report(const char *path, const bench_ctx *c, const bench_row *r
     fprintf(f, "Each row: a 2-layer MQAR model (V 8192, batch %d, conv 4, no MLP, LayerNorm, "
                "tied embeddings, N = L/16 key-value pairs), one full training step (forward, "
                "backward, gradient clipping, AdamW) timed after up to 2 warm-up steps, %d to %d "
-               "timed steps within %.0f s; median (min–max, n). memlab's matrix products: %s. "
+               "timed steps within %.0f s; median (min–max, n). memlab's matrix products: %s%s. "
                "The PyTorch twin "
-               "(tests/twin/bench_torch.py, float32) builds the same model from the same config "
+               "(tests/twin/bench_torch.py, %s) builds the same model from the same config "
                "and runs alternately with memlab. GFLOP/step counts matmuls only (formulas at "
                "the top of harness/bench.c); %% peak is GFLOP/s over the median SGEMM 1024^3 "
                "measured with the same thread count just before and just after the "
@@ -1389,10 +1391,10 @@ static int write_report(const char *path, const bench_ctx *c, const bench_row *r
                "time over wall time per step: about the thread count on an idle machine, less "
                "when other work shared the cores.\n\n",
             o->batch, o->min_steps, o->steps, o->budget_s,
-            o->matmul && !strcmp(o->matmul, "bf16")
-                ? "bfloat16 inputs with float sums (train.matmul: bf16, AVX-512 BF16), against "
-                  "the twin's float32"
-                : "float32 (OpenBLAS SGEMM)");
+            bf16 ? "bfloat16 inputs with float sums (train.matmul: bf16, " : "float32 (OpenBLAS SGEMM",
+            bf16 ? (gemm_bf16_amx() ? "AMX tiles)" : "AVX-512 BF16)") : ")",
+            bf16 ? "its forward under CPU autocast to bfloat16, products through oneDNN"
+                 : "float32");
     report_targets(f, c, rows, n);
     report_main(f, c, rows, n);
     report_memory(f, rows, n);
@@ -1626,7 +1628,7 @@ const char bench_usage[] =
     "  --no-jobs        do not time the --jobs sweep\n"
     "  --jobs-steps N   training steps of each run of that sweep (default 150)\n"
     "  --matmul P       memlab's matrix products: fp32 (default) or bf16 (train.matmul;\n"
-    "                   the PyTorch twin stays float32)\n"
+    "                   the PyTorch twin then runs its forward under bf16 autocast)\n"
     "  --python PATH    interpreter of the twin (default /usr/bin/python3)\n"
     "  --db FILE        record each configuration as a run (default results/bench.db)\n"
     "  --report FILE    markdown report (default results/bench.md)\n";

@@ -1,7 +1,8 @@
 #!/usr/bin/python3
 """bench_torch.py: the PyTorch timing twin of `memlab bench`.
 
-Builds, in float32, the model a memlab config describes (the config JSON that
+Builds, in float32 (or, when the config says train.matmul: bf16, with its
+forward under CPU autocast to bfloat16), the model a memlab config describes (the config JSON that
 memlab records for a run: token embedding tied to the LM head, pre-norm blocks
 of norm, short causal depthwise conv, mixer and residual, optional MLP, final
 norm) the way a researcher would write it in PyTorch (Zoology style: einsum
@@ -120,6 +121,12 @@ RULES = {"additive": (False, False), "decay": (False, True), "delta": (True, Fal
 MEMORY_MIXERS = ("mom", "slots", "memcache")
 
 
+def widen(torch, t):
+    """t in float32 when autocast made it bfloat16 (None and other dtypes as
+    they are: the float64 checks keep float64)."""
+    return t.float() if t is not None and t.dtype == torch.bfloat16 else t
+
+
 def chunk_rule(torch, q, k, v, beta, g, c, delta, decay, S0=None, final=False):
     """The decay/delta rules chunk by chunk, as a researcher writes them in
     PyTorch (the WY form of the delta rule with one batched triangular solve
@@ -132,6 +139,9 @@ def chunk_rule(torch, q, k, v, beta, g, c, delta, decay, S0=None, final=False):
     the state after the last token is returned too: (outputs, state); the
     padding of a short last chunk (k = v = 0, no decay) leaves it unchanged."""
     F = torch.nn.functional
+    # under autocast the projections arrive in bfloat16: the rule's sums and
+    # state stay float32 (autocast rounds the products' inputs), as in memlab
+    q, k, v, beta, g = (widen(torch, t) for t in (q, k, v, beta, g))
     B, H, T, Dk = q.shape
     Dv = v.shape[-1]
     n = (T + c - 1) // c
@@ -368,8 +378,8 @@ def build(torch, cfg):
 
         def forward(self, x):
             B, T, _ = x.shape
-            q, k, v = self.wqkv(x).view(B, T, 3, H, D).permute(2, 0, 3, 1, 4).unbind(0)
-            q, k = self.phi(q), self.phi(k)  # [B,H,T,D]
+            q, k, v = widen(torch, self.wqkv(x)).view(B, T, 3, H, D).permute(2, 0, 3, 1, 4).unbind(0)
+            q, k = self.phi(q), self.phi(k)  # [B,H,T,D], float32 under autocast too
             if self.parallel or T <= self.chunk:
                 A = torch.tril(q @ k.transpose(-1, -2))
                 num = A @ v
@@ -519,13 +529,21 @@ class Session:
         self.model, self.opt = built
         self.tokens, self.targets = batch(torch, cfg)
         self.clip = cfg["train"].get("grad_clip", 1.0)
+        # train.matmul: bf16 -> the forward under CPU autocast (products in
+        # bfloat16 through oneDNN, the rest as autocast decides), as a
+        # researcher runs mixed precision in PyTorch; backward follows it
+        self.bf16 = cfg["train"].get("matmul", "fp32") == "bf16"
 
     def step(self):
         """One training step: (wall seconds, CPU seconds of the process), or a
         string saying what went wrong."""
         t0, c0 = time.perf_counter(), time.process_time()
         self.opt.zero_grad(set_to_none=True)
-        loss = self.model(self.tokens, self.targets, self.full)
+        if self.bf16:
+            with self.torch.autocast("cpu", dtype=self.torch.bfloat16):
+                loss = self.model(self.tokens, self.targets, self.full)
+        else:
+            loss = self.model(self.tokens, self.targets, self.full)
         loss.backward()
         if self.clip > 0:
             self.torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip)
@@ -644,7 +662,29 @@ def self_check(torch):
                   ("ok  " if ok else "FAIL", rule, normalize, err, err2))
     import bench_torch_memories
     bad += bench_torch_memories.self_check()
+    bad += autocast_check(torch)
     sys.exit(1 if bad else 0)
+
+
+def autocast_check(torch):
+    """Every mixer's twin takes a training step under bf16 autocast (what
+    `memlab bench --matmul bf16` times) with a finite loss; the failures."""
+    bad = 0
+    for mixer in ("softmax", "linear", "deltanet", "gated_deltanet", "mamba2", "based") + \
+            MEMORY_MIXERS:
+        cfg = {"model": {"mixer": mixer, "d_model": 32, "n_layers": 2, "heads": 2, "conv": 4},
+               "task": {"name": "mqar", "vocab_size": 64, "seq_len": 32, "num_kv_pairs": 2},
+               "train": {"batch_size": 4, "matmul": "bf16"}}
+        try:
+            ses = Session(torch, cfg, False)
+            got = ses.why or ses.step()
+        except Exception as exc:  # noqa: BLE001 -- reported as the failure
+            got = "%s: %s" % (type(exc).__name__, exc)
+        ok = not isinstance(got, str)
+        bad += not ok
+        print("%s %-14s one step under bf16 autocast%s" %
+              ("ok  " if ok else "FAIL", mixer, "" if ok else ": " + got))
+    return bad
 
 
 def main():

@@ -178,7 +178,7 @@ class MoM(nn.Module):
         valid = torch.arange(n).view(1, 1, n) < cnt.unsqueeze(-1)
         wc = w_tok[bi, src, ei] * valid  # [B,E,n]
         contrib = (oc.transpose(1, 2).reshape(B, E, n, C) * wc.unsqueeze(-1)).reshape(B, E * n, C)
-        o = x.new_zeros(B, T, C).scatter_add(1, src.reshape(B, E * n, 1).expand(-1, -1, C),
+        o = contrib.new_zeros(B, T, C).scatter_add(1, src.reshape(B, E * n, 1).expand(-1, -1, C),
                                              contrib)
         if self.shared:
             os_ = bt.chunk_rule(torch, q.transpose(1, 2), k[:, :, E].transpose(1, 2),
