@@ -249,7 +249,8 @@ static double linear_rows_flops(const run_config *cfg, int B, int T, const int *
 }
 
 /* Linear mixer's saved floats: qkv, phi, o, the normaliser's den and the
- * chunkwise form's per-chunk states (mixer_linear.c, linear_attention.c). */
+ * chunkwise form's prefix states of every chunk but the first, whose state is
+ * zero and not stored (mixer_linear.c, linear_attention.c). */
 static double linear_act(const run_config *cfg, int B, int T) {
     double C = cfg->model.d_model, H = key_num(cfg, "model.heads", 1), D = C / H;
     int norm = (int)key_num(cfg, "model.normalize", 1);
@@ -258,7 +259,7 @@ static double linear_act(const run_config *cfg, int B, int T) {
     double n = 6.0 * B * T * C + (norm ? (double)B * T * H : 0);
     if (!strcmp(form, "chunkwise")) {
         int c = linear_chunk(cfg, T), NC = (T + c - 1) / c;
-        n += (double)B * H * NC * (D * D + (norm ? D : 0));
+        n += (double)B * H * (NC - 1) * (D * D + (norm ? D : 0));
     }
     return n;
 }
@@ -277,7 +278,7 @@ static const mixer_formula formulas[] = {
     {"softmax", softmax_flops, softmax_rows_flops, softmax_act,
      "B T 4C + B H T^2 (qkv, o, probabilities)"},
     {"linear", linear_flops, linear_rows_flops, linear_act,
-     "B T 6C + B T H + B H (T/l) (D^2 + D) (qkv, phi, o, den, chunk states)"},
+     "B T 6C + B T H + B H (ceil(T/l) - 1) (D^2 + D) (qkv, phi, o, den, chunk states)"},
 };
 
 static const mixer_formula *formula_of(const char *mixer) {

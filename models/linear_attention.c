@@ -14,7 +14,9 @@
  *
  * Saved by forward (save), in this order:
  *   den [B,T,H]                   when normalize (all forms);
- *   S_{c-1} (+ z_{c-1}) per chunk [B,H,NC,Dk*Dv (+Dk)]   chunkwise only.
+ *   S_{c-1} (+ z_{c-1}) of chunks c = 1..NC-1 [B,H,NC-1,Dk*Dv (+Dk)]
+ *                                 chunkwise only; the first chunk's prefix
+ *                                 state is zero and not stored.
  * The feature map, projections, output norm and gating belong to the mixer.
  *
  * Threads: the batch is shared among memlab's threads (OpenBLAS's thread
@@ -102,6 +104,12 @@ static int la_nchunks(const linattn_dims *d) {
     return C > 0 ? (d->T + C - 1) / C : 0;
 }
 
+/* Prefix states forward saves per (b, h): those of chunks 1..NC-1. */
+static int la_nsaved(const linattn_dims *d) {
+    int NC = la_nchunks(d);
+    return NC > 1 ? NC - 1 : 0;
+}
+
 /* Reals of one saved chunk state: S [Dk,Dv], then z [Dk] when normalising. */
 static size_t la_state_size(const linattn_dims *d) {
     return (size_t)d->Dk * d->Dv + (d->normalize ? (size_t)d->Dk : 0);
@@ -142,12 +150,13 @@ static void la_dnum(real *dn, real *g, const real *dout, const real *out, const 
 }
 
 /* Reals forward saves: den when normalising (every form rebuilds the rest
- * from q, k, v), plus the prefix state of every chunk for the chunkwise form,
- * whose backward walks the chunks in reverse and cannot rebuild them cheaply. */
+ * from q, k, v), plus the prefix state of every chunk but the first (zero)
+ * for the chunkwise form, whose backward walks the chunks in reverse and
+ * cannot rebuild them cheaply. */
 size_t linattn_save_size(const linattn_dims *d) {
     size_t n = la_den_size(d);
     if (d->form == LA_CHUNKWISE)
-        n += (size_t)d->B * d->H * la_nchunks(d) * la_state_size(d);
+        n += (size_t)d->B * d->H * la_nsaved(d) * la_state_size(d);
     return n;
 }
 
@@ -347,9 +356,11 @@ static void la_parallel_backward(real *dq, real *dk, real *dv, const real *dout,
 
 /* Per head, chunk by chunk: the output of chunk c reads the prefix state
  * (S, z) of the chunks before it plus the masked intra-chunk scores. With save,
- * each chunk's prefix state is kept in its own slot (the next slot starts as
- * a copy and takes the chunk's update), which is what backward reads; without
- * save one running state in scratch is updated in place. */
+ * the prefix state of each chunk after the first is kept in its own slot (the
+ * first is written from chunk 0's update alone, each next one starts as a copy
+ * of the one before and takes its chunk's update), which is what backward
+ * reads; without save one running state in scratch is updated in place. The
+ * first chunk's zero prefix state is never written or read. */
 static void la_chunk_forward(real *out, real *den, real *states, const real *q,
                              const real *k, const real *v, const linattn_dims *d,
                              real *scratch) {
@@ -363,8 +374,8 @@ static void la_chunk_forward(real *out, real *den, real *states, const real *q,
             const real *kb = k + (size_t)b * T * d->k_stride + (size_t)h * Dk;
             const real *vb = v + (size_t)b * T * d->v_stride + (size_t)h * Dv;
             real *ob = out + ((size_t)b * T * H + h) * Dv;
-            real *cur = states ? states + ((size_t)b * H + h) * NC * ss : run;
-            memset(cur, 0, ss * sizeof(real));
+            real *sb = states ? states + ((size_t)b * H + h) * la_nsaved(d) * ss : NULL;
+            const real *pre = NULL; /* prefix state of chunk c; NULL (zero) for c = 0 */
             for (int c = 0; c < NC; c++) {
                 const int t0 = c * C, L = T - t0 < C ? T - t0 : C;
                 const real *qc = qb + (size_t)t0 * d->q_stride;
@@ -373,14 +384,14 @@ static void la_chunk_forward(real *out, real *den, real *states, const real *q,
                 real *oc = ob + (size_t)t0 * ldo;
                 la_scores(A, qc, kc, L, L, d);
                 /* the first chunk's prefix state is zero: skip its product */
-                if (c > 0) ml_gemm(0, 0, L, Dv, Dk, 1, qc, d->q_stride, cur, Dv, 0, oc, ldo);
-                ml_gemm(0, 0, L, Dv, L, 1, A, L, vc, d->v_stride, c > 0 ? 1 : 0, oc, ldo);
+                if (pre) ml_gemm(0, 0, L, Dv, Dk, 1, qc, d->q_stride, pre, Dv, 0, oc, ldo);
+                ml_gemm(0, 0, L, Dv, L, 1, A, L, vc, d->v_stride, pre ? 1 : 0, oc, ldo);
                 if (d->normalize) {
-                    const real *z = cur + SS;
                     for (int i = 0; i < L; i++) {
                         const real *qi = qc + (size_t)i * d->q_stride;
                         real s = d->eps;
-                        for (int j = 0; j < Dk; j++) s += qi[j] * z[j];
+                        if (pre)
+                            for (int j = 0; j < Dk; j++) s += qi[j] * pre[SS + j];
                         for (int j = 0; j <= i; j++) s += A[(size_t)i * L + j];
                         real inv = 1 / s;
                         for (int j = 0; j < Dv; j++) oc[(size_t)i * ldo + j] *= inv;
@@ -388,14 +399,16 @@ static void la_chunk_forward(real *out, real *den, real *states, const real *q,
                     }
                 }
                 if (c + 1 == NC) break;
-                if (states) {
-                    memcpy(cur + ss, cur, ss * sizeof(real));
-                    cur += ss;
-                }
-                ml_gemm(1, 0, Dk, Dv, L, 1, kc, d->k_stride, vc, d->v_stride, 1, cur, Dv);
-                if (d->normalize)
+                /* the prefix state of chunk c + 1: in place without save */
+                real *nxt = sb ? sb + (size_t)c * ss : run;
+                if (pre && pre != nxt) memcpy(nxt, pre, ss * sizeof(real));
+                ml_gemm(1, 0, Dk, Dv, L, 1, kc, d->k_stride, vc, d->v_stride, pre ? 1 : 0, nxt, Dv);
+                if (d->normalize) {
+                    if (!pre) memset(nxt + SS, 0, (size_t)Dk * sizeof(real));
                     for (int i = 0; i < L; i++)
-                        for (int j = 0; j < Dk; j++) cur[SS + j] += kc[(size_t)i * d->k_stride + j];
+                        for (int j = 0; j < Dk; j++) nxt[SS + j] += kc[(size_t)i * d->k_stride + j];
+                }
+                pre = nxt;
             }
         }
 }
@@ -419,7 +432,7 @@ static void la_chunk_backward(real *dq, real *dk, real *dv, const real *dout,
             const size_t ko = (size_t)b * T * d->k_stride + (size_t)h * Dk;
             const size_t vo = (size_t)b * T * d->v_stride + (size_t)h * Dv;
             const size_t oo = ((size_t)b * T * H + h) * Dv;
-            const real *sb = states + ((size_t)b * H + h) * NC * ss;
+            const real *sb = states + ((size_t)b * H + h) * la_nsaved(d) * ss;
             memset(dS, 0, SS * sizeof(real));
             memset(dz, 0, (size_t)Dk * sizeof(real));
             for (int c = NC - 1; c >= 0; c--) {
@@ -427,7 +440,9 @@ static void la_chunk_backward(real *dq, real *dk, real *dv, const real *dout,
                 const real *qc = q + qo + (size_t)t0 * d->q_stride;
                 const real *kc = k + ko + (size_t)t0 * d->k_stride;
                 const real *vc = v + vo + (size_t)t0 * d->v_stride;
-                const real *Sp = sb + (size_t)c * ss, *zp = Sp + SS;
+                /* prefix state of chunk c (saved from chunk 1 on) */
+                const real *Sp = c > 0 ? sb + (size_t)(c - 1) * ss : NULL;
+                const real *zp = Sp ? Sp + SS : NULL;
                 la_dnum(dn, g, dout + oo + (size_t)t0 * ldo, out + oo + (size_t)t0 * ldo,
                         den ? den + ((size_t)b * T + t0) * H + h : NULL, L, d);
                 la_scores(A, qc, kc, L, L, d);
@@ -493,7 +508,7 @@ static void la_range(void *ctx, int b0, int b1, int slot) {
     const size_t T = (size_t)d->T, H = (size_t)d->H, B0 = (size_t)b0;
     const size_t qo = B0 * T * d->q_stride, ko = B0 * T * d->k_stride, vo = B0 * T * d->v_stride;
     const size_t oo = B0 * T * H * d->Dv, deno = B0 * T * H;
-    const size_t sto = B0 * H * (size_t)la_nchunks(d) * la_state_size(d);
+    const size_t sto = B0 * H * (size_t)la_nsaved(d) * la_state_size(d);
     real *scr = c->scratch + (size_t)slot * la_slot_size(d);
     if (!backward) {
         real *den = c->save && d->normalize ? c->save + deno : NULL;
