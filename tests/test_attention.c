@@ -650,6 +650,43 @@ static void test_linattn_forms_agree(void) {
                        cfg[c][6], norm, 200 + 10 * c + norm);
 }
 
+/* Every form reads only what it wrote: with save and scratch filled with NaN
+ * before forward and scratch again before backward, out and the gradients are
+ * bit-identical to a run on zeroed buffers (NaN would reach them through any
+ * read of a masked score entry the chunkwise form skips, or of the first
+ * chunk's prefix state, which is not stored). Chunk 24 in T 50: two sub-blocks
+ * per chunk and a short last chunk laid out with another leading dimension. */
+static void test_linattn_stale_scratch(void) {
+    for (int f = 0; f < 3; f++)
+        for (int norm = 0; norm < 2; norm++) {
+            linattn_dims d = {2, 50, 2, 5, 4, 0, 0, 0, norm, 1e-6, 24, (la_form)f};
+            la_io x, g[2];
+            la_io_alloc(&x, &d, 1);
+            la_io_fill(&x, 600 + f, 0.1, 1.0);
+            size_t nout = (size_t)d.B * d.T * d.H * d.Dv;
+            size_t nsave = linattn_save_size(&d), nscr = linattn_scratch_size(&d);
+            double *out[2] = {dalloc(nout), dalloc(nout)}, *dout = dfilled(nout, 610, -1, 1);
+            double *save = dalloc(nsave), *scr = dalloc(nscr);
+            for (int r = 0; r < 2; r++) {
+                double fill = r ? NAN : 0;
+                for (size_t i = 0; i < nsave; i++) save[i] = fill;
+                for (size_t i = 0; i < nscr; i++) scr[i] = fill;
+                linattn_forward(out[r], save, x.q, x.k, x.v, &d, scr);
+                for (size_t i = 0; i < nscr; i++) scr[i] = fill;
+                la_io_like(&g[r], &x);
+                memset(g[r].buf[0], 0, g[r].len[0] * sizeof(double));
+                linattn_backward(g[r].q, g[r].k, g[r].v, dout, out[r], save, x.q, x.k, x.v, &d,
+                                 scr);
+            }
+            CHECK(!memcmp(out[0], out[1], nout * sizeof(double)),
+                  "%s norm%d: out depends on stale save or scratch", la_form_names[f], norm);
+            CHECK(!memcmp(g[0].buf[0], g[1].buf[0], g[0].len[0] * sizeof(double)),
+                  "%s norm%d: gradients depend on stale save or scratch", la_form_names[f], norm);
+            la_io_free(&x), la_io_free(&g[0]), la_io_free(&g[1]);
+            free(out[0]), free(out[1]), free(dout), free(save), free(scr);
+        }
+}
+
 /* Loss through a feature map: q, k = phi(raw), v = raw, in the packed layout;
  * L = sum(w .* linattn(q, k, v)). */
 typedef struct la_ctx {
@@ -776,6 +813,7 @@ const test_case tests_attention[] = {
     {"featuremap_values", test_featuremap_values},
     {"featuremap_gradcheck", test_featuremap_gradcheck},
     {"linattn_forms_agree", test_linattn_forms_agree},
+    {"linattn_stale_scratch", test_linattn_stale_scratch},
     {"linattn_gradcheck", test_linattn_gradcheck},
     {"linattn_causality", test_linattn_causality},
     {NULL, NULL},
