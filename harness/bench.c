@@ -20,18 +20,20 @@
  *                     q, core, out of the rows; P_S their visible pairs),
  *                     linear 12 B T C^2 + 12 S C^2 + core (q and out of the
  *                     rows), MLP 12 S C R; other mixers: counted products only
- *   linear core       B H sum_chunks (14 l^2 D + 6 l D^2 (a + b))   chunkwise,
- *                     chunk l; a = 1 but for the first chunk, b = 1 but for the
- *                     last (their state products are zero and skipped); 14 =
- *                     4 forward + 8 backward + 2 for the scores the backward
- *                     recomputes instead of saving
- *                     14 B H T^2 D (parallel), 3 B H 4 T D^2 (recurrent: loops,
- *                     not BLAS, so the product counter does not see them)
+ *   linear core       B H sum_chunks (7 l (l+1) D + 6 l D^2 (a + b))   chunkwise,
+ *                     chunk l; 14 D per visible query-key pair of a chunk
+ *                     (l (l+1)/2): 4 forward + 8 backward + 2 for the scores
+ *                     the backward recomputes instead of saving; a = 1 but
+ *                     for the first chunk, b = 1 but for the last (their
+ *                     state products are zero and skipped)
+ *                     7 B H T (T+1) D (parallel), 3 B H 4 T D^2 (recurrent:
+ *                     loops, not BLAS, so the product counter does not see
+ *                     them)
  *   MLP               12 B T C R per layer      (R hidden width)
  * Every product also adds its FLOPs to a counter (models/matmul.c), read
  * around the first warm-up step: the report shows both numbers, GFLOP/s use
  * the formula where the mixer has one (useful work: a blocked causal kernel's
- * masked half-blocks are not counted) and the counted products otherwise, so
+ * masked half-blocks, the linear forms' masked score entries are not counted) and the counted products otherwise, so
  * every mixer gets a GFLOP/s figure. The tests hold the formulas to the count.
  *
  * What is left to others: the kernels (models/), the twin's model
@@ -221,7 +223,7 @@ static double linear_core_flops(const run_config *cfg, int B, int T) {
     double C = cfg->model.d_model, H = key_num(cfg, "model.heads", 1), D = C / H;
     char form[32];
     key_text(cfg, "model.form", form, sizeof form);
-    if (!strcmp(form, "parallel")) return 14.0 * B * H * T * T * D;
+    if (!strcmp(form, "parallel")) return 7.0 * B * H * T * (T + 1.0) * D;
     if (!strcmp(form, "recurrent")) return 3.0 * B * H * 4.0 * T * D * D;
     /* the products with the first chunk's zero prefix state and the last
      * chunk's zero state gradient are skipped (linear_attention.c) */
@@ -229,7 +231,7 @@ static double linear_core_flops(const run_config *cfg, int B, int T) {
     double core = 0;
     for (int t0 = 0; t0 < T; t0 += c) {
         double l = T - t0 < c ? T - t0 : c;
-        core += 14.0 * l * l * D + 6.0 * l * D * D * ((t0 > 0) + (t0 + c < T));
+        core += 7.0 * l * (l + 1) * D + 6.0 * l * D * D * ((t0 > 0) + (t0 + c < T));
     }
     return B * H * core;
 }
@@ -250,7 +252,8 @@ static double linear_rows_flops(const run_config *cfg, int B, int T, const int *
 }
 
 /* Linear mixer's saved floats: qkv, phi, o, the normaliser's den and the
- * chunkwise form's per-chunk states (mixer_linear.c, linear_attention.c). */
+ * chunkwise form's prefix states of every chunk but the first, whose state is
+ * zero and not stored (mixer_linear.c, linear_attention.c). */
 static double linear_act(const run_config *cfg, int B, int T) {
     double C = cfg->model.d_model, H = key_num(cfg, "model.heads", 1), D = C / H;
     int norm = (int)key_num(cfg, "model.normalize", 1);
@@ -259,7 +262,7 @@ static double linear_act(const run_config *cfg, int B, int T) {
     double n = 6.0 * B * T * C + (norm ? (double)B * T * H : 0);
     if (!strcmp(form, "chunkwise")) {
         int c = linear_chunk(cfg, T), NC = (T + c - 1) / c;
-        n += (double)B * H * NC * (D * D + (norm ? D : 0));
+        n += (double)B * H * (NC - 1) * (D * D + (norm ? D : 0));
     }
     return n;
 }
@@ -278,7 +281,7 @@ static const mixer_formula formulas[] = {
     {"softmax", softmax_flops, softmax_rows_flops, softmax_act,
      "B T 4C + B H T^2 (qkv, o, probabilities)"},
     {"linear", linear_flops, linear_rows_flops, linear_act,
-     "B T 6C + B T H + B H (T/l) (D^2 + D) (qkv, phi, o, den, chunk states)"},
+     "B T 6C + B T H + B H (ceil(T/l) - 1) (D^2 + D) (qkv, phi, o, den, chunk states)"},
 };
 
 static const mixer_formula *formula_of(const char *mixer) {

@@ -215,6 +215,10 @@ typedef struct {
 /* Reals that forward saves for backward, and backward's scratch. */
 size_t linattn_save_size(const linattn_dims *d);
 size_t linattn_scratch_size(const linattn_dims *d);
+/* Query-key pairs per (b, h) the chunkwise form's intra-chunk products
+ * compute (FLOP accounting): the visible ones and the masked upper halves of
+ * the diagonal sub-blocks. */
+double linattn_band_pairs(int T, int chunk);
 void linattn_forward(real *out, real *save, const real *q, const real *k, const real *v,
                      const linattn_dims *d, real *scratch);
 /* dq, dk, dv (same strides as q, k, v) += gradient. */

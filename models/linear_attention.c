@@ -7,14 +7,18 @@
  *   num_t = S_t^T q_t,  o_t = num_t / (q_t.z_t + eps) or num_t.
  *   LA_RECURRENT  token by token: the reference, and the generation form.
  *   LA_PARALLEL   A = tril(Q K^T) [T,T]; O = A V, den = A 1 + eps.
- *   LA_CHUNKWISE  O_c = Q_c S_{c-1} + tril(Q_c K_c^T) V_c; S_c = S_{c-1} + K_c^T V_c.
+ *   LA_CHUNKWISE  O_c = Q_c S_{c-1} + tril(Q_c K_c^T) V_c; S_c = S_{c-1} + K_c^T V_c;
+ *                 the tril products run on the sub-blocks on or below the
+ *                 diagonal only (LA_SUB rows each).
  * q, k, v are read in place through their row strides (so a packed [B,T,3,H,D]
  * projection needs no copy); only the T x T or C x C score blocks, the
  * per-chunk states and dO / den live in save or scratch.
  *
  * Saved by forward (save), in this order:
  *   den [B,T,H]                   when normalize (all forms);
- *   S_{c-1} (+ z_{c-1}) per chunk [B,H,NC,Dk*Dv (+Dk)]   chunkwise only.
+ *   S_{c-1} (+ z_{c-1}) of chunks c = 1..NC-1 [B,H,NC-1,Dk*Dv (+Dk)]
+ *                                 chunkwise only; the first chunk's prefix
+ *                                 state is zero and not stored.
  * The feature map, projections, output norm and gating belong to the mixer.
  *
  * Threads: the batch is shared among memlab's threads (OpenBLAS's thread
@@ -102,6 +106,12 @@ static int la_nchunks(const linattn_dims *d) {
     return C > 0 ? (d->T + C - 1) / C : 0;
 }
 
+/* Prefix states forward saves per (b, h): those of chunks 1..NC-1. */
+static int la_nsaved(const linattn_dims *d) {
+    int NC = la_nchunks(d);
+    return NC > 1 ? NC - 1 : 0;
+}
+
 /* Reals of one saved chunk state: S [Dk,Dv], then z [Dk] when normalising. */
 static size_t la_state_size(const linattn_dims *d) {
     return (size_t)d->Dk * d->Dv + (d->normalize ? (size_t)d->Dk : 0);
@@ -142,12 +152,13 @@ static void la_dnum(real *dn, real *g, const real *dout, const real *out, const 
 }
 
 /* Reals forward saves: den when normalising (every form rebuilds the rest
- * from q, k, v), plus the prefix state of every chunk for the chunkwise form,
- * whose backward walks the chunks in reverse and cannot rebuild them cheaply. */
+ * from q, k, v), plus the prefix state of every chunk but the first (zero)
+ * for the chunkwise form, whose backward walks the chunks in reverse and
+ * cannot rebuild them cheaply. */
 size_t linattn_save_size(const linattn_dims *d) {
     size_t n = la_den_size(d);
     if (d->form == LA_CHUNKWISE)
-        n += (size_t)d->B * d->H * la_nchunks(d) * la_state_size(d);
+        n += (size_t)d->B * d->H * la_nsaved(d) * la_state_size(d);
     return n;
 }
 
@@ -345,11 +356,80 @@ static void la_parallel_backward(real *dq, real *dk, real *dv, const real *dout,
 
 /* ---- chunkwise form ------------------------------------------------------------- */
 
+/* Rows per sub-block of the intra-chunk products. Timed at chunk 64 on one
+ * core against 8, 32 and 64 (no blocking): 16 was fastest at D 64 and tied
+ * with 8 at D 256, where 32 and 64 skip less of the masked work. */
+#define LA_SUB 16
+
+/* The intra-chunk products of a chunk of L rows run on the sub-blocks of
+ * LA_SUB rows and columns on or below the diagonal of its L x L score block:
+ * row block [r0, r1) with the columns [0, r1). Only the diagonal sub-blocks
+ * are masked; the entries right of them are never written or read, so a
+ * chunk of L > LA_SUB rows skips close to half of the full block's work. */
+
+/* Query-key pairs the chunkwise form's intra-chunk products compute per
+ * (b, h): over the chunks of T, the row blocks' rows times their columns. */
+double linattn_band_pairs(int T, int chunk) {
+    double n = 0;
+    if (chunk < 1) return 0;
+    for (int t0 = 0; t0 < T; t0 += chunk) {
+        int L = T - t0 < chunk ? T - t0 : chunk;
+        for (int r0 = 0; r0 < L; r0 += LA_SUB) {
+            int r1 = r0 + LA_SUB < L ? r0 + LA_SUB : L;
+            n += (double)(r1 - r0) * r1;
+        }
+    }
+    return n;
+}
+
+/* A[i,j] = X_i . Y_j (+ g_i with g) for j <= i and 0 for i < j < r1, on the
+ * sub-blocks above: rows of X and Y are K wide, ldx and ldy apart; A is
+ * [L,L] with leading dimension L. */
+static void la_band_scores(real *A, const real *X, int ldx, const real *Y, int ldy, int K,
+                           int L, const real *g) {
+    for (int r0 = 0; r0 < L; r0 += LA_SUB) {
+        const int r1 = r0 + LA_SUB < L ? r0 + LA_SUB : L;
+        ml_gemm(0, 1, r1 - r0, r1, K, 1, X + (size_t)r0 * ldx, ldx, Y, ldy, 0,
+                A + (size_t)r0 * L, L);
+        for (int i = r0; i < r1; i++) {
+            real *Ai = A + (size_t)i * L;
+            if (g)
+                for (int j = 0; j <= i; j++) Ai[j] += g[i];
+            memset(Ai + i + 1, 0, (size_t)(r1 - i - 1) * sizeof(real));
+        }
+    }
+}
+
+/* out = beta out + A X for A from la_band_scores (zero above the diagonal):
+ * row block [r0, r1) of out reads columns [0, r1) of A, rows [0, r1) of X;
+ * X and out are N wide, rows ldx and ldo apart. */
+static void la_band_mul(real *out, int ldo, const real *A, int L, const real *X, int ldx, int N,
+                        real beta) {
+    for (int r0 = 0; r0 < L; r0 += LA_SUB) {
+        const int r1 = r0 + LA_SUB < L ? r0 + LA_SUB : L;
+        ml_gemm(0, 0, r1 - r0, N, r1, 1, A + (size_t)r0 * L, L, X, ldx, beta,
+                out + (size_t)r0 * ldo, ldo);
+    }
+}
+
+/* out += A^T X for A from la_band_scores: column block [c0, c1) of A (rows
+ * [c0, c1) of out) reads rows [c0, L) of A and of X. */
+static void la_band_mul_t(real *out, int ldo, const real *A, int L, const real *X, int ldx,
+                          int N) {
+    for (int c0 = 0; c0 < L; c0 += LA_SUB) {
+        const int c1 = c0 + LA_SUB < L ? c0 + LA_SUB : L;
+        ml_gemm(1, 0, c1 - c0, N, L - c0, 1, A + (size_t)c0 * L + c0, L, X + (size_t)c0 * ldx,
+                ldx, 1, out + (size_t)c0 * ldo, ldo);
+    }
+}
+
 /* Per head, chunk by chunk: the output of chunk c reads the prefix state
  * (S, z) of the chunks before it plus the masked intra-chunk scores. With save,
- * each chunk's prefix state is kept in its own slot (the next slot starts as
- * a copy and takes the chunk's update), which is what backward reads; without
- * save one running state in scratch is updated in place. */
+ * the prefix state of each chunk after the first is kept in its own slot (the
+ * first is written from chunk 0's update alone, each next one starts as a copy
+ * of the one before and takes its chunk's update), which is what backward
+ * reads; without save one running state in scratch is updated in place. The
+ * first chunk's zero prefix state is never written or read. */
 static void la_chunk_forward(real *out, real *den, real *states, const real *q,
                              const real *k, const real *v, const linattn_dims *d,
                              real *scratch) {
@@ -363,24 +443,24 @@ static void la_chunk_forward(real *out, real *den, real *states, const real *q,
             const real *kb = k + (size_t)b * T * d->k_stride + (size_t)h * Dk;
             const real *vb = v + (size_t)b * T * d->v_stride + (size_t)h * Dv;
             real *ob = out + ((size_t)b * T * H + h) * Dv;
-            real *cur = states ? states + ((size_t)b * H + h) * NC * ss : run;
-            memset(cur, 0, ss * sizeof(real));
+            real *sb = states ? states + ((size_t)b * H + h) * la_nsaved(d) * ss : NULL;
+            const real *pre = NULL; /* prefix state of chunk c; NULL (zero) for c = 0 */
             for (int c = 0; c < NC; c++) {
                 const int t0 = c * C, L = T - t0 < C ? T - t0 : C;
                 const real *qc = qb + (size_t)t0 * d->q_stride;
                 const real *kc = kb + (size_t)t0 * d->k_stride;
                 const real *vc = vb + (size_t)t0 * d->v_stride;
                 real *oc = ob + (size_t)t0 * ldo;
-                la_scores(A, qc, kc, L, L, d);
+                la_band_scores(A, qc, d->q_stride, kc, d->k_stride, Dk, L, NULL);
                 /* the first chunk's prefix state is zero: skip its product */
-                if (c > 0) ml_gemm(0, 0, L, Dv, Dk, 1, qc, d->q_stride, cur, Dv, 0, oc, ldo);
-                ml_gemm(0, 0, L, Dv, L, 1, A, L, vc, d->v_stride, c > 0 ? 1 : 0, oc, ldo);
+                if (pre) ml_gemm(0, 0, L, Dv, Dk, 1, qc, d->q_stride, pre, Dv, 0, oc, ldo);
+                la_band_mul(oc, ldo, A, L, vc, d->v_stride, Dv, pre ? 1 : 0);
                 if (d->normalize) {
-                    const real *z = cur + SS;
                     for (int i = 0; i < L; i++) {
                         const real *qi = qc + (size_t)i * d->q_stride;
                         real s = d->eps;
-                        for (int j = 0; j < Dk; j++) s += qi[j] * z[j];
+                        if (pre)
+                            for (int j = 0; j < Dk; j++) s += qi[j] * pre[SS + j];
                         for (int j = 0; j <= i; j++) s += A[(size_t)i * L + j];
                         real inv = 1 / s;
                         for (int j = 0; j < Dv; j++) oc[(size_t)i * ldo + j] *= inv;
@@ -388,21 +468,24 @@ static void la_chunk_forward(real *out, real *den, real *states, const real *q,
                     }
                 }
                 if (c + 1 == NC) break;
-                if (states) {
-                    memcpy(cur + ss, cur, ss * sizeof(real));
-                    cur += ss;
-                }
-                ml_gemm(1, 0, Dk, Dv, L, 1, kc, d->k_stride, vc, d->v_stride, 1, cur, Dv);
-                if (d->normalize)
+                /* the prefix state of chunk c + 1: in place without save */
+                real *nxt = sb ? sb + (size_t)c * ss : run;
+                if (pre && pre != nxt) memcpy(nxt, pre, ss * sizeof(real));
+                ml_gemm(1, 0, Dk, Dv, L, 1, kc, d->k_stride, vc, d->v_stride, pre ? 1 : 0, nxt, Dv);
+                if (d->normalize) {
+                    if (!pre) memset(nxt + SS, 0, (size_t)Dk * sizeof(real));
                     for (int i = 0; i < L; i++)
-                        for (int j = 0; j < Dk; j++) cur[SS + j] += kc[(size_t)i * d->k_stride + j];
+                        for (int j = 0; j < Dk; j++) nxt[SS + j] += kc[(size_t)i * d->k_stride + j];
+                }
+                pre = nxt;
             }
         }
 }
 
 /* Reverse pass over chunks with dS = sum over later chunks of Q_c^T dn_c and
  * dz = sum of Q_c^T g_c (what the prefix state feeds forward):
- *   intra:  dA = tril(dn V^T + g 1^T); dQ += dA K, dK += dA^T Q, dV += A^T dn;
+ *   intra:  dA = tril(dn V^T + g 1^T); dQ += dA K, dK += dA^T Q, dV += A^T dn
+ *           (A and dA on the sub-blocks on or below the diagonal);
  *   inter:  dQ += dn S_{c-1}^T + g z_{c-1}^T; dK += V dS^T + 1 dz^T; dV += K dS. */
 static void la_chunk_backward(real *dq, real *dk, real *dv, const real *dout,
                               const real *out, const real *den, const real *states,
@@ -419,7 +502,7 @@ static void la_chunk_backward(real *dq, real *dk, real *dv, const real *dout,
             const size_t ko = (size_t)b * T * d->k_stride + (size_t)h * Dk;
             const size_t vo = (size_t)b * T * d->v_stride + (size_t)h * Dv;
             const size_t oo = ((size_t)b * T * H + h) * Dv;
-            const real *sb = states + ((size_t)b * H + h) * NC * ss;
+            const real *sb = states + ((size_t)b * H + h) * la_nsaved(d) * ss;
             memset(dS, 0, SS * sizeof(real));
             memset(dz, 0, (size_t)Dk * sizeof(real));
             for (int c = NC - 1; c >= 0; c--) {
@@ -427,21 +510,19 @@ static void la_chunk_backward(real *dq, real *dk, real *dv, const real *dout,
                 const real *qc = q + qo + (size_t)t0 * d->q_stride;
                 const real *kc = k + ko + (size_t)t0 * d->k_stride;
                 const real *vc = v + vo + (size_t)t0 * d->v_stride;
-                const real *Sp = sb + (size_t)c * ss, *zp = Sp + SS;
+                /* prefix state of chunk c (saved from chunk 1 on) */
+                const real *Sp = c > 0 ? sb + (size_t)(c - 1) * ss : NULL;
+                const real *zp = Sp ? Sp + SS : NULL;
                 la_dnum(dn, g, dout + oo + (size_t)t0 * ldo, out + oo + (size_t)t0 * ldo,
                         den ? den + ((size_t)b * T + t0) * H + h : NULL, L, d);
-                la_scores(A, qc, kc, L, L, d);
-                ml_gemm(0, 1, L, L, Dv, 1, dn, Dv, vc, d->v_stride, 0, dA, L);
-                if (d->normalize)
-                    for (int i = 0; i < L; i++)
-                        for (int j = 0; j <= i; j++) dA[(size_t)i * L + j] += g[i];
-                tril_mask(dA, L, L);
+                la_band_scores(A, qc, d->q_stride, kc, d->k_stride, Dk, L, NULL);
+                la_band_scores(dA, dn, Dv, vc, d->v_stride, Dv, L, d->normalize ? g : NULL);
                 /* the first chunk's prefix state (S, z) and the last chunk's
                  * dS, dz are zero: their products are skipped */
                 const int first = c == 0, last = c == NC - 1;
                 if (dq) {
                     real *dqc = dq + qo + (size_t)t0 * d->q_stride;
-                    ml_gemm(0, 0, L, Dk, L, 1, dA, L, kc, d->k_stride, 1, dqc, d->q_stride);
+                    la_band_mul(dqc, d->q_stride, dA, L, kc, d->k_stride, Dk, 1);
                     if (!first) ml_gemm(0, 1, L, Dk, Dv, 1, dn, Dv, Sp, Dv, 1, dqc, d->q_stride);
                     if (d->normalize && !first)
                         for (int i = 0; i < L; i++)
@@ -450,7 +531,7 @@ static void la_chunk_backward(real *dq, real *dk, real *dv, const real *dout,
                 }
                 if (dk) {
                     real *dkc = dk + ko + (size_t)t0 * d->k_stride;
-                    ml_gemm(1, 0, L, Dk, L, 1, dA, L, qc, d->q_stride, 1, dkc, d->k_stride);
+                    la_band_mul_t(dkc, d->k_stride, dA, L, qc, d->q_stride, Dk);
                     if (!last) ml_gemm(0, 1, L, Dk, Dv, 1, vc, d->v_stride, dS, Dv, 1, dkc, d->k_stride);
                     if (d->normalize && !last)
                         for (int i = 0; i < L; i++)
@@ -458,7 +539,7 @@ static void la_chunk_backward(real *dq, real *dk, real *dv, const real *dout,
                 }
                 if (dv) {
                     real *dvc = dv + vo + (size_t)t0 * d->v_stride;
-                    ml_gemm(1, 0, L, Dv, L, 1, A, L, dn, Dv, 1, dvc, d->v_stride);
+                    la_band_mul_t(dvc, d->v_stride, A, L, dn, Dv, Dv);
                     if (!last) ml_gemm(0, 0, L, Dv, Dk, 1, kc, d->k_stride, dS, Dv, 1, dvc, d->v_stride);
                 }
                 if (c == 0) break;
@@ -493,7 +574,7 @@ static void la_range(void *ctx, int b0, int b1, int slot) {
     const size_t T = (size_t)d->T, H = (size_t)d->H, B0 = (size_t)b0;
     const size_t qo = B0 * T * d->q_stride, ko = B0 * T * d->k_stride, vo = B0 * T * d->v_stride;
     const size_t oo = B0 * T * H * d->Dv, deno = B0 * T * H;
-    const size_t sto = B0 * H * (size_t)la_nchunks(d) * la_state_size(d);
+    const size_t sto = B0 * H * (size_t)la_nsaved(d) * la_state_size(d);
     real *scr = c->scratch + (size_t)slot * la_slot_size(d);
     if (!backward) {
         real *den = c->save && d->normalize ? c->save + deno : NULL;

@@ -63,6 +63,17 @@ check "the mixers' activation memory matches the formula" \
     test "$(q "$db" "select count(*) from metrics a join metrics f on f.run_id=a.run_id
                      where a.name='act_mib_mixer_layer' and f.name='act_mib_formula'
                      and abs(a.value - f.value) < 1e-9")" = 8
+# L 200 with chunk 64: four chunks, the last one short; forward saves the
+# prefix states of the last three only (the first chunk's is zero).
+"$memlab" bench --mixers linear --dims 64 --lens 200 --threads 1 --heads supervised --batch 2 \
+    --steps 1 --min-steps 1 --no-torch --no-jobs --db "$tmp/la.db" --report "$tmp/la.md" 2>/dev/null
+la_want=$(awk 'BEGIN { B = 2; T = 200; C = 64; H = 1; D = 64; l = 64
+    n = 6 * B * T * C + B * T * H + B * H * (int((T + l - 1) / l) - 1) * (D * D + D)
+    printf "%.9f", n * 4 / 1048576 }')
+check "linear at L 200, chunk 64: activation memory = formula = B T 6C + B T H + B H (ceil(T/l) - 1) (D^2 + D)" \
+    test "$(q "$tmp/la.db" "select printf('%.9f', a.value)||' '||printf('%.9f', f.value) from metrics a
+                            join metrics f on f.run_id=a.run_id
+                            where a.name='act_mib_mixer_layer' and f.name='act_mib_formula'")" = "$la_want $la_want"
 check "no PyTorch metrics without the twin" \
     test "$(q "$db" "select count(*) from metrics where split='torch'")" = 0
 check "the report has the targets, the tables and the scaling fit" \

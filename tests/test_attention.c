@@ -627,7 +627,10 @@ static void la_compare(int B, int T, int H, int Dk, int Dv, int chunk, int packe
     free(want), free(out), free(dout);
 }
 
-/* la_compare over the awkward shapes, normalize off and on. */
+/* la_compare over the awkward shapes, normalize off and on. The last rows
+ * cut chunks into several of the chunkwise form's sub-blocks (16 rows; with
+ * 32 or 8 too): a chunk that is not a multiple of them, one that is, and a
+ * short last chunk. */
 static void test_linattn_forms_agree(void) {
     /* B, T, H, Dk, Dv, chunk, packed */
     static const int cfg[][7] = {
@@ -637,11 +640,51 @@ static void test_linattn_forms_agree(void) {
         {1, 1, 1, 3, 2, 4, 0},   /* T = 1 */
         {2, 13, 1, 5, 5, 13, 1}, /* chunk = T */
         {1, 16, 2, 3, 2, 4, 0},  /* T a multiple of the chunk */
+        {2, 50, 2, 5, 4, 24, 1}, /* chunks 24, 24, 2: sub-blocks 16 + 8 */
+        {1, 150, 1, 3, 6, 72, 0}, /* chunks 72, 72, 6 */
+        {2, 96, 1, 4, 3, 48, 1}, /* whole sub-blocks, T a multiple of the chunk */
     };
     for (size_t c = 0; c < sizeof cfg / sizeof cfg[0]; c++)
         for (int norm = 0; norm < 2; norm++)
             la_compare(cfg[c][0], cfg[c][1], cfg[c][2], cfg[c][3], cfg[c][4], cfg[c][5],
                        cfg[c][6], norm, 200 + 10 * c + norm);
+}
+
+/* Every form reads only what it wrote: with save and scratch filled with NaN
+ * before forward and scratch again before backward, out and the gradients are
+ * bit-identical to a run on zeroed buffers (NaN would reach them through any
+ * read of a masked score entry the chunkwise form skips, or of the first
+ * chunk's prefix state, which is not stored). Chunk 24 in T 50: two sub-blocks
+ * per chunk and a short last chunk laid out with another leading dimension. */
+static void test_linattn_stale_scratch(void) {
+    for (int f = 0; f < 3; f++)
+        for (int norm = 0; norm < 2; norm++) {
+            linattn_dims d = {2, 50, 2, 5, 4, 0, 0, 0, norm, 1e-6, 24, (la_form)f};
+            la_io x, g[2];
+            la_io_alloc(&x, &d, 1);
+            la_io_fill(&x, 600 + f, 0.1, 1.0);
+            size_t nout = (size_t)d.B * d.T * d.H * d.Dv;
+            size_t nsave = linattn_save_size(&d), nscr = linattn_scratch_size(&d);
+            double *out[2] = {dalloc(nout), dalloc(nout)}, *dout = dfilled(nout, 610, -1, 1);
+            double *save = dalloc(nsave), *scr = dalloc(nscr);
+            for (int r = 0; r < 2; r++) {
+                double fill = r ? NAN : 0;
+                for (size_t i = 0; i < nsave; i++) save[i] = fill;
+                for (size_t i = 0; i < nscr; i++) scr[i] = fill;
+                linattn_forward(out[r], save, x.q, x.k, x.v, &d, scr);
+                for (size_t i = 0; i < nscr; i++) scr[i] = fill;
+                la_io_like(&g[r], &x);
+                memset(g[r].buf[0], 0, g[r].len[0] * sizeof(double));
+                linattn_backward(g[r].q, g[r].k, g[r].v, dout, out[r], save, x.q, x.k, x.v, &d,
+                                 scr);
+            }
+            CHECK(!memcmp(out[0], out[1], nout * sizeof(double)),
+                  "%s norm%d: out depends on stale save or scratch", la_form_names[f], norm);
+            CHECK(!memcmp(g[0].buf[0], g[1].buf[0], g[0].len[0] * sizeof(double)),
+                  "%s norm%d: gradients depend on stale save or scratch", la_form_names[f], norm);
+            la_io_free(&x), la_io_free(&g[0]), la_io_free(&g[1]);
+            free(out[0]), free(out[1]), free(dout), free(save), free(scr);
+        }
 }
 
 /* Loss through a feature map: q, k = phi(raw), v = raw, in the packed layout;
@@ -672,46 +715,56 @@ static double la_loss(void *p) {
     return dot(c->w, c->out, (size_t)c->d.B * c->d.T * c->d.H * c->d.Dv);
 }
 
-/* Every form, normalize on and off, behind elu+1 and identity. Identity with
- * normalize gets q, k in [0.2, 1.4] so that q.z + eps stays away from 0, where
- * the loss has a pole and finite differences mean nothing. */
-static void test_linattn_gradcheck(void) {
-    const int B = 2, T = 7, H = 2, Dk = 3, Dv = 2;
-    const int HK = H * Dk, HV = H * Dv, s = 2 * HK + HV;
+/* One gradient check of L = sum(w .* linattn(phi(q), phi(k), v)) against
+ * central differences. Identity with normalize gets q, k in [0.2, 1.4] so
+ * that q.z + eps stays away from 0, where the loss has a pole and finite
+ * differences mean nothing. */
+static void la_gradcheck_one(int B, int T, int H, int chunk, la_form form, int norm,
+                             fmap_kind map, unsigned long long seed, unsigned long long wseed) {
+    const int Dk = 3, Dv = 2, HK = H * Dk, HV = H * Dv, s = 2 * HK + HV;
     const size_t n = (size_t)B * T * s, nout = (size_t)B * T * HV;
+    la_ctx c = {.d = {B, T, H, Dk, Dv, s, s, s, norm, 1e-6, chunk, form}, .f = map};
+    c.raw = dfilled(n, seed, -1.5, 1.5);
+    if (map == FMAP_IDENTITY)
+        for (int t = 0; t < B * T; t++)
+            for (int i = 0; i < 2 * HK; i++) {
+                double *r = c.raw + (size_t)t * s + i;
+                *r = 0.2 + 0.8 * fabs(*r);
+            }
+    c.phi = dalloc(n), c.out = dalloc(nout), c.w = dfilled(nout, wseed, -1, 1);
+    c.save = dalloc(linattn_save_size(&c.d));
+    c.scr = dalloc(linattn_scratch_size(&c.d));
+    double *dphi = dalloc(n), *g = dalloc(n);
+    la_loss(&c);
+    linattn_backward(dphi, dphi + HK, dphi + 2 * HK, c.w, c.out, c.save, c.phi, c.phi + HK,
+                     c.phi + 2 * HK, &c.d, c.scr);
+    for (int t = 0; t < B * T; t++) {
+        size_t o = (size_t)t * s;
+        featuremap_backward(g + o, dphi + o, c.raw + o, (size_t)2 * HK, c.f);
+        for (int i = 2 * HK; i < s; i++) g[o + i] += dphi[o + i];
+    }
+    char label[96];
+    snprintf(label, sizeof label, "linattn %s T=%d chunk=%d normalize=%d %s",
+             la_form_names[form], T, chunk, norm, map == FMAP_IDENTITY ? "identity" : "elu+1");
+    gc_tensor t = {"qkv", c.raw, g, n};
+    gradcheck_expect(label, la_loss, &c, &t, 1);
+    free(c.raw), free(c.phi), free(c.out), free(c.w), free(c.save), free(c.scr);
+    free(dphi), free(g);
+}
+
+/* Every form, normalize on and off, behind elu+1 and identity; then the
+ * chunkwise form with chunks of several sub-blocks (24 = 16 + 8 rows) and a
+ * short last chunk (T 50). */
+static void test_linattn_gradcheck(void) {
     const fmap_kind maps[2] = {FMAP_ELU1, FMAP_IDENTITY};
     for (int f = 0; f < 3; f++)
         for (int norm = 0; norm < 2; norm++)
-            for (int m = 0; m < 2; m++) {
-                la_ctx c = {.d = {B, T, H, Dk, Dv, s, s, s, norm, 1e-6, 3, (la_form)f},
-                            .f = maps[m]};
-                c.raw = dfilled(n, 300 + 4 * f + 2 * norm + m, -1.5, 1.5);
-                if (maps[m] == FMAP_IDENTITY)
-                    for (int t = 0; t < B * T; t++)
-                        for (int i = 0; i < 2 * HK; i++) {
-                            double *r = c.raw + (size_t)t * s + i;
-                            *r = 0.2 + 0.8 * fabs(*r);
-                        }
-                c.phi = dalloc(n), c.out = dalloc(nout), c.w = dfilled(nout, 400 + f, -1, 1);
-                c.save = dalloc(linattn_save_size(&c.d));
-                c.scr = dalloc(linattn_scratch_size(&c.d));
-                double *dphi = dalloc(n), *g = dalloc(n);
-                la_loss(&c);
-                linattn_backward(dphi, dphi + HK, dphi + 2 * HK, c.w, c.out, c.save, c.phi,
-                                 c.phi + HK, c.phi + 2 * HK, &c.d, c.scr);
-                for (int t = 0; t < B * T; t++) {
-                    size_t o = (size_t)t * s;
-                    featuremap_backward(g + o, dphi + o, c.raw + o, (size_t)2 * HK, c.f);
-                    for (int i = 2 * HK; i < s; i++) g[o + i] += dphi[o + i];
-                }
-                char label[96];
-                snprintf(label, sizeof label, "linattn %s normalize=%d %s", la_form_names[f],
-                         norm, m ? "identity" : "elu+1");
-                gc_tensor t = {"qkv", c.raw, g, n};
-                gradcheck_expect(label, la_loss, &c, &t, 1);
-                free(c.raw), free(c.phi), free(c.out), free(c.w), free(c.save), free(c.scr);
-                free(dphi), free(g);
-            }
+            for (int m = 0; m < 2; m++)
+                la_gradcheck_one(2, 7, 2, 3, (la_form)f, norm, maps[m],
+                                 300 + 4 * f + 2 * norm + m, 400 + f);
+    for (int norm = 0; norm < 2; norm++)
+        for (int m = 0; m < 2; m++)
+            la_gradcheck_one(1, 50, 1, 24, LA_CHUNKWISE, norm, maps[m], 320 + 2 * norm + m, 410);
 }
 
 /* Perturbing token j of batch 0 leaves earlier outputs (and batch 1)
@@ -760,6 +813,7 @@ const test_case tests_attention[] = {
     {"featuremap_values", test_featuremap_values},
     {"featuremap_gradcheck", test_featuremap_gradcheck},
     {"linattn_forms_agree", test_linattn_forms_agree},
+    {"linattn_stale_scratch", test_linattn_stale_scratch},
     {"linattn_gradcheck", test_linattn_gradcheck},
     {"linattn_causality", test_linattn_causality},
     {NULL, NULL},

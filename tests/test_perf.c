@@ -741,7 +741,9 @@ static void test_step_allocates_nothing(void) {
  * from the kernels (or a kernel that stops doing what its formula says) fails.
  * Softmax's fast kernel also computes the masked corners of its row blocks
  * (attention_band_pairs counts them; the formula counts visible pairs only),
- * and the recurrent linear form runs loops the counter does not see. */
+ * so do the linear forms (the chunkwise one the upper halves of its diagonal
+ * sub-blocks, linattn_band_pairs; the parallel one the whole T x T), and the
+ * recurrent linear form runs loops the counter does not see. */
 static void test_flop_formulas(void) {
     const int B = 3, V = 97;
     static const char *const cases[][6] = {
@@ -753,6 +755,7 @@ static void test_flop_formulas(void) {
         {"model.mixer=softmax", "task.seq_len=64", "model.heads=4", "train.full_head=true", NULL},
         {"model.mixer=linear", "task.seq_len=64", NULL},
         {"model.mixer=linear", "task.seq_len=50", "model.chunk=16", NULL},
+        {"model.mixer=linear", "task.seq_len=100", "model.chunk=40", "model.heads=2", NULL},
         {"model.mixer=linear", "task.seq_len=64", "model.form=parallel", "model.heads=2", NULL},
         {"model.mixer=linear", "task.seq_len=64", "model.form=recurrent", NULL},
         {"model.mixer=linear", "task.seq_len=64", "model.normalize=false", NULL},
@@ -798,9 +801,9 @@ static void test_flop_formulas(void) {
         for (int i = 0; i < B * T; i++)
             if (tg[i] >= 0) rows[S++] = i;
         double formula = bench_step_flops(&cfg, B, T, V, tg);
-        /* what the formula leaves out on purpose: softmax's masked corners of
-         * the row blocks (computed, not useful), the recurrent form's loops
-         * (useful, not BLAS) */
+        /* what the formula leaves out on purpose: softmax's and the linear
+         * forms' masked score entries (computed, not useful), the recurrent
+         * form's loops (useful, not BLAS) */
         double C = cfg.model.d_model, layers = cfg.model.n_layers, expect = formula;
         char form[32] = "", win[32] = "0", heads[32] = "1";
         config_value(&cfg, "model.form", form, sizeof form);
@@ -828,6 +831,21 @@ static void test_flop_formulas(void) {
             }
         }
         if (strstr(form, "recurrent")) expect -= 12.0 * B * T * C * C * layers;
+        if (!strcmp(cfg.model.mixer, "linear") && !strstr(form, "recurrent")) {
+            /* 7 products of 2 D per computed pair, for every head of every layer */
+            char chunk[32] = "64";
+            config_value(&cfg, "model.chunk", chunk, sizeof chunk);
+            int H = atoi(heads), par = strstr(form, "parallel") != NULL;
+            int l = !par && atoi(chunk) < T ? atoi(chunk) : T;
+            double vis = 0;
+            for (int t0 = 0; t0 < T; t0 += l) {
+                double n = T - t0 < l ? T - t0 : l;
+                vis += n * (n + 1) / 2;
+            }
+            double band = par ? (double)T * T : linattn_band_pairs(T, l);
+            CHECK(band >= vis, "case %zu: band %.0f < visible %.0f", k, band, vis);
+            expect += 14.0 * C / H * B * H * (band - vis) * layers;
+        }
         CHECK(formula > 0 && fabs(counted - expect) <= 1e-12 * expect,
               "case %zu (%s %s %s): formula %.0f, expected count %.0f, counted %.0f (%+.4f%%)",
               k, cases[k][0], cases[k][1], cases[k][2] ? cases[k][2] : "", formula, expect,
