@@ -219,6 +219,11 @@ size_t linattn_scratch_size(const linattn_dims *d);
  * compute (FLOP accounting): the visible ones and the masked upper halves of
  * the diagonal sub-blocks. */
 double linattn_band_pairs(int T, int chunk);
+/* Rows per sub-block of the chunkwise form's intra-chunk products, for the
+ * tests of both layouts: rows > 0 fixes it (1 << 30: whole chunks), 0 goes
+ * back to the automatic choice (16 rows; whole chunks on AMX tiles). Set it
+ * before threads run. */
+void linattn_set_sub(int rows);
 void linattn_forward(real *out, real *save, const real *q, const real *k, const real *v,
                      const linattn_dims *d, real *scratch);
 /* dq, dk, dv (same strides as q, k, v) += gradient. */

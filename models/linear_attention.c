@@ -9,7 +9,8 @@
  *   LA_PARALLEL   A = tril(Q K^T) [T,T]; O = A V, den = A 1 + eps.
  *   LA_CHUNKWISE  O_c = Q_c S_{c-1} + tril(Q_c K_c^T) V_c; S_c = S_{c-1} + K_c^T V_c;
  *                 the tril products run on the sub-blocks on or below the
- *                 diagonal only (LA_SUB rows each).
+ *                 diagonal only (LA_SUB rows each; whole chunks when the
+ *                 products run on AMX tiles, see la_sub).
  * q, k, v are read in place through their row strides (so a packed [B,T,3,H,D]
  * projection needs no copy); only the T x T or C x C score blocks, the
  * per-chunk states and dO / den live in save or scratch.
@@ -32,6 +33,7 @@
 #include <string.h>
 
 #include "fastexp.h"
+#include "gemm_bf16.h"
 #include "kernels.h"
 #include "parallel.h"
 
@@ -361,21 +363,39 @@ static void la_parallel_backward(real *dq, real *dk, real *dv, const real *dout,
  * with 8 at D 256, where 32 and 64 skip less of the masked work. */
 #define LA_SUB 16
 
+/* Rows per sub-block for the products at hand: LA_SUB, or none (one block
+ * per chunk) when they run on AMX tiles, where a call's fixed cost dwarfs a
+ * small product's work (one core: a 64 x 64 x 256 product 5 us, its four
+ * 16-row band products 9.5 us together). */
+static int la_sub_rows; /* linattn_set_sub; 0: the choice below */
+
+void linattn_set_sub(int rows) { la_sub_rows = rows > 0 ? rows : 0; }
+
+static int la_sub(void) {
+    if (la_sub_rows) return la_sub_rows;
+#ifdef MEMLAB_DOUBLE
+    return LA_SUB; /* double products never leave OpenBLAS */
+#else
+    return ml_matmul_bf16() && gemm_bf16_amx() ? 1 << 30 : LA_SUB;
+#endif
+}
+
 /* The intra-chunk products of a chunk of L rows run on the sub-blocks of
- * LA_SUB rows and columns on or below the diagonal of its L x L score block:
+ * la_sub() rows and columns on or below the diagonal of its L x L score block:
  * row block [r0, r1) with the columns [0, r1). Only the diagonal sub-blocks
  * are masked; the entries right of them are never written or read, so a
- * chunk of L > LA_SUB rows skips close to half of the full block's work. */
+ * chunk of L > la_sub() rows skips close to half of the full block's work. */
 
 /* Query-key pairs the chunkwise form's intra-chunk products compute per
  * (b, h): over the chunks of T, the row blocks' rows times their columns. */
 double linattn_band_pairs(int T, int chunk) {
     double n = 0;
+    const int sub = la_sub();
     if (chunk < 1) return 0;
     for (int t0 = 0; t0 < T; t0 += chunk) {
         int L = T - t0 < chunk ? T - t0 : chunk;
-        for (int r0 = 0; r0 < L; r0 += LA_SUB) {
-            int r1 = r0 + LA_SUB < L ? r0 + LA_SUB : L;
+        for (int r0 = 0; r0 < L; r0 += sub) {
+            int r1 = L - r0 > sub ? r0 + sub : L;
             n += (double)(r1 - r0) * r1;
         }
     }
@@ -387,8 +407,9 @@ double linattn_band_pairs(int T, int chunk) {
  * [L,L] with leading dimension L. */
 static void la_band_scores(real *A, const real *X, int ldx, const real *Y, int ldy, int K,
                            int L, const real *g) {
-    for (int r0 = 0; r0 < L; r0 += LA_SUB) {
-        const int r1 = r0 + LA_SUB < L ? r0 + LA_SUB : L;
+    const int sub = la_sub();
+    for (int r0 = 0; r0 < L; r0 += sub) {
+        const int r1 = L - r0 > sub ? r0 + sub : L;
         ml_gemm(0, 1, r1 - r0, r1, K, 1, X + (size_t)r0 * ldx, ldx, Y, ldy, 0,
                 A + (size_t)r0 * L, L);
         for (int i = r0; i < r1; i++) {
@@ -405,8 +426,9 @@ static void la_band_scores(real *A, const real *X, int ldx, const real *Y, int l
  * X and out are N wide, rows ldx and ldo apart. */
 static void la_band_mul(real *out, int ldo, const real *A, int L, const real *X, int ldx, int N,
                         real beta) {
-    for (int r0 = 0; r0 < L; r0 += LA_SUB) {
-        const int r1 = r0 + LA_SUB < L ? r0 + LA_SUB : L;
+    const int sub = la_sub();
+    for (int r0 = 0; r0 < L; r0 += sub) {
+        const int r1 = L - r0 > sub ? r0 + sub : L;
         ml_gemm(0, 0, r1 - r0, N, r1, 1, A + (size_t)r0 * L, L, X, ldx, beta,
                 out + (size_t)r0 * ldo, ldo);
     }
@@ -416,8 +438,9 @@ static void la_band_mul(real *out, int ldo, const real *A, int L, const real *X,
  * [c0, c1) of out) reads rows [c0, L) of A and of X. */
 static void la_band_mul_t(real *out, int ldo, const real *A, int L, const real *X, int ldx,
                           int N) {
-    for (int c0 = 0; c0 < L; c0 += LA_SUB) {
-        const int c1 = c0 + LA_SUB < L ? c0 + LA_SUB : L;
+    const int sub = la_sub();
+    for (int c0 = 0; c0 < L; c0 += sub) {
+        const int c1 = L - c0 > sub ? c0 + sub : L;
         ml_gemm(1, 0, c1 - c0, N, L - c0, 1, A + (size_t)c0 * L + c0, L, X + (size_t)c0 * ldx,
                 ldx, 1, out + (size_t)c0 * ldo, ldo);
     }

@@ -137,6 +137,15 @@ if grep -qw avx512_bf16 /proc/cpuinfo; then
     check "bf16 products give the same numbers twice" test "$(loss 2)" = "$(loss 3)"
     check "bf16 products change the numbers, by less than 5% of the loss" \
         awk -v a="$(loss 1)" -v b="$(loss 2)" 'BEGIN { d = a - b; if (d < 0) d = -d; exit !(d > 0 && d < 0.05 * a) }'
+    # linear attention over a 48-token chunk: its intra-chunk products in
+    # sub-blocks in float32, whole (on AMX tiles, where the CPU has them) in bf16
+    for run in fp32 bf16 bf16; do
+        "$memlab" train "$tmp/tiny.yaml" --db "$tmp/mm.db" --quiet --set train.matmul=$run \
+            --set model.mixer=linear --set task.seq_len=48
+    done
+    check "linear attention: bf16 products give the same numbers twice" test "$(loss 5)" = "$(loss 6)"
+    check "linear attention: bf16 products change the loss by less than 5%" \
+        awk -v a="$(loss 4)" -v b="$(loss 5)" 'BEGIN { d = a - b; if (d < 0) d = -d; exit !(d > 0 && d < 0.05 * a) }'
 else
     "$memlab" train "$tmp/tiny.yaml" --no-db --quiet --set train.matmul=bf16 2>"$tmp/err"
     check "without AVX-512 BF16, train.matmul bf16 is refused with the reason" \

@@ -644,10 +644,15 @@ static void test_linattn_forms_agree(void) {
         {1, 150, 1, 3, 6, 72, 0}, /* chunks 72, 72, 6 */
         {2, 96, 1, 4, 3, 48, 1}, /* whole sub-blocks, T a multiple of the chunk */
     };
-    for (size_t c = 0; c < sizeof cfg / sizeof cfg[0]; c++)
-        for (int norm = 0; norm < 2; norm++)
-            la_compare(cfg[c][0], cfg[c][1], cfg[c][2], cfg[c][3], cfg[c][4], cfg[c][5],
-                       cfg[c][6], norm, 200 + 10 * c + norm);
+    /* sub-blocks of 16 rows, then whole chunks (the layout on AMX tiles) */
+    for (int whole = 0; whole < 2; whole++) {
+        linattn_set_sub(whole ? 1 << 30 : 0);
+        for (size_t c = 0; c < sizeof cfg / sizeof cfg[0]; c++)
+            for (int norm = 0; norm < 2; norm++)
+                la_compare(cfg[c][0], cfg[c][1], cfg[c][2], cfg[c][3], cfg[c][4], cfg[c][5],
+                           cfg[c][6], norm, 200 + 10 * c + norm);
+    }
+    linattn_set_sub(0);
 }
 
 /* Every form reads only what it wrote: with save and scratch filled with NaN
@@ -655,10 +660,13 @@ static void test_linattn_forms_agree(void) {
  * bit-identical to a run on zeroed buffers (NaN would reach them through any
  * read of a masked score entry the chunkwise form skips, or of the first
  * chunk's prefix state, which is not stored). Chunk 24 in T 50: two sub-blocks
- * per chunk and a short last chunk laid out with another leading dimension. */
+ * per chunk and a short last chunk laid out with another leading dimension;
+ * then the same with whole chunks. */
 static void test_linattn_stale_scratch(void) {
+    for (int whole = 0; whole < 2; whole++) /* 16-row sub-blocks, whole chunks */
     for (int f = 0; f < 3; f++)
         for (int norm = 0; norm < 2; norm++) {
+            linattn_set_sub(whole ? 1 << 30 : 0);
             linattn_dims d = {2, 50, 2, 5, 4, 0, 0, 0, norm, 1e-6, 24, (la_form)f};
             la_io x, g[2];
             la_io_alloc(&x, &d, 1);
@@ -685,6 +693,7 @@ static void test_linattn_stale_scratch(void) {
             la_io_free(&x), la_io_free(&g[0]), la_io_free(&g[1]);
             free(out[0]), free(out[1]), free(dout), free(save), free(scr);
         }
+    linattn_set_sub(0);
 }
 
 /* Loss through a feature map: q, k = phi(raw), v = raw, in the packed layout;
@@ -762,9 +771,14 @@ static void test_linattn_gradcheck(void) {
             for (int m = 0; m < 2; m++)
                 la_gradcheck_one(2, 7, 2, 3, (la_form)f, norm, maps[m],
                                  300 + 4 * f + 2 * norm + m, 400 + f);
-    for (int norm = 0; norm < 2; norm++)
-        for (int m = 0; m < 2; m++)
-            la_gradcheck_one(1, 50, 1, 24, LA_CHUNKWISE, norm, maps[m], 320 + 2 * norm + m, 410);
+    for (int whole = 0; whole < 2; whole++) { /* 16-row sub-blocks, whole chunks */
+        linattn_set_sub(whole ? 1 << 30 : 0);
+        for (int norm = 0; norm < 2; norm++)
+            for (int m = 0; m < 2; m++)
+                la_gradcheck_one(1, 50, 1, 24, LA_CHUNKWISE, norm, maps[m], 320 + 2 * norm + m,
+                                 410);
+    }
+    linattn_set_sub(0);
 }
 
 /* Perturbing token j of batch 0 leaves earlier outputs (and batch 1)
