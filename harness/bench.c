@@ -33,8 +33,9 @@
  * Every product also adds its FLOPs to a counter (models/matmul.c), read
  * around the first warm-up step: the report shows both numbers, GFLOP/s use
  * the formula where the mixer has one (useful work: a blocked causal kernel's
- * masked half-blocks, the linear forms' masked score entries are not counted) and the counted products otherwise, so
- * every mixer gets a GFLOP/s figure. The tests hold the formulas to the count.
+ * masked half-blocks and the linear forms' masked score entries are not
+ * counted) and the counted products otherwise, so every mixer gets a GFLOP/s
+ * figure. The tests hold the formulas to the count.
  *
  * What is left to others: the kernels (models/), the twin's model
  * (tests/twin/bench_torch.py), parallel sweeps (--jobs, the sweep runner). */
@@ -1363,15 +1364,12 @@ static int write_report(const char *path, const bench_ctx *c, const bench_row *r
                 ti ? ";" : "", c->fma[ti], c->threads[ti], c->threads[ti] > 1 ? "s" : "",
                 c->fma[ti] > 0 ? 100 * c->peak_med[ti] / c->fma[ti] : NAN);
     fprintf(f, ".");
-    for (int ti = 0; ti < c->n_threads; ti++)
-        if (c->bf16[ti] > 0)
-        {
-            if (!ti)
-                fprintf(f, " The bfloat16 dot product (%s) of the bf16 products:",
-                        bf16_peak_instruction());
-            fprintf(f, "%s %.0f GFLOP/s on %d thread%s", ti ? ";" : "", c->bf16[ti],
-                    c->threads[ti], c->threads[ti] > 1 ? "s" : "");
-        }
+    if (c->bf16[0] > 0)
+        fprintf(f, " The bfloat16 dot product (%s) of the bf16 products:",
+                bf16_peak_instruction());
+    for (int ti = 0; ti < c->n_threads && c->bf16[0] > 0; ti++)
+        fprintf(f, "%s %.0f GFLOP/s on %d thread%s", ti ? ";" : "", c->bf16[ti], c->threads[ti],
+                c->threads[ti] > 1 ? "s" : "");
     fprintf(f, "%s\n\n", c->bf16[0] > 0 ? "." : "");
     if (blas_core_advice()) fprintf(f, "**Note:** %s.\n\n", blas_core_advice());
     fprintf(f, "Load average (1 min) at the start %.2f, at the end %.2f: above 0.5 the machine "
@@ -1381,7 +1379,7 @@ static int write_report(const char *path, const bench_ctx *c, const bench_row *r
     fprintf(f, "Each row: a 2-layer MQAR model (V 8192, batch %d, conv 4, no MLP, LayerNorm, "
                "tied embeddings, N = L/16 key-value pairs), one full training step (forward, "
                "backward, gradient clipping, AdamW) timed after up to 2 warm-up steps, %d to %d "
-               "timed steps within %.0f s; median (min–max, n). memlab's matrix products: %s%s. "
+               "timed steps within %.0f s; median (min–max, n). memlab's matrix products: %s%s). "
                "The PyTorch twin "
                "(tests/twin/bench_torch.py, %s) builds the same model from the same config "
                "and runs alternately with memlab. GFLOP/step counts matmuls only (formulas at "
@@ -1394,8 +1392,8 @@ static int write_report(const char *path, const bench_ctx *c, const bench_row *r
                "time over wall time per step: about the thread count on an idle machine, less "
                "when other work shared the cores.\n\n",
             o->batch, o->min_steps, o->steps, o->budget_s,
-            bf16 ? "bfloat16 inputs with float sums (train.matmul: bf16, " : "float32 (OpenBLAS SGEMM",
-            bf16 ? (gemm_bf16_amx() ? "AMX tiles)" : "AVX-512 BF16)") : ")",
+            bf16 ? "bfloat16 inputs with float sums (train.matmul: bf16, kernel " : "float32 (OpenBLAS SGEMM",
+            bf16 ? gemm_bf16_kernel() : "",
             bf16 ? "its forward under CPU autocast to bfloat16, products through oneDNN"
                  : "float32");
     report_targets(f, c, rows, n);

@@ -104,31 +104,22 @@ static float peak_bf16_chains(long iters) {
     return s;
 }
 
-#define AMX_TARGET __attribute__((target("amx-tile,amx-bf16")))
-
-typedef struct {
-    unsigned char palette, start_row, reserved[14];
-    unsigned short colsb[16];
-    unsigned char rows[16];
-} peak_amx_config;
-
 /* iters rounds of four TDPBF16PS on tiles of 16 x 16 floats (16 rows x 16
- * pairs of A, 16 pairs x 16 columns of B): 4 x 16 x 16 x 32 x 2 FLOPs. The
- * accumulators are independent, A and B stay in tiles. */
-AMX_TARGET static float peak_amx_chains(long iters) {
-    static const unsigned short one[16 * 32] __attribute__((aligned(64))) = {0};
+ * pairs of A, 16 pairs x 16 columns of B, every bfloat16 2^-32): 4 x 16 x 16 x
+ * 32 x 2 FLOPs. The accumulators are independent, A and B stay in tiles. */
+__attribute__((target("amx-tile,amx-bf16"))) static float peak_amx_chains(long iters) {
+    unsigned short ab[16 * 32] __attribute__((aligned(64)));
     float out[16 * 16] __attribute__((aligned(64)));
-    peak_amx_config c = {.palette = 1};
-    for (int t = 0; t < 8; t++) c.rows[t] = 16, c.colsb[t] = 64;
-    _tile_loadconfig(&c);
+    for (int i = 0; i < 16 * 32; i++) ab[i] = 0x2f80;
+    gemm_bf16_tiles_begin();
     _tile_zero(0);
     _tile_zero(1);
     _tile_zero(2);
     _tile_zero(3);
-    _tile_loadd(4, one, 64);
-    _tile_loadd(5, one, 64);
-    _tile_loadd(6, one, 64);
-    _tile_loadd(7, one, 64);
+    _tile_loadd(4, ab, 64);
+    _tile_loadd(5, ab, 64);
+    _tile_loadd(6, ab, 64);
+    _tile_loadd(7, ab, 64);
     for (long k = 0; k < iters; k++) {
         _tile_dpbf16ps(0, 4, 6);
         _tile_dpbf16ps(1, 4, 7);
@@ -136,7 +127,7 @@ AMX_TARGET static float peak_amx_chains(long iters) {
         _tile_dpbf16ps(3, 5, 7);
     }
     _tile_stored(0, out, 64);
-    _tile_release();
+    gemm_bf16_tiles_end();
     return out[0];
 }
 
@@ -146,6 +137,7 @@ double bf16_peak_gflops(int threads, double seconds) {
         return peak_time(peak_amx_chains, 4.0 * 16 * 16 * 32 * 2, threads, seconds);
     return peak_time(peak_bf16_chains, 4.0 * 16 * PEAK_CHAINS, threads, seconds);
 }
+
 const char *bf16_peak_instruction(void) { return gemm_bf16_amx() ? "TDPBF16PS" : "VDPBF16PS"; }
 #else
 const char *bf16_peak_instruction(void) { return "VDPBF16PS"; }

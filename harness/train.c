@@ -60,7 +60,7 @@ void machine_describe(char *buf, size_t cap) {
     }
     snprintf(buf, cap, "%s; %s; %ld cpus; OpenBLAS %s; core %s; bf16 products %s", host, cpu,
              sysconf(_SC_NPROCESSORS_ONLN), openblas_get_config(), blas_core_note(),
-             gemm_bf16_amx() ? "AMX" : gemm_bf16_available() ? "AVX-512 BF16" : "none");
+             gemm_bf16_kernel());
 }
 
 /* Fill input/target for `count` examples of split starting at the given

@@ -339,16 +339,24 @@ typedef struct {
     uint8_t rows[16];
 } amx_config;
 
-/* Palette 1, tiles 0-7 all 16 rows of 64 bytes. */
-AMX_TARGET static void amx_configure(void) {
+/* Palette 1, tiles 0-7 all 16 rows of 64 bytes (gemm_bf16.h). */
+AMX_TARGET void gemm_bf16_tiles_begin(void) {
     amx_config c;
     memset(&c, 0, sizeof c);
     c.palette = 1;
     for (int t = 0; t < 8; t++) c.rows[t] = 16, c.colsb[t] = 64;
+    /* GCC 12 models LDTILECFG as reading less than its 64 bytes and drops the
+     * stores of rows and colsb when this function is not inlined: make them
+     * visible to it */
+    __asm__ volatile("" : : "m"(c) : "memory");
     _tile_loadconfig(&c);
 }
 
-AMX_TARGET static void amx_release(void) { _tile_release(); }
+AMX_TARGET void gemm_bf16_tiles_end(void) { _tile_release(); }
+
+const char *gemm_bf16_kernel(void) {
+    return gemm_bf16_amx() ? "AMX" : gemm_bf16_available() ? "AVX-512 BF16" : "none";
+}
 
 /* acc[32][32] = A rows [0, 32) (word [i][k2], row stride GB_KW) times the B
  * panel b (word [k2][j], row stride GB_NR), over K2p pairs (a whole number of
@@ -440,7 +448,7 @@ void gemm_bf16(int ta, int tb, int M, int N, int K, float alpha, const float *A,
         return;
     }
     const int amx = gemm_bf16_amx();
-    if (amx) amx_configure();
+    if (amx) gemm_bf16_tiles_begin();
     for (int k0 = 0; k0 < K; k0 += GB_KC) {
         const int kc = K - k0 < GB_KC ? K - k0 : GB_KC, first = k0 == 0;
         /* pairs of k per B panel row block: whole tiles for AMX */
@@ -460,7 +468,7 @@ void gemm_bf16(int ta, int tb, int M, int N, int K, float alpha, const float *A,
             }
         }
     }
-    if (amx) amx_release();
+    if (amx) gemm_bf16_tiles_end();
 }
 
 float bf16_round(float x) {
@@ -479,6 +487,9 @@ int gemm_bf16_available(void) { return 0; }
 int gemm_bf16_amx_available(void) { return 0; }
 int gemm_bf16_use_amx(int on) { return (void)on, 0; }
 int gemm_bf16_amx(void) { return 0; }
+const char *gemm_bf16_kernel(void) { return "none"; }
+void gemm_bf16_tiles_begin(void) {}
+void gemm_bf16_tiles_end(void) {}
 
 void gemm_bf16(int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda,
                const float *B, int ldb, float beta, float *C, int ldc) {

@@ -31,6 +31,16 @@ int gemm_bf16_amx_available(void);
 int gemm_bf16_use_amx(int on);
 int gemm_bf16_amx(void);
 
+/* The kernel by name, as runs and reports record it: "AMX", "AVX-512 BF16"
+ * or "none" (no bf16 kernel in this build or on this CPU). */
+const char *gemm_bf16_kernel(void);
+
+/* This thread's tile configuration (palette 1, tiles 0-7 of 16 rows x 64
+ * bytes), loaded and released around each AMX product; also for timing the
+ * tile instruction (harness/peak.c). Only where gemm_bf16_amx(). */
+void gemm_bf16_tiles_begin(void);
+void gemm_bf16_tiles_end(void);
+
 /* The product above; only when gemm_bf16_available(). ta/tb nonzero:
  * transpose. No allocation: packing buffers are per thread and fixed. */
 void gemm_bf16(int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda,

@@ -124,12 +124,6 @@ static size_t la_den_size(const linattn_dims *d) {
     return d->normalize ? (size_t)d->B * d->T * d->H : 0;
 }
 
-/* Zero the upper triangle (j > i) of A[L,L] with leading dimension lda. */
-static void tril_mask(real *A, int L, int lda) {
-    for (int i = 0; i < L; i++)
-        memset(A + (size_t)i * lda + i + 1, 0, (size_t)(L - i - 1) * sizeof(real));
-}
-
 /* For n rows of one head (dout/out rows H*Dv apart, den entries H apart):
  * dn[n,Dv] = d num = dout / den and g[n] = d den = -(dout . o) / den; without
  * normalize dn = dout and g is left alone (callers do not read it). */
@@ -289,15 +283,95 @@ static void la_recurrent_backward(real *dq, real *dk, real *dv, const real *dout
         }
 }
 
-/* ---- parallel form ------------------------------------------------------------ */
+/* ---- masked score blocks ------------------------------------------------------ */
 
-/* A[L,L] = tril(Q K^T) for L rows of one head starting at qb, kb (row
- * strides from d), leading dimension lda. */
-static void la_scores(real *A, const real *qb, const real *kb, int L, int lda,
-                      const linattn_dims *d) {
-    ml_gemm(0, 1, L, L, d->Dk, 1, qb, d->q_stride, kb, d->k_stride, 0, A, lda);
-    tril_mask(A, L, lda);
+/* Rows per sub-block of the intra-chunk products. Timed at chunk 64 on one
+ * core against 8, 32 and 64 (no blocking): 16 was fastest at D 64 and tied
+ * with 8 at D 256, where 32 and 64 skip less of the masked work. */
+#define LA_SUB 16
+
+/* Rows per sub-block for the products at hand: LA_SUB, or none (one block
+ * per chunk) when they run on AMX tiles, where a call's fixed cost dwarfs a
+ * small product's work (one core: a 64 x 64 x 256 product 5 us, its four
+ * 16-row band products 9.5 us together). */
+static int la_sub_rows; /* linattn_set_sub; 0: the choice below */
+
+void linattn_set_sub(int rows) { la_sub_rows = rows > 0 ? rows : 0; }
+
+static int la_sub(void) {
+    if (la_sub_rows) return la_sub_rows;
+#ifdef MEMLAB_DOUBLE
+    return LA_SUB; /* double products never leave OpenBLAS */
+#else
+    return ml_matmul_bf16() && gemm_bf16_amx() ? 1 << 30 : LA_SUB;
+#endif
 }
+
+/* The masked products of L rows (a chunk, or all T for the parallel form)
+ * run on the sub-blocks of `sub` rows and columns on or below the diagonal of
+ * the L x L score block: row block [r0, r1) with the columns [0, r1). Only the
+ * diagonal sub-blocks are masked; the entries right of them are never written
+ * or read, so L > sub rows skip close to half of the full block's work. The
+ * parallel form passes sub = T: one block, masked. */
+
+/* Query-key pairs the chunkwise form's intra-chunk products compute per
+ * (b, h): over the chunks of T, the row blocks' rows times their columns. */
+double linattn_band_pairs(int T, int chunk) {
+    double n = 0;
+    const int sub = la_sub();
+    if (chunk < 1) return 0;
+    for (int t0 = 0; t0 < T; t0 += chunk) {
+        int L = T - t0 < chunk ? T - t0 : chunk;
+        for (int r0 = 0; r0 < L; r0 += sub) {
+            int r1 = L - r0 > sub ? r0 + sub : L;
+            n += (double)(r1 - r0) * r1;
+        }
+    }
+    return n;
+}
+
+/* A[i,j] = X_i . Y_j (+ g_i with g) for j <= i and 0 for i < j < r1, on the
+ * sub-blocks above: rows of X and Y are K wide, ldx and ldy apart; A is
+ * [L,L] with leading dimension L. */
+static void la_band_scores(real *A, const real *X, int ldx, const real *Y, int ldy, int K,
+                           int L, const real *g, int sub) {
+    for (int r0 = 0; r0 < L; r0 += sub) {
+        const int r1 = L - r0 > sub ? r0 + sub : L;
+        ml_gemm(0, 1, r1 - r0, r1, K, 1, X + (size_t)r0 * ldx, ldx, Y, ldy, 0,
+                A + (size_t)r0 * L, L);
+        for (int i = r0; i < r1; i++) {
+            real *Ai = A + (size_t)i * L;
+            if (g)
+                for (int j = 0; j <= i; j++) Ai[j] += g[i];
+            memset(Ai + i + 1, 0, (size_t)(r1 - i - 1) * sizeof(real));
+        }
+    }
+}
+
+/* out = beta out + A X for A from la_band_scores (zero above the diagonal):
+ * row block [r0, r1) of out reads columns [0, r1) of A, rows [0, r1) of X;
+ * X and out are N wide, rows ldx and ldo apart. */
+static void la_band_mul(real *out, int ldo, const real *A, int L, const real *X, int ldx, int N,
+                        real beta, int sub) {
+    for (int r0 = 0; r0 < L; r0 += sub) {
+        const int r1 = L - r0 > sub ? r0 + sub : L;
+        ml_gemm(0, 0, r1 - r0, N, r1, 1, A + (size_t)r0 * L, L, X, ldx, beta,
+                out + (size_t)r0 * ldo, ldo);
+    }
+}
+
+/* out += A^T X for A from la_band_scores: column block [c0, c1) of A (rows
+ * [c0, c1) of out) reads rows [c0, L) of A and of X. */
+static void la_band_mul_t(real *out, int ldo, const real *A, int L, const real *X, int ldx,
+                          int N, int sub) {
+    for (int c0 = 0; c0 < L; c0 += sub) {
+        const int c1 = L - c0 > sub ? c0 + sub : L;
+        ml_gemm(1, 0, c1 - c0, N, L - c0, 1, A + (size_t)c0 * L + c0, L, X + (size_t)c0 * ldx,
+                ldx, 1, out + (size_t)c0 * ldo, ldo);
+    }
+}
+
+/* ---- parallel form ------------------------------------------------------------ */
 
 /* O = A V with A = tril(Q K^T); den_t = sum_j A_tj + eps = q_t.z_t + eps. */
 static void la_parallel_forward(real *out, real *den, const real *q, const real *k,
@@ -310,8 +384,8 @@ static void la_parallel_forward(real *out, real *den, const real *q, const real 
             const real *kb = k + (size_t)b * T * d->k_stride + (size_t)h * Dk;
             const real *vb = v + (size_t)b * T * d->v_stride + (size_t)h * Dv;
             real *ob = out + ((size_t)b * T * H + h) * Dv;
-            la_scores(A, qb, kb, T, T, d);
-            ml_gemm(0, 0, T, Dv, T, 1, A, T, vb, d->v_stride, 0, ob, ldo);
+            la_band_scores(A, qb, d->q_stride, kb, d->k_stride, Dk, T, NULL, T);
+            la_band_mul(ob, ldo, A, T, vb, d->v_stride, Dv, 0, T);
             if (!d->normalize) continue;
             for (int t = 0; t < T; t++) {
                 real s = d->eps;
@@ -338,113 +412,21 @@ static void la_parallel_backward(real *dq, real *dk, real *dv, const real *dout,
             const real *vb = v + (size_t)b * T * d->v_stride + (size_t)h * Dv;
             size_t ob = ((size_t)b * T * H + h) * Dv;
             la_dnum(dn, g, dout + ob, out + ob, den ? den + (size_t)b * T * H + h : NULL, T, d);
-            la_scores(A, qb, kb, T, T, d);
-            ml_gemm(0, 1, T, T, Dv, 1, dn, Dv, vb, d->v_stride, 0, dA, T);
-            if (d->normalize)
-                for (int t = 0; t < T; t++)
-                    for (int j = 0; j <= t; j++) dA[(size_t)t * T + j] += g[t];
-            tril_mask(dA, T, T);
+            la_band_scores(A, qb, d->q_stride, kb, d->k_stride, Dk, T, NULL, T);
+            la_band_scores(dA, dn, Dv, vb, d->v_stride, Dv, T, d->normalize ? g : NULL, T);
             if (dq)
-                ml_gemm(0, 0, T, Dk, T, 1, dA, T, kb, d->k_stride, 1,
-                     dq + (size_t)b * T * d->q_stride + (size_t)h * Dk, d->q_stride);
+                la_band_mul(dq + (size_t)b * T * d->q_stride + (size_t)h * Dk, d->q_stride, dA, T,
+                            kb, d->k_stride, Dk, 1, T);
             if (dk)
-                ml_gemm(1, 0, T, Dk, T, 1, dA, T, qb, d->q_stride, 1,
-                     dk + (size_t)b * T * d->k_stride + (size_t)h * Dk, d->k_stride);
+                la_band_mul_t(dk + (size_t)b * T * d->k_stride + (size_t)h * Dk, d->k_stride, dA,
+                              T, qb, d->q_stride, Dk, T);
             if (dv)
-                ml_gemm(1, 0, T, Dv, T, 1, A, T, dn, Dv, 1,
-                     dv + (size_t)b * T * d->v_stride + (size_t)h * Dv, d->v_stride);
+                la_band_mul_t(dv + (size_t)b * T * d->v_stride + (size_t)h * Dv, d->v_stride, A, T,
+                              dn, Dv, Dv, T);
         }
 }
 
 /* ---- chunkwise form ------------------------------------------------------------- */
-
-/* Rows per sub-block of the intra-chunk products. Timed at chunk 64 on one
- * core against 8, 32 and 64 (no blocking): 16 was fastest at D 64 and tied
- * with 8 at D 256, where 32 and 64 skip less of the masked work. */
-#define LA_SUB 16
-
-/* Rows per sub-block for the products at hand: LA_SUB, or none (one block
- * per chunk) when they run on AMX tiles, where a call's fixed cost dwarfs a
- * small product's work (one core: a 64 x 64 x 256 product 5 us, its four
- * 16-row band products 9.5 us together). */
-static int la_sub_rows; /* linattn_set_sub; 0: the choice below */
-
-void linattn_set_sub(int rows) { la_sub_rows = rows > 0 ? rows : 0; }
-
-static int la_sub(void) {
-    if (la_sub_rows) return la_sub_rows;
-#ifdef MEMLAB_DOUBLE
-    return LA_SUB; /* double products never leave OpenBLAS */
-#else
-    return ml_matmul_bf16() && gemm_bf16_amx() ? 1 << 30 : LA_SUB;
-#endif
-}
-
-/* The intra-chunk products of a chunk of L rows run on the sub-blocks of
- * la_sub() rows and columns on or below the diagonal of its L x L score block:
- * row block [r0, r1) with the columns [0, r1). Only the diagonal sub-blocks
- * are masked; the entries right of them are never written or read, so a
- * chunk of L > la_sub() rows skips close to half of the full block's work. */
-
-/* Query-key pairs the chunkwise form's intra-chunk products compute per
- * (b, h): over the chunks of T, the row blocks' rows times their columns. */
-double linattn_band_pairs(int T, int chunk) {
-    double n = 0;
-    const int sub = la_sub();
-    if (chunk < 1) return 0;
-    for (int t0 = 0; t0 < T; t0 += chunk) {
-        int L = T - t0 < chunk ? T - t0 : chunk;
-        for (int r0 = 0; r0 < L; r0 += sub) {
-            int r1 = L - r0 > sub ? r0 + sub : L;
-            n += (double)(r1 - r0) * r1;
-        }
-    }
-    return n;
-}
-
-/* A[i,j] = X_i . Y_j (+ g_i with g) for j <= i and 0 for i < j < r1, on the
- * sub-blocks above: rows of X and Y are K wide, ldx and ldy apart; A is
- * [L,L] with leading dimension L. */
-static void la_band_scores(real *A, const real *X, int ldx, const real *Y, int ldy, int K,
-                           int L, const real *g) {
-    const int sub = la_sub();
-    for (int r0 = 0; r0 < L; r0 += sub) {
-        const int r1 = L - r0 > sub ? r0 + sub : L;
-        ml_gemm(0, 1, r1 - r0, r1, K, 1, X + (size_t)r0 * ldx, ldx, Y, ldy, 0,
-                A + (size_t)r0 * L, L);
-        for (int i = r0; i < r1; i++) {
-            real *Ai = A + (size_t)i * L;
-            if (g)
-                for (int j = 0; j <= i; j++) Ai[j] += g[i];
-            memset(Ai + i + 1, 0, (size_t)(r1 - i - 1) * sizeof(real));
-        }
-    }
-}
-
-/* out = beta out + A X for A from la_band_scores (zero above the diagonal):
- * row block [r0, r1) of out reads columns [0, r1) of A, rows [0, r1) of X;
- * X and out are N wide, rows ldx and ldo apart. */
-static void la_band_mul(real *out, int ldo, const real *A, int L, const real *X, int ldx, int N,
-                        real beta) {
-    const int sub = la_sub();
-    for (int r0 = 0; r0 < L; r0 += sub) {
-        const int r1 = L - r0 > sub ? r0 + sub : L;
-        ml_gemm(0, 0, r1 - r0, N, r1, 1, A + (size_t)r0 * L, L, X, ldx, beta,
-                out + (size_t)r0 * ldo, ldo);
-    }
-}
-
-/* out += A^T X for A from la_band_scores: column block [c0, c1) of A (rows
- * [c0, c1) of out) reads rows [c0, L) of A and of X. */
-static void la_band_mul_t(real *out, int ldo, const real *A, int L, const real *X, int ldx,
-                          int N) {
-    const int sub = la_sub();
-    for (int c0 = 0; c0 < L; c0 += sub) {
-        const int c1 = L - c0 > sub ? c0 + sub : L;
-        ml_gemm(1, 0, c1 - c0, N, L - c0, 1, A + (size_t)c0 * L + c0, L, X + (size_t)c0 * ldx,
-                ldx, 1, out + (size_t)c0 * ldo, ldo);
-    }
-}
 
 /* Per head, chunk by chunk: the output of chunk c reads the prefix state
  * (S, z) of the chunks before it plus the masked intra-chunk scores. With save,
@@ -457,7 +439,7 @@ static void la_chunk_forward(real *out, real *den, real *states, const real *q,
                              const real *k, const real *v, const linattn_dims *d,
                              real *scratch) {
     const int T = d->T, H = d->H, Dk = d->Dk, Dv = d->Dv, ldo = H * Dv;
-    const int C = la_chunk(d), NC = la_nchunks(d);
+    const int C = la_chunk(d), NC = la_nchunks(d), sub = la_sub();
     const size_t ss = la_state_size(d), SS = (size_t)Dk * Dv;
     real *A = scratch, *run = A + 2 * (size_t)C * C + (size_t)C * Dv + C;
     for (int b = 0; b < d->B; b++)
@@ -474,10 +456,10 @@ static void la_chunk_forward(real *out, real *den, real *states, const real *q,
                 const real *kc = kb + (size_t)t0 * d->k_stride;
                 const real *vc = vb + (size_t)t0 * d->v_stride;
                 real *oc = ob + (size_t)t0 * ldo;
-                la_band_scores(A, qc, d->q_stride, kc, d->k_stride, Dk, L, NULL);
+                la_band_scores(A, qc, d->q_stride, kc, d->k_stride, Dk, L, NULL, sub);
                 /* the first chunk's prefix state is zero: skip its product */
                 if (pre) ml_gemm(0, 0, L, Dv, Dk, 1, qc, d->q_stride, pre, Dv, 0, oc, ldo);
-                la_band_mul(oc, ldo, A, L, vc, d->v_stride, Dv, pre ? 1 : 0);
+                la_band_mul(oc, ldo, A, L, vc, d->v_stride, Dv, pre ? 1 : 0, sub);
                 if (d->normalize) {
                     for (int i = 0; i < L; i++) {
                         const real *qi = qc + (size_t)i * d->q_stride;
@@ -515,7 +497,7 @@ static void la_chunk_backward(real *dq, real *dk, real *dv, const real *dout,
                               const real *q, const real *k, const real *v,
                               const linattn_dims *d, real *scratch) {
     const int T = d->T, H = d->H, Dk = d->Dk, Dv = d->Dv, ldo = H * Dv;
-    const int C = la_chunk(d), NC = la_nchunks(d);
+    const int C = la_chunk(d), NC = la_nchunks(d), sub = la_sub();
     const size_t ss = la_state_size(d), SS = (size_t)Dk * Dv;
     real *A = scratch, *dA = A + (size_t)C * C, *dn = dA + (size_t)C * C;
     real *g = dn + (size_t)C * Dv, *dS = g + C, *dz = dS + SS;
@@ -538,14 +520,14 @@ static void la_chunk_backward(real *dq, real *dk, real *dv, const real *dout,
                 const real *zp = Sp ? Sp + SS : NULL;
                 la_dnum(dn, g, dout + oo + (size_t)t0 * ldo, out + oo + (size_t)t0 * ldo,
                         den ? den + ((size_t)b * T + t0) * H + h : NULL, L, d);
-                la_band_scores(A, qc, d->q_stride, kc, d->k_stride, Dk, L, NULL);
-                la_band_scores(dA, dn, Dv, vc, d->v_stride, Dv, L, d->normalize ? g : NULL);
+                la_band_scores(A, qc, d->q_stride, kc, d->k_stride, Dk, L, NULL, sub);
+                la_band_scores(dA, dn, Dv, vc, d->v_stride, Dv, L, d->normalize ? g : NULL, sub);
                 /* the first chunk's prefix state (S, z) and the last chunk's
                  * dS, dz are zero: their products are skipped */
                 const int first = c == 0, last = c == NC - 1;
                 if (dq) {
                     real *dqc = dq + qo + (size_t)t0 * d->q_stride;
-                    la_band_mul(dqc, d->q_stride, dA, L, kc, d->k_stride, Dk, 1);
+                    la_band_mul(dqc, d->q_stride, dA, L, kc, d->k_stride, Dk, 1, sub);
                     if (!first) ml_gemm(0, 1, L, Dk, Dv, 1, dn, Dv, Sp, Dv, 1, dqc, d->q_stride);
                     if (d->normalize && !first)
                         for (int i = 0; i < L; i++)
@@ -554,7 +536,7 @@ static void la_chunk_backward(real *dq, real *dk, real *dv, const real *dout,
                 }
                 if (dk) {
                     real *dkc = dk + ko + (size_t)t0 * d->k_stride;
-                    la_band_mul_t(dkc, d->k_stride, dA, L, qc, d->q_stride, Dk);
+                    la_band_mul_t(dkc, d->k_stride, dA, L, qc, d->q_stride, Dk, sub);
                     if (!last) ml_gemm(0, 1, L, Dk, Dv, 1, vc, d->v_stride, dS, Dv, 1, dkc, d->k_stride);
                     if (d->normalize && !last)
                         for (int i = 0; i < L; i++)
@@ -562,7 +544,7 @@ static void la_chunk_backward(real *dq, real *dk, real *dv, const real *dout,
                 }
                 if (dv) {
                     real *dvc = dv + vo + (size_t)t0 * d->v_stride;
-                    la_band_mul_t(dvc, d->v_stride, A, L, dn, Dv, Dv);
+                    la_band_mul_t(dvc, d->v_stride, A, L, dn, Dv, Dv, sub);
                     if (!last) ml_gemm(0, 0, L, Dv, Dk, 1, kc, d->k_stride, dS, Dv, 1, dvc, d->v_stride);
                 }
                 if (c == 0) break;
