@@ -41,6 +41,7 @@
  * (tests/twin/bench_torch.py), parallel sweeps (--jobs, the sweep runner). */
 #define _GNU_SOURCE
 #include "bench.h"
+#include "bench_row.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -72,7 +73,6 @@
 
 extern char **environ;
 
-#define MAX_LIST 16
 #define SGEMM_N 1024
 
 static double now_s(void) {
@@ -268,15 +268,6 @@ static double linear_act(const run_config *cfg, int B, int T) {
     return n;
 }
 
-typedef struct mixer_formula {
-    const char *name;
-    double (*flops)(const run_config *cfg, int B, int T); /* one layer's mixer, one step */
-    /* the last layer's when only rows[S] are wanted (NULL: the mixer computes
-     * every row anyway, as flops) */
-    double (*rows_flops)(const run_config *cfg, int B, int T, const int *rows, int S);
-    double (*act)(const run_config *cfg, int B, int T);   /* one layer's saved floats */
-    const char *act_text;
-} mixer_formula;
 
 static const mixer_formula formulas[] = {
     {"softmax", softmax_flops, softmax_rows_flops, softmax_act,
@@ -285,7 +276,7 @@ static const mixer_formula formulas[] = {
      "B T 6C + B T H + B H (ceil(T/l) - 1) (D^2 + D) (qkv, phi, o, den, chunk states)"},
 };
 
-static const mixer_formula *formula_of(const char *mixer) {
+const mixer_formula *bench_formula_of(const char *mixer) {
     for (size_t i = 0; i < sizeof formulas / sizeof formulas[0]; i++)
         if (!strcmp(formulas[i].name, mixer)) return &formulas[i];
     return NULL;
@@ -297,7 +288,7 @@ static const mixer_formula *formula_of(const char *mixer) {
  * on the S head rows only (model.c): the MLP there costs 12 S C R, and the
  * mixer what its rows formula says. */
 double bench_step_flops(const run_config *cfg, int B, int T, int V, const int *target) {
-    const mixer_formula *f = formula_of(cfg->model.mixer);
+    const mixer_formula *f = bench_formula_of(cfg->model.mixer);
     if (!f) return 0;
     const model_config *m = &cfg->model;
     int N = B * T, S = 0;
@@ -390,35 +381,24 @@ static void sgemm_peak(const sgemm_bufs *m, double *med, double *best, double se
     *med = median_of(g, k);
 }
 
+/* The machine's CPU time in clock ticks from /proc/stat: *all of it and
+ * *steal, the part the hypervisor gave to other guests (0 and -1 where there is
+ * no /proc/stat). */
+static int cpu_ticks(unsigned long long *all, unsigned long long *steal) {
+    FILE *f = fopen("/proc/stat", "r");
+    unsigned long long v[8] = {0};
+    int k = f ? fscanf(f, "cpu %llu %llu %llu %llu %llu %llu %llu %llu", &v[0], &v[1], &v[2],
+                       &v[3], &v[4], &v[5], &v[6], &v[7])
+              : 0;
+    if (f) fclose(f);
+    *all = *steal = 0;
+    if (k != 8) return -1;
+    for (int i = 0; i < 8; i++) *all += v[i];
+    *steal = v[7];
+    return 0;
+}
+
 /* ---- one configuration -------------------------------------------------------- */
-
-typedef struct bench_timing {
-    int ok;            /* measured */
-    char note[200];    /* why not */
-    double med, lo, hi;
-    int n;             /* timed steps */
-    double cpu;        /* median CPU seconds per step of the process, all threads */
-    double rss_mib;
-} bench_timing;
-
-typedef struct bench_row {
-    char mixer[32];
-    int d, L, threads, full;
-    run_config cfg;
-    int S;              /* rows through the LM head */
-    double flops;       /* per step: the formula's, else the counted (0: neither) */
-    double flops_counted; /* per step: the matrix products memlab ran (matmul.c) */
-    double sgemm;       /* SGEMM GFLOP/s around the row: the better median of before and after */
-    double fma;         /* the measured FMA peak, GFLOP/s, of the row's thread count */
-    double bf16;        /* the bfloat16 dot-product peak, bf16 rows only (else 0) */
-    double act_mixer;   /* floats one layer's mixer saves (its act_size) */
-    double act_formula; /* the same from the formula, 0 = none */
-    double act_model;   /* floats of all activations and scratch of the model */
-    bench_timing ml, pt; /* memlab, PyTorch */
-    double exponent, pt_exponent; /* time per token ~ L^exponent, NAN = not fitted */
-    long long run_id;
-} bench_row;
-
 /* The config of one grid point. */
 static int row_config(run_config *cfg, const char *mixer, int d, int L, int batch, int full,
                       const char *matmul, ml_error *e) {
@@ -678,15 +658,17 @@ static double twin_done(torch_server *ts) {
     return sscanf(reply, "ok %lf", &rss) == 1 ? rss : NAN;
 }
 
-/* One training step as train.c takes it (forward, backward, clip, AdamW). */
-static void train_step(ml_model *m, const run_config *cfg, const int *in, const int *tg,
-                       int B, int T, int t) {
+/* One training step as train.c takes it (forward, backward, clip, AdamW);
+ * returns the wall seconds of clipping and AdamW. */
+static double train_step(ml_model *m, const run_config *cfg, const int *in, const int *tg,
+                         int B, int T, int t) {
     const train_config *tc = &cfg->train;
     int bf16 = ml_matmul_bf16();
     ml_matmul_set_bf16(tc->matmul == MATMUL_BF16);
     model_forward(m, in, tg, B, T, NULL);
     model_zero_grad(m);
     model_backward(m);
+    double t0 = now_s();
     grad_clip(m->g, m->n_params, tc->grad_clip);
     for (int p = 0; p < m->n_tensors; p++) {
         const ml_param *pp = &m->params[p];
@@ -695,6 +677,7 @@ static void train_step(ml_model *m, const run_config *cfg, const int *in, const 
                    pp->decay ? (real)tc->weight_decay : 0, t);
     }
     ml_matmul_set_bf16(bf16);
+    return now_s() - t0;
 }
 
 /* Seconds each side rests before its timed step when memlab and the twin
@@ -734,6 +717,8 @@ static int measure_config(bench_row *r, torch_server *ts, const bench_opts *o, m
     if (task_open(task, tcfg, &data, e)) return -1;
     int V = task->vocab_size(tcfg), T = task->seq_len(tcfg), B = cfg->train.batch_size;
     rss_reset();
+    unsigned long long all0, steal0, all1, steal1;
+    int ticks = cpu_ticks(&all0, &steal0) == 0;
     ml_model m;
     if (model_build(&m, &cfg->model, V, T, B, e)) {
         task_close(task, data);
@@ -747,8 +732,11 @@ static int measure_config(bench_row *r, torch_server *ts, const bench_opts *o, m
     double *cpus = malloc(sizeof(double) * (size_t)o->steps);
     double *ptimes = malloc(sizeof(double) * (size_t)o->steps);
     double *pcpus = malloc(sizeof(double) * (size_t)o->steps);
-    if (!in || !tg || !times || !cpus || !ptimes || !pcpus) {
-        free(in), free(tg), free(times), free(cpus), free(ptimes), free(pcpus);
+    double *prods = malloc(sizeof(double) * (size_t)o->steps);
+    double *optims = malloc(sizeof(double) * (size_t)o->steps);
+    if (!in || !tg || !times || !cpus || !ptimes || !pcpus || !prods || !optims) {
+        free(in), free(tg), free(times), free(cpus), free(ptimes), free(pcpus), free(prods),
+            free(optims);
         model_free(&m);
         task_close(task, data);
         return ML_FAIL(e, "out of memory");
@@ -786,10 +774,13 @@ static int measure_config(bench_row *r, torch_server *ts, const bench_opts *o, m
         if (!ml_more && !pt_more) break;
         if (ml_more) {
             settle(rest);
-            double t0 = now_s(), c0 = cpu_s();
-            train_step(&m, cfg, in, tg, B, T, t++);
+            ml_products_clock(1);
+            double t0 = now_s(), c0 = cpu_s(), p0 = ml_products_seconds();
+            optims[n] = train_step(&m, cfg, in, tg, B, T, t++);
             times[n] = now_s() - t0;
             cpus[n] = cpu_s() - c0;
+            prods[n] = ml_products_seconds() - p0;
+            ml_products_clock(0);
             spent += times[n++];
         }
         if (pt_more) {
@@ -808,6 +799,11 @@ static int measure_config(bench_row *r, torch_server *ts, const bench_opts *o, m
     bt->n = n;
     bt->med = median_of(times, n);
     bt->cpu = median_of(cpus, n);
+    bt->prod = median_of(prods, n);
+    r->steal = ticks && !cpu_ticks(&all1, &steal1) && all1 > all0
+                   ? (double)(steal1 - steal0) / (double)(all1 - all0)
+                   : NAN;
+    bt->optim = median_of(optims, n);
     bt->lo = times[0];
     bt->hi = times[n - 1];
     bt->rss_mib = rss_peak_mib();
@@ -825,11 +821,12 @@ static int measure_config(bench_row *r, torch_server *ts, const bench_opts *o, m
     }
     r->flops = bench_step_flops(cfg, B, T, V, tg);
     if (r->flops <= 0) r->flops = r->flops_counted;
-    const mixer_formula *f = formula_of(cfg->model.mixer);
+    const mixer_formula *f = bench_formula_of(cfg->model.mixer);
     r->act_mixer = (double)m.mixer->act_size(cfg->model.mixer_cfg.bytes, B, T, cfg->model.d_model);
     r->act_formula = f ? f->act(cfg, B, T) : 0;
     r->act_model = (double)m.n_acts;
-    free(in), free(tg), free(times), free(cpus), free(ptimes), free(pcpus);
+    free(in), free(tg), free(times), free(cpus), free(ptimes), free(pcpus), free(prods),
+        free(optims);
     model_free(&m);
     task_close(task, data);
     return 0;
@@ -848,7 +845,6 @@ static const char jobs_base[] =
     "model: {mixer: softmax, d_model: 64, n_layers: 2, conv: 4, mlp: false}\n"
     "train: {steps: %d, batch_size: 64, warmup: 10}\n"
     "eval: {every: 0, examples: 64, batch_size: 64}\n";
-#define JOBS_RUNS 4
 #define JOBS_STEPS 150
 
 /* The spec text: the base with `steps` training steps, with the sweep over
@@ -859,17 +855,6 @@ static void jobs_spec_text(char *buf, size_t cap, int steps, int with_sweep) {
         snprintf(buf + n, cap - (size_t)n, "sweep: {seeds: %d}\n", JOBS_RUNS);
 }
 
-/* Pairs of sweeps timed, --jobs 1 then --jobs 2 in each: the second core of a
- * shared machine comes and goes, so one pair can be off by 15% either way. */
-#define JOBS_PAIRS 3
-
-typedef struct jobs_result {
-    int ok;
-    char note[200];
-    double wall[2];  /* median seconds for the sweep with --jobs 1, --jobs 2 */
-    double ratio[JOBS_PAIRS]; /* per pair, ascending */
-    int steps;       /* training steps per run */
-} jobs_result;
 
 /* Run `self run spec --db db --jobs j --quiet` and wait; wall seconds or -1. */
 static double run_sweep(const char *self, const char *spec, const char *db, int jobs) {
@@ -940,60 +925,6 @@ static void measure_jobs(const bench_opts *o, jobs_result *jr) {
     rmdir(dir);
 }
 
-/* ---- fits and ratios ------------------------------------------------------------ */
-
-/* Least-squares slope of log(time per token) against log L over the rows of
- * one (mixer, d, threads, head) group; NAN with fewer than two lengths. */
-static double fit_exponent(const bench_row *rows, int n, const bench_row *key, int torch) {
-    double sx = 0, sy = 0, sxx = 0, sxy = 0;
-    int k = 0;
-    for (int i = 0; i < n; i++) {
-        const bench_row *r = &rows[i];
-        const bench_timing *bt = torch ? &r->pt : &r->ml;
-        if (!bt->ok || strcmp(r->mixer, key->mixer) || r->d != key->d ||
-            r->threads != key->threads || r->full != key->full)
-            continue;
-        double x = log((double)r->L), y = log(bt->med / ((double)r->cfg.train.batch_size * r->L));
-        sx += x, sy += y, sxx += x * x, sxy += x * y;
-        k++;
-    }
-    double den = k * sxx - sx * sx;
-    return k >= 2 && den > 1e-12 ? (k * sxy - sx * sy) / den : NAN;
-}
-
-/* The row of the same grid point with the other head, or NULL. */
-static const bench_row *twin_row(const bench_row *rows, int n, const bench_row *r, int full) {
-    for (int i = 0; i < n; i++)
-        if (rows[i].full == full && rows[i].d == r->d && rows[i].L == r->L &&
-            rows[i].threads == r->threads && !strcmp(rows[i].mixer, r->mixer))
-            return &rows[i];
-    return NULL;
-}
-
-/* PyTorch's full-head step time over this row's: memlab as run by default
- * against PyTorch as researchers run it. NAN when either is missing. */
-static double ratio_vs_full(const bench_row *rows, int n, const bench_row *r) {
-    const bench_row *f = twin_row(rows, n, r, 1);
-    return f && f->pt.ok && r->ml.ok ? f->pt.med / r->ml.med : NAN;
-}
-
-/* PyTorch's step time over memlab's with the same head; NAN when missing. */
-static double ratio_same(const bench_row *r) {
-    return r->pt.ok && r->ml.ok ? r->pt.med / r->ml.med : NAN;
-}
-
-/* The same two ratios in CPU time per step: under a shared machine the
- * better estimate of what an idle one would show (each side's lost time
- * slices drop out; cache contention does not). */
-static double ratio_same_cpu(const bench_row *r) {
-    return r->pt.ok && r->ml.ok ? r->pt.cpu / r->ml.cpu : NAN;
-}
-
-static double ratio_vs_full_cpu(const bench_row *rows, int n, const bench_row *r) {
-    const bench_row *f = twin_row(rows, n, r, 1);
-    return f && f->pt.ok && r->ml.ok ? f->pt.cpu / r->ml.cpu : NAN;
-}
-
 /* ---- the database ------------------------------------------------------------------ */
 
 static int record_row(ml_db *db, bench_row *r, const char *machine,
@@ -1020,6 +951,9 @@ static int record_row(ml_db *db, bench_row *r, const char *machine,
         {"bench", "step_s_min", m->lo},
         {"bench", "step_s_max", m->hi},
         {"bench", "step_cpu_s_median", m->cpu},
+        {"bench", "products_s_median", m->prod},
+        {"bench", "optimizer_s_median", m->optim},
+        {"bench", "steal_frac", r->steal},
         {"bench", "steps_timed", m->n},
         {"bench", "tokens_per_s", (double)r->cfg.train.batch_size * r->L / m->med},
         {"bench", "head_rows", r->S},
@@ -1043,8 +977,8 @@ static int record_row(ml_db *db, bench_row *r, const char *machine,
         {"torch", "tokens_per_s", p->ok ? (double)r->cfg.train.batch_size * r->L / p->med : NAN},
         {"torch", "peak_rss_mib", p->ok ? p->rss_mib : NAN},
         {"torch", "step_cpu_s_median", p->ok ? p->cpu : NAN},
-        {"bench", "speedup_vs_torch_same_head", ratio_same(r)},
-        {"bench", "speedup_vs_torch_same_head_cpu", ratio_same_cpu(r)},
+        {"bench", "speedup_vs_torch_same_head", bench_ratio_same(r)},
+        {"bench", "speedup_vs_torch_same_head_cpu", bench_ratio_same_cpu(r)},
     };
     if (db_begin(db, e)) return -1;
     for (size_t i = 0; i < sizeof v / sizeof v[0]; i++) {
@@ -1060,8 +994,8 @@ static int record_summary(ml_db *db, const bench_row *rows, int n, ml_error *e) 
     for (int i = 0; i < n; i++) {
         const bench_row *r = &rows[i];
         if (!r->run_id) continue;
-        double v[4] = {r->exponent, r->pt_exponent, ratio_vs_full(rows, n, r),
-                       ratio_vs_full_cpu(rows, n, r)};
+        double v[4] = {r->exponent, r->pt_exponent, bench_ratio_vs_full(rows, n, r),
+                       bench_ratio_vs_full_cpu(rows, n, r)};
         const char *name[4] = {"time_per_token_exponent", "torch_time_per_token_exponent",
                                "speedup_vs_torch_full_head", "speedup_vs_torch_full_head_cpu"};
         for (int k = 0; k < 4; k++)
@@ -1102,306 +1036,10 @@ static int record_jobs(ml_db *db, const jobs_result *jr, const char *machine, ml
     return db_commit(db, e) || db_run_end(db, id, "finished", jr->steps, NULL, e) ? -1 : 0;
 }
 
-/* ---- the report ----------------------------------------------------------------------- */
-
-static void fmt_ms(char *buf, size_t cap, const bench_timing *t) {
-    if (t->ok)
-        snprintf(buf, cap, "%.1f (%.1f–%.1f, n %d)", 1e3 * t->med, 1e3 * t->lo, 1e3 * t->hi, t->n);
-    else
-        snprintf(buf, cap, "—");
-}
-
-/* v with `decimals` digits and a suffix ("%", "x"), or a dash when not finite. */
-static void fmt_num(char *buf, size_t cap, int decimals, const char *suffix, double v) {
-    if (isfinite(v))
-        snprintf(buf, cap, "%.*f%s", decimals, v, suffix);
-    else
-        snprintf(buf, cap, "—");
-}
-
 /* The 1-minute load average, NAN when unknown. */
 static double load_avg(void) {
     double l[1];
     return getloadavg(l, 1) == 1 ? l[0] : NAN;
-}
-
-typedef struct bench_ctx {
-    const bench_opts *o;
-    char machine[512], core[160], torch_version[96];
-    int threads[MAX_LIST], n_threads;
-    double peak_med[MAX_LIST], peak_best[MAX_LIST]; /* at the start */
-    double fma[MAX_LIST];                           /* the FMA peak, per thread count */
-    double bf16[MAX_LIST]; /* the bf16 dot-product peak, when the products are bf16 */
-    double load_start, load_end;
-    double t_start, t_end;
-    char started[32];
-    jobs_result jobs;
-} bench_ctx;
-
-/* One ratio target over the supervised rows: the worst configuration in wall
- * time, how many met it, and the worst in CPU time (which, on a shared
- * machine, is closer to what an idle one would show). */
-static void report_ratio_target(FILE *f, const char *what, double goal, const bench_row *rows,
-                                int n, int vs_full) {
-    double worst = INFINITY, worst_cpu = INFINITY;
-    const bench_row *w = NULL;
-    int met = 0, total = 0;
-    for (int i = 0; i < n; i++) {
-        const bench_row *r = &rows[i];
-        if (r->full) continue;
-        double a = vs_full ? ratio_vs_full(rows, n, r) : ratio_same(r);
-        double b = vs_full ? ratio_vs_full_cpu(rows, n, r) : ratio_same_cpu(r);
-        if (!isfinite(a)) continue;
-        total++;
-        met += a >= goal;
-        if (a < worst) worst = a, w = r;
-        if (isfinite(b) && b < worst_cpu) worst_cpu = b;
-    }
-    if (!w) {
-        fprintf(f, "| %s | not measured (no PyTorch rows) | — |\n", what);
-        return;
-    }
-    fprintf(f, "| %s | %d of %d configurations; worst %.2fx (%s d %d L %d, %d thread%s); in CPU "
-               "time worst %.2fx | %s |\n",
-            what, met, total, worst, w->mixer, w->d, w->L, w->threads, w->threads > 1 ? "s" : "",
-            worst_cpu, met == total ? "met" : "missed");
-}
-
-/* The performance targets (README "Measured on this machine"), checked on the rows there are. */
-static void report_targets(FILE *f, const bench_ctx *c, const bench_row *rows, int n) {
-    fprintf(f, "## Targets\n\n| target | measured | verdict |\n|---|---|---|\n");
-    report_ratio_target(f, "memlab (supervised head) >= 10x PyTorch's tokens/s with the full "
-                           "head, every configuration", 10, rows, n, 1);
-    report_ratio_target(f, "memlab >= 2x PyTorch with the same supervised-position head, every "
-                           "configuration", 2, rows, n, 0);
-    const bench_row *big = NULL;
-    for (int i = 0; i < n; i++)
-        if (!rows[i].full && rows[i].ml.ok && rows[i].threads == 2 && rows[i].d == 256 &&
-            rows[i].L == 1024 && !strcmp(rows[i].mixer, "softmax"))
-            big = &rows[i];
-    if (big) {
-        double g = big->flops / big->ml.med / 1e9, frac = g / big->sgemm;
-        fprintf(f, "| whole step >= 40%% of the 2-thread SGEMM peak, softmax d 256 L 1024 | "
-                   "%.0f GFLOP/s = %.0f%% of %.0f (SGEMM measured around it); %.0f%% of the "
-                   "measured FMA peak | %s |\n",
-                g, 100 * frac, big->sgemm, big->fma > 0 ? 100 * g / big->fma : NAN,
-                frac >= 0.4 ? "met" : "missed");
-    } else {
-        fprintf(f, "| >= 40%% of the 2-thread SGEMM peak, softmax d 256 L 1024 | not in this "
-                   "grid | — |\n");
-    }
-    if (c->jobs.ok) {
-        double r = c->jobs.wall[0] / c->jobs.wall[1];
-        fprintf(f, "| sweep of %d independent runs of %d steps, `memlab run --jobs 2` >= 1.8x the "
-                   "throughput of `--jobs 1` | %.2fx (medians of %d pairs: %.1f s against %.1f s; "
-                   "pairs %.2f–%.2fx) | %s |\n\n",
-                JOBS_RUNS, c->jobs.steps, r, JOBS_PAIRS, c->jobs.wall[1], c->jobs.wall[0], c->jobs.ratio[0],
-                c->jobs.ratio[JOBS_PAIRS - 1], r >= 1.8 ? "met" : "missed");
-    } else {
-        fprintf(f, "| sweep `--jobs 2` >= 1.8x `--jobs 1` | not measured: %s | — |\n\n",
-                c->jobs.note[0] ? c->jobs.note : "--no-jobs");
-    }
-}
-
-/* One table per thread count: every configuration, memlab and PyTorch. */
-static void report_main(FILE *f, const bench_ctx *c, const bench_row *rows, int n) {
-    for (int ti = 0; ti < c->n_threads; ti++) {
-        int th = c->threads[ti];
-        double lo = INFINITY, hi = 0;
-        for (int i = 0; i < n; i++)
-            if (rows[i].threads == th && rows[i].sgemm > 0) {
-                if (rows[i].sgemm < lo) lo = rows[i].sgemm;
-                if (rows[i].sgemm > hi) hi = rows[i].sgemm;
-            }
-        fprintf(f, "## %d thread%s (SGEMM 1024^3 at the start: median %.0f GFLOP/s, best %.0f; "
-                   "around each configuration: %.0f–%.0f; FMA peak %.0f)\n\n",
-                th, th > 1 ? "s" : "", c->peak_med[ti], c->peak_best[ti], hi > 0 ? lo : NAN,
-                hi > 0 ? hi : NAN, c->fma[ti]);
-        fprintf(f, "| mixer | d | L | head | memlab ms/step | CPU/wall | tokens/s | GFLOP/step "
-                   "(formula / counted) | GFLOP/s | %% peak | PyTorch ms/step | PyTorch tokens/s | "
-                   "PyTorch %% peak | x PyTorch same head (wall / CPU) | x PyTorch full head "
-                   "(wall / CPU) | peak RSS MiB memlab / PyTorch "
-                   "|\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
-        for (int i = 0; i < n; i++) {
-            const bench_row *r = &rows[i];
-            if (r->threads != th) continue;
-            if (!r->ml.ok) {
-                fprintf(f, "| %s | %d | %d | %s | skipped: %s ||||||||||||\n", r->mixer, r->d,
-                        r->L, r->full ? "full" : "supervised", r->ml.note);
-                continue;
-            }
-            char ms[96], pms[96], tok[32], ptok[32], gf[80], gs[32], pct[32], ppct[32];
-            char rs[80], rf[80];
-            double B = r->cfg.train.batch_size, peak = r->sgemm;
-            double g = r->flops > 0 ? r->flops / r->ml.med / 1e9 : NAN;
-            double pg = r->flops > 0 && r->pt.ok ? r->flops / r->pt.med / 1e9 : NAN;
-            fmt_ms(ms, sizeof ms, &r->ml);
-            fmt_ms(pms, sizeof pms, &r->pt);
-            fmt_num(tok, sizeof tok, 0, "", B * r->L / r->ml.med);
-            fmt_num(ptok, sizeof ptok, 0, "", r->pt.ok ? B * r->L / r->pt.med : NAN);
-            char gform[32], gcnt[32];
-            int has_formula = formula_of(r->mixer) != NULL;
-            fmt_num(gform, sizeof gform, 2, "", has_formula ? r->flops / 1e9 : NAN);
-            fmt_num(gcnt, sizeof gcnt, 2, "", r->flops_counted > 0 ? r->flops_counted / 1e9 : NAN);
-            snprintf(gf, sizeof gf, "%s / %s", gform, gcnt);
-            fmt_num(gs, sizeof gs, 1, "", g);
-            fmt_num(pct, sizeof pct, 0, "%", 100 * g / peak);
-            fmt_num(ppct, sizeof ppct, 0, "%", 100 * pg / peak);
-            char rs2[32], rf2[32];
-            fmt_num(rs2, sizeof rs2, 2, "x", ratio_same(r));
-            fmt_num(rf2, sizeof rf2, 1, "x", ratio_vs_full(rows, n, r));
-            char rsc[32], rfc[32];
-            fmt_num(rsc, sizeof rsc, 2, "x", ratio_same_cpu(r));
-            fmt_num(rfc, sizeof rfc, 1, "x", ratio_vs_full_cpu(rows, n, r));
-            snprintf(rs, sizeof rs, "%s / %s", rs2, rsc);
-            snprintf(rf, sizeof rf, "%s / %s", rf2, rfc);
-            char rss[64];
-            if (r->pt.ok)
-                snprintf(rss, sizeof rss, "%.0f / %.0f", r->ml.rss_mib, r->pt.rss_mib);
-            else
-                snprintf(rss, sizeof rss, "%.0f / —", r->ml.rss_mib);
-            fprintf(f, "| %s | %d | %d | %s | %s | %.2f | %s | %s | %s | %s | %s | %s | %s | %s | "
-                       "%s | %s |\n",
-                    r->mixer, r->d, r->L, r->full ? "full" : "supervised", ms,
-                    r->ml.cpu / r->ml.med, tok, gf, gs, pct, pms, ptok, ppct, rs, rf, rss);
-        }
-        fprintf(f, "\n");
-    }
-    int notes = 0;
-    for (int i = 0; i < n; i++) {
-        if (!rows[i].ml.ok || rows[i].pt.ok || !rows[i].pt.note[0]) continue;
-        int seen = 0;
-        for (int j = 0; j < i; j++)
-            if (!strcmp(rows[j].pt.note, rows[i].pt.note)) seen = 1;
-        if (seen) continue;
-        if (!notes++) fprintf(f, "PyTorch rows missing:\n\n");
-        fprintf(f, "- %s (first: %s d %d L %d)\n", rows[i].pt.note, rows[i].mixer, rows[i].d,
-                rows[i].L);
-    }
-    if (notes) fprintf(f, "\n");
-}
-
-/* Activation memory against the formulas and peak RSS at the longest L. */
-static void report_memory(FILE *f, const bench_row *rows, int n) {
-    int Lmax = 0;
-    for (int i = 0; i < n; i++)
-        if (rows[i].ml.ok && rows[i].L > Lmax) Lmax = rows[i].L;
-    if (!Lmax) return;
-    fprintf(f, "## Memory at L %d (batch %d)\n\n", Lmax, rows[0].cfg.train.batch_size);
-    fprintf(f, "Activation memory of one layer's mixer (its act_size) against the formula; "
-               "all activations and scratch of the model; peak resident memory of the "
-               "process while the configuration ran (VmHWM, reset per configuration).\n\n");
-    fprintf(f, "| mixer | d | head | mixer act MiB/layer | formula MiB | formula | model act "
-               "MiB | peak RSS MiB memlab | PyTorch |\n|---|---|---|---|---|---|---|---|---|\n");
-    for (int i = 0; i < n; i++) {
-        const bench_row *r = &rows[i];
-        if (!r->ml.ok || r->L != Lmax || r->threads != rows[0].threads) continue;
-        const mixer_formula *fm = formula_of(r->mixer);
-        char form[32], prss[32];
-        fmt_num(form, sizeof form, 1, "",
-                r->act_formula > 0 ? r->act_formula * sizeof(real) / 1048576.0 : NAN);
-        fmt_num(prss, sizeof prss, 0, "", r->pt.ok ? r->pt.rss_mib : NAN);
-        fprintf(f, "| %s | %d | %s | %.1f | %s | %s | %.0f | %.0f | %s |\n", r->mixer, r->d,
-                r->full ? "full" : "supervised", r->act_mixer * sizeof(real) / 1048576.0, form,
-                fm ? fm->act_text : "—", r->act_model * sizeof(real) / 1048576.0, r->ml.rss_mib,
-                prss);
-    }
-    fprintf(f, "\n");
-}
-
-/* Time per token at each L and the fitted exponents, one row per group. */
-static void report_scaling(FILE *f, const bench_row *rows, int n) {
-    fprintf(f, "## Cost scaling: time per token against L\n\n");
-    fprintf(f, "Least-squares slope of log(step time / (B L)) against log L over the lengths "
-               "measured: 0 means cost linear in L, 1 quadratic.\n\n");
-    fprintf(f, "| mixer | d | threads | head | microseconds per token at each L | exponent "
-               "memlab | exponent PyTorch |\n|---|---|---|---|---|---|---|\n");
-    for (int i = 0; i < n; i++) {
-        const bench_row *r = &rows[i];
-        int first = 1;
-        for (int j = 0; j < i; j++)
-            if (!strcmp(rows[j].mixer, r->mixer) && rows[j].d == r->d &&
-                rows[j].threads == r->threads && rows[j].full == r->full)
-                first = 0;
-        if (!first) continue;
-        char per[512] = "";
-        size_t used = 0;
-        for (int j = i; j < n; j++) {
-            const bench_row *q = &rows[j];
-            if (strcmp(q->mixer, r->mixer) || q->d != r->d || q->threads != r->threads ||
-                q->full != r->full || !q->ml.ok)
-                continue;
-            double us = 1e6 * q->ml.med / ((double)q->cfg.train.batch_size * q->L);
-            int k = snprintf(per + used, sizeof per - used, "%sL %d: %.2f", used ? ", " : "",
-                             q->L, us);
-            if (k > 0 && (size_t)k < sizeof per - used) used += (size_t)k;
-        }
-        char e1[32], e2[32];
-        fmt_num(e1, sizeof e1, 2, "", r->exponent);
-        fmt_num(e2, sizeof e2, 2, "", r->pt_exponent);
-        fprintf(f, "| %s | %d | %d | %s | %s | %s | %s |\n", r->mixer, r->d, r->threads,
-                r->full ? "full" : "supervised", per[0] ? per : "—", e1, e2);
-    }
-    fprintf(f, "\n");
-}
-
-/* The markdown report at path: header, targets, tables. */
-static int write_report(const char *path, const bench_ctx *c, const bench_row *rows, int n,
-                        ml_error *e) {
-    FILE *f = fopen(path, "w");
-    if (!f) return ML_FAIL(e, "cannot write the report %s: %s", path, strerror(errno));
-    const bench_opts *o = c->o;
-    const int bf16 = o->matmul && !strcmp(o->matmul, "bf16");
-    fprintf(f, "# memlab bench\n\n");
-    fprintf(f, "Started %s, %.0f s. Code %s; %s; OpenBLAS core %s; PyTorch: %s.\n\n",
-            c->started, c->t_end - c->t_start, memlab_code_version(), c->machine, c->core,
-            c->torch_version[0] ? c->torch_version : "not run");
-    fprintf(f, "The cores' limit, measured: independent %d-bit fused multiply-adds on "
-               "registers",
-            fma_peak_vector_bits());
-    for (int ti = 0; ti < c->n_threads; ti++)
-        fprintf(f, "%s %.0f GFLOP/s on %d thread%s (SGEMM 1024^3 at the start: %.0f%% of it)",
-                ti ? ";" : "", c->fma[ti], c->threads[ti], c->threads[ti] > 1 ? "s" : "",
-                c->fma[ti] > 0 ? 100 * c->peak_med[ti] / c->fma[ti] : NAN);
-    fprintf(f, ".");
-    if (c->bf16[0] > 0)
-        fprintf(f, " The bfloat16 dot product (%s) of the bf16 products:",
-                bf16_peak_instruction());
-    for (int ti = 0; ti < c->n_threads && c->bf16[0] > 0; ti++)
-        fprintf(f, "%s %.0f GFLOP/s on %d thread%s", ti ? ";" : "", c->bf16[ti], c->threads[ti],
-                c->threads[ti] > 1 ? "s" : "");
-    fprintf(f, "%s\n\n", c->bf16[0] > 0 ? "." : "");
-    if (blas_core_advice()) fprintf(f, "**Note:** %s.\n\n", blas_core_advice());
-    fprintf(f, "Load average (1 min) at the start %.2f, at the end %.2f: above 0.5 the machine "
-               "was shared and single timings are noisy; ratios measured side by side hold "
-               "better.\n\n",
-            c->load_start, c->load_end);
-    fprintf(f, "Each row: a 2-layer MQAR model (V 8192, batch %d, conv 4, no MLP, LayerNorm, "
-               "tied embeddings, N = L/16 key-value pairs), one full training step (forward, "
-               "backward, gradient clipping, AdamW) timed after up to 2 warm-up steps, %d to %d "
-               "timed steps within %.0f s; median (min–max, n). memlab's matrix products: %s%s). "
-               "The PyTorch twin "
-               "(tests/twin/bench_torch.py, %s) builds the same model from the same config "
-               "and runs alternately with memlab. GFLOP/step counts matmuls only (formulas at "
-               "the top of harness/bench.c); %% peak is GFLOP/s over the median SGEMM 1024^3 "
-               "measured with the same thread count just before and just after the "
-               "configuration, the better of the two medians (so a machine slowed by other "
-               "work slows both). \"x PyTorch full "
-               "head\" is PyTorch's full-head step time over this row's: memlab as it runs by "
-               "default against PyTorch as researchers run it. CPU/wall is memlab's process CPU "
-               "time over wall time per step: about the thread count on an idle machine, less "
-               "when other work shared the cores.\n\n",
-            o->batch, o->min_steps, o->steps, o->budget_s,
-            bf16 ? "bfloat16 inputs with float sums (train.matmul: bf16, kernel " : "float32 (OpenBLAS SGEMM",
-            bf16 ? gemm_bf16_kernel() : "",
-            bf16 ? "its forward under CPU autocast to bfloat16, products through oneDNN"
-                 : "float32");
-    report_targets(f, c, rows, n);
-    report_main(f, c, rows, n);
-    report_memory(f, rows, n);
-    report_scaling(f, rows, n);
-    if (fclose(f)) return ML_FAIL(e, "cannot write the report %s", path);
-    return 0;
 }
 
 /* ---- the run ------------------------------------------------------------------------- */
@@ -1579,12 +1217,12 @@ int bench_run(const bench_opts *o, ml_error *e) {
     c.load_end = load_avg();
     c.t_end = now_s();
     for (int i = 0; i < n; i++) {
-        rows[i].exponent = fit_exponent(rows, n, &rows[i], 0);
-        rows[i].pt_exponent = fit_exponent(rows, n, &rows[i], 1);
+        rows[i].exponent = bench_fit_exponent(rows, n, &rows[i], 0);
+        rows[i].pt_exponent = bench_fit_exponent(rows, n, &rows[i], 1);
     }
     if (db && record_summary(db, rows, n, e)) goto done;
     if (q.report_path) {
-        if (write_report(q.report_path, &c, rows, n, e)) goto done;
+        if (bench_write_report(q.report_path, &c, rows, n, e)) goto done;
         if (q.progress) fprintf(q.progress, "report: %s\n", q.report_path);
     }
     rc = 0;

@@ -55,6 +55,12 @@ void ml_trsm_unit_lower(int ta, int n, int m, const real *A, int lda, real *X, i
 void ml_flops_add(double n);
 double ml_flops_read(void);
 void ml_flops_reset(void);
+/* Seconds spent inside those products since the process started, while the
+ * clock is on (off by default: memlab bench turns it on to split a step into
+ * products and the rest). A product inside a parallel region of n threads
+ * adds 1/n of its time, so that the sum estimates wall time. */
+void ml_products_clock(int on);
+double ml_products_seconds(void);
 
 /* ---- linear layer (OpenBLAS GEMM) ---------------------------------------- */
 /* out[N,OC] = x[N,IC] w[OC,IC]^T + b[OC] (b may be NULL). */

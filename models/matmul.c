@@ -7,7 +7,9 @@
  * so every mixer gets a GFLOP/s figure from the products it actually ran,
  * and the tests check the analytic formulas of harness/bench.c against it.
  * Element-wise work (norms, exp, feature maps) is not counted anywhere. The
- * counter is atomic: kernels call these from OpenMP regions.
+ * counter is atomic: kernels call these from OpenMP regions. A second counter,
+ * on only when asked (memlab bench), sums the wall time spent inside the
+ * products, so that a step splits into its products and everything else.
  *
  * Threads: OpenBLAS never runs its own thread pool during training. A GEMM
  * large enough to share is cut into one block of output rows or columns per
@@ -19,6 +21,10 @@
  * mixers whose kernels call BLAS outside a parallel region ran slower on two
  * threads than on one. */
 #include <stdatomic.h>
+#include <time.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 #include "gemm_bf16.h"
 #include "kernels.h"
@@ -42,6 +48,38 @@ double ml_flops_read(void) {
 
 void ml_flops_reset(void) { atomic_store_explicit(&flop_count, 0, memory_order_relaxed); }
 
+/* The product clock: nanoseconds inside products (see clock_stop). */
+static _Atomic int clock_on;
+static _Atomic unsigned long long product_ns;
+
+void ml_products_clock(int on) { atomic_store_explicit(&clock_on, on, memory_order_relaxed); }
+
+double ml_products_seconds(void) {
+    return 1e-9 * (double)atomic_load_explicit(&product_ns, memory_order_relaxed);
+}
+
+/* Nanoseconds of the monotonic clock when the product clock is on, else 0. */
+static unsigned long long clock_start(void) {
+    if (!atomic_load_explicit(&clock_on, memory_order_relaxed)) return 0;
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (unsigned long long)ts.tv_sec * 1000000000ull + (unsigned long long)ts.tv_nsec;
+}
+
+/* Adds the time since t0; inside a parallel region of n threads, 1/n of it,
+ * the threads being in products together (a GEMM split over the threads, or
+ * a kernel's per-head products), so that the sum estimates wall time. */
+static void clock_stop(unsigned long long t0) {
+    if (!t0) return;
+    unsigned long long t1 = clock_start();
+    if (t1 <= t0) return;
+    unsigned long long dt = t1 - t0;
+#ifdef _OPENMP
+    if (omp_in_parallel()) dt /= (unsigned long long)omp_get_num_threads();
+#endif
+    atomic_fetch_add_explicit(&product_ns, dt, memory_order_relaxed);
+}
+
 /* The precision of the GEMMs (gemm_bf16.h): 0 fp32 (OpenBLAS), 1 bf16. The
  * double build always runs OpenBLAS's dgemm. */
 static int matmul_bf16;
@@ -52,14 +90,15 @@ int ml_matmul_bf16(void) { return matmul_bf16; }
 /* One GEMM in the calling thread at the set precision. */
 static void gemm_one(int ta, int tb, int M, int N, int K, real alpha, const real *A, int lda,
                      const real *B, int ldb, real beta, real *C, int ldc) {
+    unsigned long long t0 = clock_start();
 #ifndef MEMLAB_DOUBLE
-    if (matmul_bf16) {
+    if (matmul_bf16)
         gemm_bf16(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
-        return;
-    }
+    else
 #endif
-    cblas_gemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, M,
-               N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+        cblas_gemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans,
+                   M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    clock_stop(t0);
 }
 
 /* Fewest multiply-adds per thread worth cutting a GEMM. */
@@ -126,15 +165,19 @@ void ml_gemv(int ta, int M, int N, real alpha, const real *A, int lda, const rea
              real beta, real *y, int incy) {
     ml_flops_add(2.0 * M * N);
     int blas = blas_solo();
+    unsigned long long t0 = clock_start();
     cblas_gemv(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, M, N, alpha, A, lda, x, incx, beta,
                y, incy);
+    clock_stop(t0);
     blas_restore(blas);
 }
 
 void ml_trsm_unit_lower(int ta, int n, int m, const real *A, int lda, real *X, int ldx) {
     ml_flops_add((double)n * (n - 1) * m);
     int blas = blas_solo();
+    unsigned long long t0 = clock_start();
     cblas_trsm(CblasRowMajor, CblasLeft, CblasLower, ta ? CblasTrans : CblasNoTrans, CblasUnit, n,
                m, 1, A, lda, X, ldx);
+    clock_stop(t0);
     blas_restore(blas);
 }

@@ -47,10 +47,21 @@ check "each run is named bench with its mixer, L and head in the config" \
     test "$(q "$db" "select count(distinct json_extract(config,'$.model.mixer')||json_extract(config,'$.task.seq_len')||json_extract(config,'$.train.full_head')) from runs where json_extract(config,'$.name')='bench'")" = 8
 for metric in step_s_median step_s_min step_s_max step_cpu_s_median tokens_per_s gflop_per_step \
     gflops sgemm_peak_gflops frac_sgemm_peak fma_peak_gflops frac_fma_peak peak_rss_mib act_mib_mixer_layer act_mib_formula \
-    act_mib_model threads head_rows time_per_token_exponent; do
+    act_mib_model threads head_rows time_per_token_exponent products_s_median optimizer_s_median; do
     check "metric bench/$metric on every run" \
         test "$(q "$db" "select count(distinct run_id) from metrics where split='bench' and name='$metric'")" = 8
 done
+check "the products and the optimizer take a positive part of every step, together at most all of it" \
+    test "$(q "$db" "select count(*) from metrics s join metrics p on p.run_id=s.run_id
+                     join metrics o on o.run_id=s.run_id where s.name='step_s_median'
+                     and p.name='products_s_median' and o.name='optimizer_s_median'
+                     and p.value > 0 and o.value > 0 and p.value + o.value <= s.value * 1.001")" = 8
+if [[ -r /proc/stat ]]; then
+    check "the hypervisor's steal share is recorded per run, in [0, 1]" \
+        test "$(q "$db" "select count(*) from metrics where name='steal_frac' and value >= 0 and value <= 1")" = 8
+fi
+check "the report splits every step into products, optimizer and the rest" \
+    test "$(sed -n '/^## Where memlab.s step goes/,/^## /p' "$md" | grep -cE '^\| (softmax|linear) \| 64 \| (32|64) \| 1 \| (supervised|full) \| [0-9.]+ \| [0-9.]+ \([0-9]+%\) \|')" = 8
 check "timings are ordered min <= median <= max" \
     test "$(q "$db" "select count(*) from metrics a join metrics m on m.run_id=a.run_id join metrics b on b.run_id=a.run_id
                      where a.name='step_s_min' and m.name='step_s_median' and b.name='step_s_max'
@@ -122,6 +133,26 @@ check "the report has one row per configuration" \
     test "$(grep -cE '^\| (softmax|linear) \| 64 \| (32|64) \| (supervised|full) \| [0-9]' "$md")" = 8
 check "the report says why PyTorch and --jobs are missing" \
     bash -c "grep -q -- '--no-torch' '$md' && grep -q -- '--no-jobs' '$md'"
+
+# a stand-in twin with known step times (tests/twin/fake_twin.sh): every ratio
+# target missed, then every one met
+fake=$root/tests/twin/fake_twin.sh
+FAKE_TWIN_STEP_S=0.0005 FAKE_TWIN_FULL_S=0.001 "$memlab" bench --quick --mixers softmax,linear \
+    --lens 32,64 --steps 2 --min-steps 2 --no-jobs --python "$fake" --db "$tmp/f.db" \
+    --report "$tmp/f.md" >/dev/null 2>&1
+check "with a twin faster than memlab: both ratio targets missed" \
+    test "$(grep -cE '^\| memlab.* \| 0 of 4 configurations; worst [0-9.]+x .* \| missed \|$' "$tmp/f.md")" = 2
+check "each miss is explained: one line per supervised row and target" \
+    test "$(sed -n '/^## Why targets are missed/,/^## /p' "$tmp/f.md" | grep -cE '^- (softmax|linear) d 64 L (32|64), 1 thread: [0-9.]+x (the same head|PyTorch.s full head) \(target (2|10)x, short by [0-9]+%\)\. Step [0-9.]+ ms: products [0-9.]+ ms')" = 8
+check "no bound lies below the ratio it bounds, and the SGEMM bound calls the target out of reach" \
+    bash -c "sed -n '/^## Why targets are missed/,/^## /p' '$tmp/f.md' | grep '^- ' |
+             sed -E 's/.*: ([0-9.]+)x (the same|PyTorch).*Bounds: ([0-9.]+)x with the rest free; ([0-9.]+)x with products at the SGEMM rate \(out of reach in float32\)\.\$/\1 \3 \4/' |
+             awk 'NF != 3 || \$2 < \$1 || \$3 < \$1 { bad = 1 } END { exit bad || NR != 8 }'"
+FAKE_TWIN_STEP_S=1000 "$memlab" bench --quick --mixers softmax --lens 32 --steps 1 --min-steps 1 \
+    --no-jobs --python "$fake" --db "$tmp/g.db" --report "$tmp/g.md" >/dev/null 2>&1
+check "with a twin far slower than memlab: both ratio targets met, no misses to explain" \
+    bash -c "test \$(grep -cE '^\| memlab.* \| 1 of 1 configurations; .* \| met \|$' '$tmp/g.md') = 2 &&
+             ! grep -q '^## Why targets are missed' '$tmp/g.md'"
 
 # the --jobs sweep: 3 pairs of sweeps of 4 runs of 3 steps; one run records it
 db=$tmp/j.db

@@ -24,6 +24,7 @@
 
 #include <float.h>
 #include <math.h>
+#include <time.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -447,6 +448,42 @@ static void test_linear_threads(void) {
         }
         free(x), free(w), free(b), free(dout), free(want), free(wdx), free(wdw);
     }
+}
+
+/* matmul.c's product clock: still while off; on, it adds the time inside a
+ * product, no more than the wall time around it, also when the product is
+ * split over 2 threads (each adds half of its time). */
+static double wall_now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static void test_product_clock(void) {
+    const int M = 1024, N = 256, K = 256;
+    double *a = dfilled((size_t)M * K, 81, -1, 1), *b = dfilled((size_t)K * N, 82, -1, 1);
+    double *c = dalloc((size_t)M * N);
+    int old = openblas_get_num_threads();
+    double s0 = ml_products_seconds();
+    ml_gemm(0, 0, M, N, K, 1, a, K, b, N, 0, c, N);
+    CHECK(ml_products_seconds() == s0, "the clock moved while off");
+    ml_products_clock(1);
+    for (int t = 1; t <= 2; t++) {
+        threads_set(t);
+        ml_gemm(0, 0, M, N, K, 1, a, K, b, N, 0, c, N); /* the threads started */
+        double w0 = wall_now(), p0 = ml_products_seconds();
+        for (int r = 0; r < 4; r++) ml_gemm(0, 0, M, N, K, 1, a, K, b, N, 0, c, N);
+        double wall = wall_now() - w0, in = ml_products_seconds() - p0;
+        CHECK(in > 0 && in <= wall * 1.0001 + 1e-6,
+              "%d thread(s): %.6f s inside products, %.6f s of wall time around them", t, in,
+              wall);
+    }
+    threads_set(old);
+    ml_products_clock(0);
+    s0 = ml_products_seconds();
+    ml_gemv(0, M, K, 1, a, K, b, 1, 0, c, 1);
+    CHECK(ml_products_seconds() == s0, "the clock moved after being turned off");
+    free(a), free(b), free(c);
 }
 
 /* ---- norms, optimiser, embedding ------------------------------------------------------------ */
@@ -989,6 +1026,7 @@ const test_case tests_perf[] = {
     {"perf/linattn_threads", test_linattn_threads},
     {"perf/gdelta_threads", test_gdelta_threads},
     {"perf/linear_threads", test_linear_threads},
+    {"perf/product_clock", test_product_clock},
     {"perf/norm_threads", test_norm_threads},
     {"perf/conv1d_fast_matches_ref", test_conv1d_fast},
     {"perf/gemm_bf16_matches_ref", test_gemm_bf16},
