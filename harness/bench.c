@@ -734,9 +734,10 @@ static int measure_config(bench_row *r, torch_server *ts, const bench_opts *o, m
     double *pcpus = malloc(sizeof(double) * (size_t)o->steps);
     double *prods = malloc(sizeof(double) * (size_t)o->steps);
     double *optims = malloc(sizeof(double) * (size_t)o->steps);
-    if (!in || !tg || !times || !cpus || !ptimes || !pcpus || !prods || !optims) {
+    double *phases = malloc(sizeof(double) * MODEL_PHASES * (size_t)o->steps);
+    if (!in || !tg || !times || !cpus || !ptimes || !pcpus || !prods || !optims || !phases) {
         free(in), free(tg), free(times), free(cpus), free(ptimes), free(pcpus), free(prods),
-            free(optims);
+            free(optims), free(phases);
         model_free(&m);
         task_close(task, data);
         return ML_FAIL(e, "out of memory");
@@ -775,11 +776,18 @@ static int measure_config(bench_row *r, torch_server *ts, const bench_opts *o, m
         if (ml_more) {
             settle(rest);
             ml_products_clock(1);
+            model_phase_clock(1);
+            double w0[MODEL_PHASES], q0[MODEL_PHASES], w1[MODEL_PHASES], q1[MODEL_PHASES];
+            model_phase_read(w0, q0);
             double t0 = now_s(), c0 = cpu_s(), p0 = ml_products_seconds();
             optims[n] = train_step(&m, cfg, in, tg, B, T, t++);
             times[n] = now_s() - t0;
             cpus[n] = cpu_s() - c0;
             prods[n] = ml_products_seconds() - p0;
+            model_phase_read(w1, q1);
+            for (int k = 0; k < MODEL_PHASES; k++)
+                phases[(size_t)k * o->steps + n] = (w1[k] - w0[k]) - (q1[k] - q0[k]);
+            model_phase_clock(0);
             ml_products_clock(0);
             spent += times[n++];
         }
@@ -804,6 +812,7 @@ static int measure_config(bench_row *r, torch_server *ts, const bench_opts *o, m
                    ? (double)(steal1 - steal0) / (double)(all1 - all0)
                    : NAN;
     bt->optim = median_of(optims, n);
+    for (int k = 0; k < MODEL_PHASES; k++) bt->phase[k] = median_of(phases + (size_t)k * o->steps, n);
     bt->lo = times[0];
     bt->hi = times[n - 1];
     bt->rss_mib = rss_peak_mib();
@@ -826,7 +835,7 @@ static int measure_config(bench_row *r, torch_server *ts, const bench_opts *o, m
     r->act_formula = f ? f->act(cfg, B, T) : 0;
     r->act_model = (double)m.n_acts;
     free(in), free(tg), free(times), free(cpus), free(ptimes), free(pcpus), free(prods),
-        free(optims);
+        free(optims), free(phases);
     model_free(&m);
     task_close(task, data);
     return 0;
@@ -984,6 +993,11 @@ static int record_row(ml_db *db, bench_row *r, const char *machine,
     for (size_t i = 0; i < sizeof v / sizeof v[0]; i++) {
         if (!isfinite(v[i].v)) continue; /* not measured or no formula: no row */
         if (db_metric(db, r->run_id, st, v[i].split, v[i].name, v[i].v, e)) return -1;
+    }
+    for (int k = 0; k < MODEL_PHASES; k++) {
+        char name[64];
+        snprintf(name, sizeof name, "elementwise_%s_s_median", model_phase_names[k]);
+        if (db_metric(db, r->run_id, st, "bench", name, m->phase[k], e)) return -1;
     }
     return db_commit(db, e) || db_run_end(db, r->run_id, "finished", st, NULL, e) ? -1 : 0;
 }

@@ -105,6 +105,24 @@ static int split_of(const bench_row *r, step_split *sp) {
     return 1;
 }
 
+/* The rest's phases outside products (model.h's phase clock, in the order
+ * mixer, conv, norms, head, embedding) and what no phase holds, in ms, joined by sep. */
+static void rest_parts(char *buf, size_t cap, const bench_row *r, const step_split *sp,
+                       const char *sep) {
+    static const int order[] = {MODEL_PH_MIXER, MODEL_PH_CONV, MODEL_PH_NORM, MODEL_PH_HEAD,
+                                MODEL_PH_EMBED};
+    double other = sp->rest;
+    size_t used = 0;
+    buf[0] = '\0';
+    for (int i = 0; i < 5; i++) {
+        double v = r->ml.phase[order[i]] > 0 ? r->ml.phase[order[i]] : 0;
+        other -= v;
+        int k = snprintf(buf + used, cap - used, "%s%.1f", i ? sep : "", 1e3 * v);
+        if (k > 0 && (size_t)k < cap - used) used += (size_t)k;
+    }
+    snprintf(buf + used, cap - used, "%s%.1f", sep, 1e3 * (other > 0 ? other : 0));
+}
+
 /* One table of the split over every memlab row. */
 static void report_split(FILE *f, const bench_row *rows, int n, int bf16) {
     int any = 0;
@@ -118,22 +136,28 @@ static void report_split(FILE *f, const bench_row *rows, int n, int bf16) {
                        "its time); clipping and AdamW around their calls; the rest is every other "
                        "pass of forward and backward (norms, conv, attention's softmax and "
                        "masking, the recurrences' element-wise loops, feature maps, "
-                       "cross-entropy, copies, zeroing). GFLOP/s in products: the counted "
+                       "cross-entropy, copies, zeroing), split by the model's phase clock "
+                       "into the mixer's own passes, the block's conv, the norms, the head "
+                       "(cross-entropy), the embedding and what no phase holds (residual "
+                       "adds, zeroing of gradient buffers, gathers of the head's rows), each "
+                       "without its products. GFLOP/s in products: the counted "
                        "product FLOPs over the products' share of the step (compare with %s "
                        "on the same threads). Steal: the share of the machine's CPU time "
                        "that its hypervisor gave to other guests while the row ran "
                        "(/proc/stat); above a few percent the timings are noisy.\n\n"
                        "| mixer | d | L | threads | head | ms/step | products ms (%% of step) | "
-                       "GFLOP/s in products | clip + AdamW ms | rest ms | steal |\n"
-                       "|---|---|---|---|---|---|---|---|---|---|---|\n",
+                       "GFLOP/s in products | clip + AdamW ms | rest ms | of which mixer / conv / "
+                       "norms / head / embedding / other | steal |\n"
+                       "|---|---|---|---|---|---|---|---|---|---|---|---|\n",
                     bf16 ? "bf16 products" : "SGEMM");
         const bench_row *r = &rows[i];
-        char st[32];
+        char st[32], parts[160];
         fmt_num(st, sizeof st, 0, "%", 100 * r->steal);
-        fprintf(f, "| %s | %d | %d | %d | %s | %.1f | %.1f (%.0f%%) | %.0f | %.1f | %.1f | %s |\n",
+        rest_parts(parts, sizeof parts, r, &sp, " / ");
+        fprintf(f, "| %s | %d | %d | %d | %s | %.1f | %.1f (%.0f%%) | %.0f | %.1f | %.1f | %s | %s |\n",
                 r->mixer, r->d, r->L, r->threads, r->full ? "full" : "supervised",
                 1e3 * r->ml.med, 1e3 * sp.prod, 100 * sp.prod_share, sp.prod_gflops,
-                1e3 * sp.optim, 1e3 * sp.rest, st);
+                1e3 * sp.optim, 1e3 * sp.rest, parts, st);
     }
     if (any) fprintf(f, "\n");
 }
@@ -150,11 +174,7 @@ static void report_why(FILE *f, const bench_row *rows, int n, int bf16) {
         const bench_row *r = &rows[i];
         step_split sp;
         if (r->full || !split_of(r, &sp)) continue;
-        const bench_row *fr = NULL;
-        for (int j = 0; j < n; j++)
-            if (rows[j].full && rows[j].d == r->d && rows[j].L == r->L &&
-                rows[j].threads == r->threads && !strcmp(rows[j].mixer, r->mixer))
-                fr = &rows[j];
+        const bench_row *fr = twin_row(rows, n, r, 1);
         struct {
             double goal, ratio, twin;
             const char *what;
@@ -171,17 +191,19 @@ static void report_why(FILE *f, const bench_row *rows, int n, int bf16) {
                            "the second bound is out of reach on this machine in float32, "
                            "however fast the rest: the twin's step is shorter than the "
                            "target times memlab's products at the SGEMM rate.\n\n");
+            char parts[160];
+            rest_parts(parts, sizeof parts, r, &sp, ", ");
             double sg = !bf16 && r->sgemm > 0 && r->flops_counted > 0
                             ? tg[k].twin / (r->flops_counted / (r->sgemm * 1e9))
                             : NAN;
             fprintf(f, "- %s d %d L %d, %d thread%s: %.2fx %s (target %.0fx, short by %.0f%%). "
                        "Step %.1f ms: products %.1f ms (%.0f%%, %.0f GFLOP/s; SGEMM "
-                       "%.0f), clip + AdamW %.1f ms, rest %.1f ms. Bounds: %.2fx with the "
-                       "rest free",
+                       "%.0f), clip + AdamW %.1f ms, rest %.1f ms (mixer, conv, norms, "
+                       "head, embedding, other: %s). Bounds: %.2fx with the rest free",
                     r->mixer, r->d, r->L, r->threads, r->threads > 1 ? "s" : "", tg[k].ratio,
                     tg[k].what, tg[k].goal, 100 * (1 - tg[k].ratio / tg[k].goal),
                     1e3 * r->ml.med, 1e3 * sp.prod, 100 * sp.prod_share, sp.prod_gflops, r->sgemm,
-                    1e3 * sp.optim, 1e3 * sp.rest, tg[k].twin / sp.prod);
+                    1e3 * sp.optim, 1e3 * sp.rest, parts, tg[k].twin / sp.prod);
             if (isfinite(sg))
                 fprintf(f, "; %.2fx with products at the SGEMM rate%s", sg,
                         sg < tg[k].goal ? " (out of reach in float32)" : "");

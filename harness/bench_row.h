@@ -7,6 +7,7 @@
 
 #include "bench.h"
 #include "error.h"
+#include "model.h"
 #include "spec.h"
 
 #define MAX_LIST 16
@@ -23,6 +24,9 @@ typedef struct bench_timing {
      * inside matrix products (matmul.c's clock) and of gradient clipping and
      * AdamW */
     double prod, optim;
+    /* memlab only: medians per step of each phase's seconds outside the
+     * products (model.h's phase clock: embedding, norms, conv, mixer, head) */
+    double phase[MODEL_PHASES];
 } bench_timing;
 
 typedef struct bench_row {

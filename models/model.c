@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <time.h>
 
 #include "kernels.h"
 #include "rng.h"
@@ -363,22 +364,61 @@ void model_reset_stats(ml_model *m) {
 
 void model_zero_grad(ml_model *m) { memset(m->g, 0, sizeof(real) * m->n_params); }
 
+/* ---- the phase clock (model.h) ---- */
+
+const char *const model_phase_names[MODEL_PHASES] = {"embedding", "norms", "conv", "mixer",
+                                                     "head"};
+static int phase_on;
+static double phase_wall[MODEL_PHASES], phase_prod[MODEL_PHASES];
+
+void model_phase_clock(int on) { phase_on = on; }
+
+void model_phase_read(double wall[MODEL_PHASES], double prod[MODEL_PHASES]) {
+    for (int i = 0; i < MODEL_PHASES; i++) wall[i] = phase_wall[i], prod[i] = phase_prod[i];
+}
+
+static double phase_now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+typedef struct phase_mark {
+    double wall, prod;
+} phase_mark;
+
+static phase_mark phase_begin(void) {
+    phase_mark k = {0, 0};
+    if (phase_on) k.wall = phase_now(), k.prod = ml_products_seconds();
+    return k;
+}
+
+static void phase_end(int ph, phase_mark k) {
+    if (!phase_on) return;
+    phase_wall[ph] += phase_now() - k.wall;
+    phase_prod[ph] += ml_products_seconds() - k.prod;
+}
+
 static void norm_fwd(const ml_model *m, real *out, real *mean, real *rstd, const real *x,
                      const real *w, const real *b, int N) {
     int C = m->cfg.d_model;
+    phase_mark k = phase_begin();
     if (m->cfg.norm == NORM_LAYER)
         layernorm_forward(out, mean, rstd, x, w, b, N, C, (real)m->cfg.norm_eps);
     else
         rmsnorm_forward(out, rstd, x, w, N, C, (real)m->cfg.norm_eps);
+    phase_end(MODEL_PH_NORM, k);
 }
 
 static void norm_bwd(const ml_model *m, real *dx, real *dw, real *db, const real *dout,
                      const real *x, const real *w, const real *mean, const real *rstd, int N) {
     int C = m->cfg.d_model;
+    phase_mark k = phase_begin();
     if (m->cfg.norm == NORM_LAYER)
         layernorm_backward(dx, dw, db, dout, x, w, mean, rstd, N, C);
     else
         rmsnorm_backward(dx, dw, dout, x, w, rstd, N, C);
+    phase_end(MODEL_PH_NORM, k);
 }
 
 static mixer_call mixer_call_of(ml_model *m, int l, int B, int T) {
@@ -463,7 +503,9 @@ double model_forward(ml_model *m, const int *input, const int *target, int B, in
     int on_rows = last_on_rows(m, S, N);
 
     real *x0 = c->n_layers > 0 ? m->layers[0].x : h->xf;
+    phase_mark k = phase_begin();
     embedding_forward(x0, input, tensor(m, "wte", 0), tensor(m, "wpe", 0), B, T, C);
+    phase_end(MODEL_PH_EMBED, k);
     for (int l = 0; l < c->n_layers; l++) {
         ml_layer *L = &m->layers[l];
         int rows_here = on_rows && l == c->n_layers - 1;
@@ -471,7 +513,9 @@ double model_forward(ml_model *m, const int *input, const int *target, int B, in
         norm_fwd(m, L->n1, L->n1_mean, L->n1_rstd, L->x, L->w_n1w, L->w_n1b, N);
         const real *hin = L->n1;
         if (c->conv > 0) {
+            k = phase_begin();
             conv1d_causal_forward(L->conv, L->n1, L->w_convw, L->w_convb, B, T, C, c->conv);
+            phase_end(MODEL_PH_CONV, k);
             hin = L->conv;
         }
         mixer_call mc = mixer_call_of(m, l, B, T);
@@ -479,7 +523,9 @@ double model_forward(ml_model *m, const int *input, const int *target, int B, in
             mc.rows = m->rows;
             mc.n_rows = S;
         }
+        k = phase_begin();
         m->mixer->forward(&mc, h->mix_out, hin);
+        phase_end(MODEL_PH_MIXER, k);
         real *xm = c->mlp ? L->xmid : xnext;
         int n = N;
         if (rows_here) {
@@ -511,6 +557,7 @@ double model_forward(ml_model *m, const int *input, const int *target, int B, in
     const real *head = c->tie_embeddings ? tensor(m, "wte", 0) : tensor(m, "lm_head", 0);
     int count = 0;
     double sum = 0.0;
+    k = phase_begin();
     if (S > 0) {
         linear_forward(h->logits, rows, head, NULL, S, C, V);
         if (pred) {
@@ -528,6 +575,7 @@ double model_forward(ml_model *m, const int *input, const int *target, int B, in
     } else if (pred) {
         for (int i = 0; i < N; i++) pred[i] = -1;
     }
+    phase_end(MODEL_PH_HEAD, k);
     m->count = count;
     m->loss = (count > 0 ? sum / count : 0.0) + m->aux_loss;
     return m->loss;
@@ -546,6 +594,7 @@ void model_backward(ml_model *m) {
     /* probabilities -> d logits, in place: (p - onehot) / count on kept rows.
      * With no supervised row only the mixers' auxiliary losses have gradients. */
     real scale = m->count > 0 ? (real)(1.0 / m->count) : 0;
+    phase_mark k = phase_begin();
     crossentropy_grad_inplace(h->logits, h->targets, S, V, scale);
     int tied = c->tie_embeddings;
     const real *head = tied ? tensor(m, "wte", 0) : tensor(m, "lm_head", 0);
@@ -557,6 +606,7 @@ void model_backward(ml_model *m) {
     memset(d_nf, 0, sizeof(real) * (size_t)nf_rows * C);
     linear_backward(d_nf, dhead, NULL, h->logits, m->full_head || on_rows ? h->nf : h->rows,
                     head, S, C, V);
+    phase_end(MODEL_PH_HEAD, k);
     if (!m->full_head && !on_rows) {
         /* the final norm ran on every row: scatter the head rows back */
         memset(h->d_a, 0, sizeof(real) * (size_t)N * C);
@@ -593,18 +643,24 @@ void model_backward(ml_model *m) {
         /* dres is now d xmid = d x_l (identity) + the mixer path. */
         const real *hin = c->conv > 0 ? L->conv : L->n1;
         memset(h->d_a, 0, sizeof(real) * (size_t)N * C);
+        k = phase_begin();
         m->mixer->backward(&mc, h->d_a, dmix, hin);
+        phase_end(MODEL_PH_MIXER, k);
         real *d_n1 = h->d_a;
         if (c->conv > 0) {
             memset(h->d_b, 0, sizeof(real) * (size_t)N * C);
+            k = phase_begin();
             conv1d_causal_backward(h->d_b, L->g_convw, L->g_convb, h->d_a, L->n1, L->w_convw,
                                    B, T, C, c->conv);
+            phase_end(MODEL_PH_CONV, k);
             d_n1 = h->d_b;
         }
         norm_bwd(m, dres, L->g_n1w, L->g_n1b, d_n1, L->x, L->w_n1w, L->n1_mean, L->n1_rstd,
                  N);
     }
+    k = phase_begin();
     embedding_backward(tensor(m, "wte", 1), tensor(m, "wpe", 1), dres, m->input, B, T, C);
+    phase_end(MODEL_PH_EMBED, k);
 }
 
 long model_state_size(const ml_model *m, int T) {

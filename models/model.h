@@ -93,6 +93,24 @@ void model_reset_stats(ml_model *m);
 void model_zero_grad(ml_model *m);
 /* Backward of the last forward: accumulates d(mean loss)/d(w) into m->g. */
 void model_backward(ml_model *m);
+/* Where a step's time goes (memlab bench). While the phase clock is on,
+ * model_forward and model_backward add each phase's wall seconds, and the
+ * part of them spent inside matrix products (matmul.c's clock, which the
+ * caller turns on too), to process-wide sums; model_phase_read copies the
+ * sums. What no phase holds (residual adds, zeroing, gathers of head rows,
+ * the MLP's activation) is the step's remainder. */
+enum {
+    MODEL_PH_EMBED, /* embedding forward and backward */
+    MODEL_PH_NORM,  /* every LayerNorm / RMSNorm */
+    MODEL_PH_CONV,  /* the block's causal conv */
+    MODEL_PH_MIXER, /* the mixer, forward and backward */
+    MODEL_PH_HEAD,  /* logits, cross-entropy and the head's backward */
+    MODEL_PHASES
+};
+extern const char *const model_phase_names[MODEL_PHASES];
+void model_phase_clock(int on);
+void model_phase_read(double wall[MODEL_PHASES], double prod[MODEL_PHASES]);
+
 /* Per-sequence state (floats) to generate the next token after T tokens,
  * summed over layers: the mixer's state plus the block conv's K-1 past inputs. */
 long model_state_size(const ml_model *m, int T);

@@ -56,6 +56,14 @@ check "the products and the optimizer take a positive part of every step, togeth
                      join metrics o on o.run_id=s.run_id where s.name='step_s_median'
                      and p.name='products_s_median' and o.name='optimizer_s_median'
                      and p.value > 0 and o.value > 0 and p.value + o.value <= s.value * 1.001")" = 8
+check "each phase's own passes take a positive part of every step, together with the products and the optimizer at most all of it" \
+    test "$(q "$db" "select count(*) from (select s.run_id, s.value step, p.value + o.value prod_opt,
+                     sum(e.value) ew, min(e.value) lo, count(e.value) k from metrics s
+                     join metrics p on p.run_id=s.run_id and p.name='products_s_median'
+                     join metrics o on o.run_id=s.run_id and o.name='optimizer_s_median'
+                     join metrics e on e.run_id=s.run_id and e.name like 'elementwise_%_s_median'
+                     where s.split='bench' and s.name='step_s_median' group by s.run_id)
+                     where k = 5 and lo > 0 and ew + prod_opt <= step * 1.001")" = 8
 if [[ -r /proc/stat ]]; then
     check "the hypervisor's steal share is recorded per run, in [0, 1]" \
         test "$(q "$db" "select count(*) from metrics where name='steal_frac' and value >= 0 and value <= 1")" = 8
