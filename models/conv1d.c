@@ -119,21 +119,115 @@ static inline __attribute__((always_inline)) void conv_bwd_block(const conv_call
         for (int c = 0; c < n; c++) k->dbias[c0 + c] += gb[c];
 }
 
-/* The channel blocks [u0, u1), forward or backward; whole blocks of the usual
- * widths with K and n compiled in, the rest (other K, the last partial block)
- * with them as variables. */
+/* ---- whole blocks, row by row ---------------------------------------------- */
+
+/* Whole blocks the row-order path takes at once, and the most taps it holds. */
+#define CONV_GROUP 32
+#define CONV_ROW_KMAX 8
+
+/* Forward of the g whole blocks from c0, walking the rows in memory order (a
+ * block-at-a-time walk reads one 64-byte piece of every row per block, and
+ * on a machine with little memory bandwidth per core that walk ran at half
+ * the rows' rate): each output vector is summed as conv_fwd_block sums it
+ * (bias, then the taps ascending), so the bits are the same. */
+static inline __attribute__((always_inline)) void conv_fwd_rows(const conv_call *k, int c0,
+                                                                int g, const int K) {
+    const int T = k->T, C = k->C;
+    conv_vec w[CONV_GROUP * CONV_ROW_KMAX], bias[CONV_GROUP];
+    for (int u = 0; u < g; u++) {
+        real wt[CONV_ROW_KMAX][CONV_CB];
+        conv_taps(wt, k->w, c0 + u * CONV_CB, CONV_CB, K);
+        for (int j = 0; j < K; j++) w[u * K + j] = vload(wt[j], CONV_CB);
+        bias[u] = k->bias ? vload(k->bias + c0 + u * CONV_CB, CONV_CB) : (conv_vec){0};
+    }
+    for (int b = 0; b < k->B; b++) {
+        const real *xb = k->x + (size_t)b * T * C + c0;
+        real *ob = k->out + (size_t)b * T * C + c0;
+        for (int t = 0; t < T; t++) {
+            int j0 = K - 1 - t > 0 ? K - 1 - t : 0;
+            real *o = ob + (size_t)t * C;
+            for (int u = 0; u < g; u++) {
+                conv_vec acc = bias[u];
+                for (int j = j0; j < K; j++)
+                    acc += w[u * K + j] *
+                           vload(xb + (size_t)(t - (K - 1) + j) * C + u * CONV_CB, CONV_CB);
+                vstore(o + u * CONV_CB, acc, CONV_CB);
+            }
+        }
+    }
+}
+
+/* Backward of the same g blocks row by row, each sum in conv_bwd_block's order
+ * (dx[s] from its K terms ascending; dw and dbias over b, then t), so the
+ * bits are the same. */
+static inline __attribute__((always_inline)) void conv_bwd_rows(const conv_call *k, int c0,
+                                                                int g, const int K) {
+    const int T = k->T, C = k->C;
+    conv_vec w[CONV_GROUP * CONV_ROW_KMAX], gw[CONV_GROUP * CONV_ROW_KMAX], gb[CONV_GROUP];
+    for (int u = 0; u < g; u++) {
+        real wt[CONV_ROW_KMAX][CONV_CB];
+        conv_taps(wt, k->w, c0 + u * CONV_CB, CONV_CB, K);
+        for (int j = 0; j < K; j++) w[u * K + j] = vload(wt[j], CONV_CB), gw[u * K + j] = (conv_vec){0};
+        gb[u] = (conv_vec){0};
+    }
+    for (int b = 0; b < k->B; b++) {
+        const real *xb = k->x + (size_t)b * T * C + c0;
+        const real *db = k->dout + (size_t)b * T * C + c0;
+        real *dxb = k->dx ? k->dx + (size_t)b * T * C + c0 : NULL;
+        for (int t = 0; t < T; t++) {
+            int j0 = K - 1 - t > 0 ? K - 1 - t : 0;
+            for (int u = 0; u < g; u++) {
+                const real *du = db + u * CONV_CB;
+                conv_vec d = vload(du + (size_t)t * C, CONV_CB);
+                gb[u] += d;
+                for (int j = j0; j < K; j++)
+                    gw[u * K + j] +=
+                        d * vload(xb + (size_t)(t - (K - 1) + j) * C + u * CONV_CB, CONV_CB);
+                if (dxb) {
+                    real *dx = dxb + (size_t)t * C + u * CONV_CB;
+                    conv_vec acc = vload(dx, CONV_CB);
+                    for (int i = 0; i < K && t + i < T; i++)
+                        acc += w[u * K + K - 1 - i] * vload(du + (size_t)(t + i) * C, CONV_CB);
+                    vstore(dx, acc, CONV_CB);
+                }
+            }
+        }
+    }
+    for (int u = 0; u < g; u++) {
+        int cu = c0 + u * CONV_CB;
+        if (k->dw)
+            for (int c = 0; c < CONV_CB; c++)
+                for (int j = 0; j < K; j++) k->dw[(size_t)(cu + c) * K + j] += gw[u * K + j][c];
+        if (k->dbias)
+            for (int c = 0; c < CONV_CB; c++) k->dbias[cu + c] += gb[u][c];
+    }
+}
+
+/* The channel blocks [u0, u1), forward or backward: whole blocks row by row
+ * in groups (K compiled in for the usual 3 and 4), the last partial block and
+ * long kernels block by block (K and n compiled in where they are the usual
+ * ones). */
 static void conv_blocks(const conv_call *k, int u0, int u1, int bwd) {
+    int whole = k->C / CONV_CB, u = u0;
+    if (k->K <= CONV_ROW_KMAX)
+        while (u < u1 && u < whole) {
+            int g = u1 < whole ? u1 - u : whole - u;
+            if (g > CONV_GROUP) g = CONV_GROUP;
+            int c0 = u * CONV_CB;
+            if (k->K == 4)
+                bwd ? conv_bwd_rows(k, c0, g, 4) : conv_fwd_rows(k, c0, g, 4);
+            else if (k->K == 3)
+                bwd ? conv_bwd_rows(k, c0, g, 3) : conv_fwd_rows(k, c0, g, 3);
+            else
+                bwd ? conv_bwd_rows(k, c0, g, k->K) : conv_fwd_rows(k, c0, g, k->K);
+            u += g;
+        }
     real wt[CONV_KMAX][CONV_CB];
     const real(*w)[CONV_CB] = (const real(*)[CONV_CB])wt;
-    for (int u = u0; u < u1; u++) {
+    for (; u < u1; u++) {
         int c0 = u * CONV_CB, n = k->C - c0 < CONV_CB ? k->C - c0 : CONV_CB;
         conv_taps(wt, k->w, c0, n, k->K);
-        if (n == CONV_CB && k->K == 4)
-            bwd ? conv_bwd_block(k, c0, w, 4, CONV_CB) : conv_fwd_block(k, c0, w, 4, CONV_CB);
-        else if (n == CONV_CB && k->K == 3)
-            bwd ? conv_bwd_block(k, c0, w, 3, CONV_CB) : conv_fwd_block(k, c0, w, 3, CONV_CB);
-        else
-            bwd ? conv_bwd_block(k, c0, w, k->K, n) : conv_fwd_block(k, c0, w, k->K, n);
+        bwd ? conv_bwd_block(k, c0, w, k->K, n) : conv_fwd_block(k, c0, w, k->K, n);
     }
 }
 
