@@ -728,20 +728,23 @@ static int measure_config(bench_row *r, torch_server *ts, const bench_opts *o, m
     m.context_len = task->context_len ? task->context_len(tcfg) : -1;
     model_init_weights(&m, 1);
     int *in = malloc(sizeof(int) * (size_t)B * T), *tg = malloc(sizeof(int) * (size_t)B * T);
-    double *times = malloc(sizeof(double) * (size_t)o->steps);
-    double *cpus = malloc(sizeof(double) * (size_t)o->steps);
-    double *ptimes = malloc(sizeof(double) * (size_t)o->steps);
-    double *pcpus = malloc(sizeof(double) * (size_t)o->steps);
-    double *prods = malloc(sizeof(double) * (size_t)o->steps);
-    double *optims = malloc(sizeof(double) * (size_t)o->steps);
-    double *phases = malloc(sizeof(double) * MODEL_PHASES * (size_t)o->steps);
-    if (!in || !tg || !times || !cpus || !ptimes || !pcpus || !prods || !optims || !phases) {
-        free(in), free(tg), free(times), free(cpus), free(ptimes), free(pcpus), free(prods),
-            free(optims), free(phases);
+    /* per timed step: memlab's wall and CPU seconds, the twin's, memlab's
+     * seconds in products and in the optimizer, and each phase's own passes */
+    enum {
+        S_TIME, S_CPU, S_PTIME, S_PCPU, S_PROD, S_OPTIM, S_PHASE,
+        S_SERIES = S_PHASE + MODEL_PHASES
+    };
+    double *samples = malloc(sizeof(double) * S_SERIES * (size_t)o->steps);
+    if (!in || !tg || !samples) {
+        free(in), free(tg), free(samples);
         model_free(&m);
         task_close(task, data);
         return ML_FAIL(e, "out of memory");
     }
+    double *series[S_SERIES];
+    for (int k = 0; k < S_SERIES; k++) series[k] = samples + (size_t)k * o->steps;
+    double *times = series[S_TIME], *cpus = series[S_CPU], *ptimes = series[S_PTIME];
+    double *pcpus = series[S_PCPU], *prods = series[S_PROD], *optims = series[S_OPTIM];
     for (int i = 0; i < B; i++)
         task->generate(tcfg, data, 1, SPLIT_TRAIN, i, in + (size_t)i * T, tg + (size_t)i * T);
     int S = 0;
@@ -786,7 +789,7 @@ static int measure_config(bench_row *r, torch_server *ts, const bench_opts *o, m
             prods[n] = ml_products_seconds() - p0;
             model_phase_read(w1, q1);
             for (int k = 0; k < MODEL_PHASES; k++)
-                phases[(size_t)k * o->steps + n] = (w1[k] - w0[k]) - (q1[k] - q0[k]);
+                series[S_PHASE + k][n] = (w1[k] - w0[k]) - (q1[k] - q0[k]);
             model_phase_clock(0);
             ml_products_clock(0);
             spent += times[n++];
@@ -812,7 +815,7 @@ static int measure_config(bench_row *r, torch_server *ts, const bench_opts *o, m
                    ? (double)(steal1 - steal0) / (double)(all1 - all0)
                    : NAN;
     bt->optim = median_of(optims, n);
-    for (int k = 0; k < MODEL_PHASES; k++) bt->phase[k] = median_of(phases + (size_t)k * o->steps, n);
+    for (int k = 0; k < MODEL_PHASES; k++) bt->phase[k] = median_of(series[S_PHASE + k], n);
     bt->lo = times[0];
     bt->hi = times[n - 1];
     bt->rss_mib = rss_peak_mib();
@@ -834,8 +837,7 @@ static int measure_config(bench_row *r, torch_server *ts, const bench_opts *o, m
     r->act_mixer = (double)m.mixer->act_size(cfg->model.mixer_cfg.bytes, B, T, cfg->model.d_model);
     r->act_formula = f ? f->act(cfg, B, T) : 0;
     r->act_model = (double)m.n_acts;
-    free(in), free(tg), free(times), free(cpus), free(ptimes), free(pcpus), free(prods),
-        free(optims), free(phases);
+    free(in), free(tg), free(samples);
     model_free(&m);
     task_close(task, data);
     return 0;

@@ -114,7 +114,7 @@ static void rest_parts(char *buf, size_t cap, const bench_row *r, const step_spl
     double other = sp->rest;
     size_t used = 0;
     buf[0] = '\0';
-    for (int i = 0; i < 5; i++) {
+    for (size_t i = 0; i < sizeof order / sizeof order[0]; i++) {
         double v = r->ml.phase[order[i]] > 0 ? r->ml.phase[order[i]] : 0;
         other -= v;
         int k = snprintf(buf + used, cap - used, "%s%.1f", i ? sep : "", 1e3 * v);

@@ -8,11 +8,12 @@
  * the model's business.
  *
  * The fast path works on blocks of CONV_CB channels, one vector register
- * wide: the block's taps are copied tap-major and held in registers, an
- * output row (forward) or an input-gradient row (backward, gathered from the
- * K output gradients that reach it) is summed in a register and stored once,
- * the weight and bias gradients of the block are summed in registers and
- * added once, and the blocks are shared among memlab's threads
+ * wide, several blocks side by side as it walks the rows in memory order: a
+ * block's taps are copied tap-major into vectors, an output row (forward) or
+ * an input-gradient row (backward, gathered from the K output gradients that
+ * reach it) is summed in a register and stored once, the weight and bias
+ * gradients of a block are summed in vectors and added once, and the blocks
+ * are shared among memlab's threads
  * (parallel.h). A channel's outputs and gradients are computed by one thread
  * in a fixed order, so the numbers do not depend on the thread count. The
  * naive loops (*_ref) stay as the oracle. */
@@ -62,83 +63,28 @@ static void conv_taps(real wt[][CONV_CB], const real *w, int c0, int n, int K) {
         for (int c = 0; c < CONV_CB; c++) wt[j][c] = c < n ? w[(size_t)(c0 + c) * K + j] : 0;
 }
 
-/* Forward of the block of n channels from c0: each output row is summed in
- * a register, bias first, then the taps in ascending order as the reference
- * does, and stored once. Inlined with K and n constants for whole blocks of
- * the usual widths, so the taps stay in registers. */
-static inline __attribute__((always_inline)) void conv_fwd_block(const conv_call *k, int c0,
-                                                                 const real wt[][CONV_CB],
-                                                                 const int K, const int n) {
-    const int T = k->T, C = k->C;
-    conv_vec w[CONV_KMAX], bias = {0};
-    for (int j = 0; j < K; j++) w[j] = vload(wt[j], CONV_CB);
-    if (k->bias) bias = vload(k->bias + c0, n);
-    for (int b = 0; b < k->B; b++) {
-        const real *xb = k->x + (size_t)b * T * C + c0;
-        real *ob = k->out + (size_t)b * T * C + c0;
-        for (int t = 0; t < T; t++) {
-            conv_vec acc = bias;
-            for (int j = K - 1 - t > 0 ? K - 1 - t : 0; j < K; j++)
-                acc += w[j] * vload(xb + (size_t)(t - (K - 1) + j) * C, n);
-            vstore(ob + (size_t)t * C, acc, n);
-        }
-    }
-}
-
-/* Backward of the block of n channels from c0. dx[s] gathers its K terms in
- * the order the reference adds them (t = s, s+1, ... ascending, tap K-1
- * first) and is written once; the weight and bias gradients are summed in
- * registers over the block's batch and time and added once. */
-static inline __attribute__((always_inline)) void conv_bwd_block(const conv_call *k, int c0,
-                                                                 const real wt[][CONV_CB],
-                                                                 const int K, const int n) {
-    const int T = k->T, C = k->C;
-    conv_vec w[CONV_KMAX], gw[CONV_KMAX], gb = {0};
-    for (int j = 0; j < K; j++) w[j] = vload(wt[j], CONV_CB), gw[j] = (conv_vec){0};
-    for (int b = 0; b < k->B; b++) {
-        const real *xb = k->x + (size_t)b * T * C + c0;
-        const real *db = k->dout + (size_t)b * T * C + c0;
-        real *dxb = k->dx ? k->dx + (size_t)b * T * C + c0 : NULL;
-        for (int t = 0; t < T; t++) {
-            conv_vec d = vload(db + (size_t)t * C, n);
-            gb += d;
-            for (int j = K - 1 - t > 0 ? K - 1 - t : 0; j < K; j++)
-                gw[j] += d * vload(xb + (size_t)(t - (K - 1) + j) * C, n);
-            if (dxb) {
-                conv_vec acc = vload(dxb + (size_t)t * C, n);
-                for (int i = 0; i < K && t + i < T; i++)
-                    acc += w[K - 1 - i] * vload(db + (size_t)(t + i) * C, n);
-                vstore(dxb + (size_t)t * C, acc, n);
-            }
-        }
-    }
-    if (k->dw)
-        for (int c = 0; c < n; c++)
-            for (int j = 0; j < K; j++) k->dw[(size_t)(c0 + c) * K + j] += gw[j][c];
-    if (k->dbias)
-        for (int c = 0; c < n; c++) k->dbias[c0 + c] += gb[c];
-}
-
-/* ---- whole blocks, row by row ---------------------------------------------- */
-
-/* Whole blocks the row-order path takes at once, and the most taps it holds. */
+/* Tap vectors a call holds: g blocks of K taps, g * K <= CONV_HOLD. */
+#define CONV_HOLD 256
+/* Most blocks walked side by side. */
 #define CONV_GROUP 32
-#define CONV_ROW_KMAX 8
 
-/* Forward of the g whole blocks from c0, walking the rows in memory order (a
- * block-at-a-time walk reads one 64-byte piece of every row per block, and
- * on a machine with little memory bandwidth per core that walk ran at half
- * the rows' rate): each output vector is summed as conv_fwd_block sums it
- * (bias, then the taps ascending), so the bits are the same. */
+/* Forward of g blocks from c0, n channels each (CONV_CB, or fewer in a lone
+ * last block), walking the rows in memory order with the blocks of a row side
+ * by side (one block at a time down all rows read a 64-byte piece of every
+ * row per block, and ran at half the rate where a core's memory bandwidth is
+ * low). Each output vector is summed bias first, then the taps ascending, as
+ * the reference adds them. Inlined with K and n constants for the usual
+ * widths. */
 static inline __attribute__((always_inline)) void conv_fwd_rows(const conv_call *k, int c0,
-                                                                int g, const int K) {
+                                                                int g, const int K,
+                                                                const int n) {
     const int T = k->T, C = k->C;
-    conv_vec w[CONV_GROUP * CONV_ROW_KMAX], bias[CONV_GROUP];
+    conv_vec w[CONV_HOLD], bias[CONV_GROUP];
     for (int u = 0; u < g; u++) {
-        real wt[CONV_ROW_KMAX][CONV_CB];
-        conv_taps(wt, k->w, c0 + u * CONV_CB, CONV_CB, K);
+        real wt[CONV_KMAX][CONV_CB];
+        conv_taps(wt, k->w, c0 + u * CONV_CB, n, K);
         for (int j = 0; j < K; j++) w[u * K + j] = vload(wt[j], CONV_CB);
-        bias[u] = k->bias ? vload(k->bias + c0 + u * CONV_CB, CONV_CB) : (conv_vec){0};
+        bias[u] = k->bias ? vload(k->bias + c0 + u * CONV_CB, n) : (conv_vec){0};
     }
     for (int b = 0; b < k->B; b++) {
         const real *xb = k->x + (size_t)b * T * C + c0;
@@ -149,24 +95,25 @@ static inline __attribute__((always_inline)) void conv_fwd_rows(const conv_call 
             for (int u = 0; u < g; u++) {
                 conv_vec acc = bias[u];
                 for (int j = j0; j < K; j++)
-                    acc += w[u * K + j] *
-                           vload(xb + (size_t)(t - (K - 1) + j) * C + u * CONV_CB, CONV_CB);
-                vstore(o + u * CONV_CB, acc, CONV_CB);
+                    acc += w[u * K + j] * vload(xb + (size_t)(t - (K - 1) + j) * C + u * CONV_CB, n);
+                vstore(o + u * CONV_CB, acc, n);
             }
         }
     }
 }
 
-/* Backward of the same g blocks row by row, each sum in conv_bwd_block's order
- * (dx[s] from its K terms ascending; dw and dbias over b, then t), so the
- * bits are the same. */
+/* Backward of the same blocks, row by row. dx[s] gathers its K terms in the
+ * order the reference adds them (t = s, s+1, ... ascending, tap K-1 first)
+ * and is written once; the weight and bias gradients are summed per block
+ * over b, then t, and added once. */
 static inline __attribute__((always_inline)) void conv_bwd_rows(const conv_call *k, int c0,
-                                                                int g, const int K) {
+                                                                int g, const int K,
+                                                                const int n) {
     const int T = k->T, C = k->C;
-    conv_vec w[CONV_GROUP * CONV_ROW_KMAX], gw[CONV_GROUP * CONV_ROW_KMAX], gb[CONV_GROUP];
+    conv_vec w[CONV_HOLD], gw[CONV_HOLD], gb[CONV_GROUP];
     for (int u = 0; u < g; u++) {
-        real wt[CONV_ROW_KMAX][CONV_CB];
-        conv_taps(wt, k->w, c0 + u * CONV_CB, CONV_CB, K);
+        real wt[CONV_KMAX][CONV_CB];
+        conv_taps(wt, k->w, c0 + u * CONV_CB, n, K);
         for (int j = 0; j < K; j++) w[u * K + j] = vload(wt[j], CONV_CB), gw[u * K + j] = (conv_vec){0};
         gb[u] = (conv_vec){0};
     }
@@ -178,17 +125,16 @@ static inline __attribute__((always_inline)) void conv_bwd_rows(const conv_call 
             int j0 = K - 1 - t > 0 ? K - 1 - t : 0;
             for (int u = 0; u < g; u++) {
                 const real *du = db + u * CONV_CB;
-                conv_vec d = vload(du + (size_t)t * C, CONV_CB);
+                conv_vec d = vload(du + (size_t)t * C, n);
                 gb[u] += d;
                 for (int j = j0; j < K; j++)
-                    gw[u * K + j] +=
-                        d * vload(xb + (size_t)(t - (K - 1) + j) * C + u * CONV_CB, CONV_CB);
+                    gw[u * K + j] += d * vload(xb + (size_t)(t - (K - 1) + j) * C + u * CONV_CB, n);
                 if (dxb) {
                     real *dx = dxb + (size_t)t * C + u * CONV_CB;
-                    conv_vec acc = vload(dx, CONV_CB);
+                    conv_vec acc = vload(dx, n);
                     for (int i = 0; i < K && t + i < T; i++)
-                        acc += w[u * K + K - 1 - i] * vload(du + (size_t)(t + i) * C, CONV_CB);
-                    vstore(dx, acc, CONV_CB);
+                        acc += w[u * K + K - 1 - i] * vload(du + (size_t)(t + i) * C, n);
+                    vstore(dx, acc, n);
                 }
             }
         }
@@ -196,38 +142,35 @@ static inline __attribute__((always_inline)) void conv_bwd_rows(const conv_call 
     for (int u = 0; u < g; u++) {
         int cu = c0 + u * CONV_CB;
         if (k->dw)
-            for (int c = 0; c < CONV_CB; c++)
+            for (int c = 0; c < n; c++)
                 for (int j = 0; j < K; j++) k->dw[(size_t)(cu + c) * K + j] += gw[u * K + j][c];
         if (k->dbias)
-            for (int c = 0; c < CONV_CB; c++) k->dbias[cu + c] += gb[u][c];
+            for (int c = 0; c < n; c++) k->dbias[cu + c] += gb[u][c];
     }
 }
 
-/* The channel blocks [u0, u1), forward or backward: whole blocks row by row
- * in groups (K compiled in for the usual 3 and 4), the last partial block and
- * long kernels block by block (K and n compiled in where they are the usual
- * ones). */
+/* The channel blocks [u0, u1), forward or backward: whole blocks in groups
+ * (K and n compiled in for the usual K of 3 and 4), a last partial block on
+ * its own. */
 static void conv_blocks(const conv_call *k, int u0, int u1, int bwd) {
-    int whole = k->C / CONV_CB, u = u0;
-    if (k->K <= CONV_ROW_KMAX)
-        while (u < u1 && u < whole) {
-            int g = u1 < whole ? u1 - u : whole - u;
-            if (g > CONV_GROUP) g = CONV_GROUP;
-            int c0 = u * CONV_CB;
-            if (k->K == 4)
-                bwd ? conv_bwd_rows(k, c0, g, 4) : conv_fwd_rows(k, c0, g, 4);
-            else if (k->K == 3)
-                bwd ? conv_bwd_rows(k, c0, g, 3) : conv_fwd_rows(k, c0, g, 3);
-            else
-                bwd ? conv_bwd_rows(k, c0, g, k->K) : conv_fwd_rows(k, c0, g, k->K);
-            u += g;
+    const int K = k->K, whole = k->C / CONV_CB;
+    const int most = CONV_HOLD / K < CONV_GROUP ? CONV_HOLD / K : CONV_GROUP;
+    for (int u = u0; u < u1;) {
+        int c0 = u * CONV_CB;
+        if (u >= whole) { /* the last block, C % CONV_CB channels */
+            int n = k->C - c0;
+            bwd ? conv_bwd_rows(k, c0, 1, K, n) : conv_fwd_rows(k, c0, 1, K, n);
+            break;
         }
-    real wt[CONV_KMAX][CONV_CB];
-    const real(*w)[CONV_CB] = (const real(*)[CONV_CB])wt;
-    for (; u < u1; u++) {
-        int c0 = u * CONV_CB, n = k->C - c0 < CONV_CB ? k->C - c0 : CONV_CB;
-        conv_taps(wt, k->w, c0, n, k->K);
-        bwd ? conv_bwd_block(k, c0, w, k->K, n) : conv_fwd_block(k, c0, w, k->K, n);
+        int g = (u1 < whole ? u1 : whole) - u;
+        if (g > most) g = most;
+        if (K == 4)
+            bwd ? conv_bwd_rows(k, c0, g, 4, CONV_CB) : conv_fwd_rows(k, c0, g, 4, CONV_CB);
+        else if (K == 3)
+            bwd ? conv_bwd_rows(k, c0, g, 3, CONV_CB) : conv_fwd_rows(k, c0, g, 3, CONV_CB);
+        else
+            bwd ? conv_bwd_rows(k, c0, g, K, CONV_CB) : conv_fwd_rows(k, c0, g, K, CONV_CB);
+        u += g;
     }
 }
 

@@ -61,6 +61,9 @@ void ml_flops_reset(void);
  * adds 1/n of its time, so that the sum estimates wall time. */
 void ml_products_clock(int on);
 double ml_products_seconds(void);
+/* Seconds of the monotonic clock that clock reads (for the callers that time
+ * around it: the model's phases, the tests). */
+double ml_clock_s(void);
 
 /* ---- linear layer (OpenBLAS GEMM) ---------------------------------------- */
 /* out[N,OC] = x[N,IC] w[OC,IC]^T + b[OC] (b may be NULL). */

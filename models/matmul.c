@@ -58,12 +58,17 @@ double ml_products_seconds(void) {
     return 1e-9 * (double)atomic_load_explicit(&product_ns, memory_order_relaxed);
 }
 
-/* Nanoseconds of the monotonic clock when the product clock is on, else 0. */
-static unsigned long long clock_start(void) {
-    if (!atomic_load_explicit(&clock_on, memory_order_relaxed)) return 0;
+static unsigned long long clock_ns(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (unsigned long long)ts.tv_sec * 1000000000ull + (unsigned long long)ts.tv_nsec;
+}
+
+double ml_clock_s(void) { return 1e-9 * (double)clock_ns(); }
+
+/* Nanoseconds of the monotonic clock when the product clock is on, else 0. */
+static unsigned long long clock_start(void) {
+    return atomic_load_explicit(&clock_on, memory_order_relaxed) ? clock_ns() : 0;
 }
 
 /* Adds the time since t0; inside a parallel region of n threads, 1/n of it,
@@ -71,7 +76,7 @@ static unsigned long long clock_start(void) {
  * a kernel's per-head products), so that the sum estimates wall time. */
 static void clock_stop(unsigned long long t0) {
     if (!t0) return;
-    unsigned long long t1 = clock_start();
+    unsigned long long t1 = clock_ns();
     if (t1 <= t0) return;
     unsigned long long dt = t1 - t0;
 #ifdef _OPENMP

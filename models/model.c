@@ -12,7 +12,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
-#include <time.h>
 
 #include "kernels.h"
 #include "rng.h"
@@ -377,25 +376,19 @@ void model_phase_read(double wall[MODEL_PHASES], double prod[MODEL_PHASES]) {
     for (int i = 0; i < MODEL_PHASES; i++) wall[i] = phase_wall[i], prod[i] = phase_prod[i];
 }
 
-static double phase_now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
 typedef struct phase_mark {
     double wall, prod;
 } phase_mark;
 
 static phase_mark phase_begin(void) {
     phase_mark k = {0, 0};
-    if (phase_on) k.wall = phase_now(), k.prod = ml_products_seconds();
+    if (phase_on) k.wall = ml_clock_s(), k.prod = ml_products_seconds();
     return k;
 }
 
 static void phase_end(int ph, phase_mark k) {
     if (!phase_on) return;
-    phase_wall[ph] += phase_now() - k.wall;
+    phase_wall[ph] += ml_clock_s() - k.wall;
     phase_prod[ph] += ml_products_seconds() - k.prod;
 }
 

@@ -24,7 +24,6 @@
 
 #include <float.h>
 #include <math.h>
-#include <time.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -453,12 +452,6 @@ static void test_linear_threads(void) {
 /* matmul.c's product clock: still while off; on, it adds the time inside a
  * product, no more than the wall time around it, also when the product is
  * split over 2 threads (each adds half of its time). */
-static double wall_now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
 static void test_product_clock(void) {
     const int M = 1024, N = 256, K = 256;
     double *a = dfilled((size_t)M * K, 81, -1, 1), *b = dfilled((size_t)K * N, 82, -1, 1);
@@ -471,9 +464,9 @@ static void test_product_clock(void) {
     for (int t = 1; t <= 2; t++) {
         threads_set(t);
         ml_gemm(0, 0, M, N, K, 1, a, K, b, N, 0, c, N); /* the threads started */
-        double w0 = wall_now(), p0 = ml_products_seconds();
+        double w0 = ml_clock_s(), p0 = ml_products_seconds();
         for (int r = 0; r < 4; r++) ml_gemm(0, 0, M, N, K, 1, a, K, b, N, 0, c, N);
-        double wall = wall_now() - w0, in = ml_products_seconds() - p0;
+        double wall = ml_clock_s() - w0, in = ml_products_seconds() - p0;
         CHECK(in > 0 && in <= wall * 1.0001 + 1e-6,
               "%d thread(s): %.6f s inside products, %.6f s of wall time around them", t, in,
               wall);
@@ -531,10 +524,12 @@ static void test_norm_threads(void) {
 static void test_conv1d_fast(void) {
     static const int shapes[][4] = {{2, 9, 3, 4},   {3, 40, 37, 4}, {2, 3, 16, 5},
                                     {64, 20, 64, 4}, {5, 17, 70, 1}, {4, 2, 33, 3},
+                                    {2, 30, 530, 4}, {3, 70, 600, 64},
                                     {16, 128, 70, 4}, {9, 200, 100, 3}};
     int old = openblas_get_num_threads();
-    /* the last two shapes are large enough to be split (5 and 7 channel
-     * blocks, the last one partial) */
+    /* 530 channels: 33 whole blocks, more than one group side by side; 600
+     * with 64 taps: groups of 4 blocks. The last two shapes are large enough
+     * to be split (5 and 7 channel blocks, the last one partial) */
     threads_set(2);
     int split[2] = {conv1d_causal_threads(16, 128, 70, 4), conv1d_causal_threads(9, 200, 100, 3)};
     threads_set(old);
