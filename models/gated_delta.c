@@ -277,9 +277,10 @@ static void gd_rec_backward(real *dq, real *dk, real *dv, real *dbeta, real *dg,
 
 /* ---- chunkwise form ----------------------------------------------------------- */
 
-/* Everything a chunk needs, forward or backward, from its start state S0:
- * G, Gam, gam and M (decay), P = (Q K^T) .* M, and with the delta rule KK,
- * A, X = [U | Wk] and W = U - Wk S0 (see the file header). */
+/* Everything a chunk needs, forward or backward, from its start state S0
+ * (NULL: the first chunk's, zero): G, Gam, gam and M (decay),
+ * P = (Q K^T) .* M, and with the delta rule KK, A, X = [U | Wk] and
+ * W = U - Wk S0 (see the file header). */
 static void gd_prep(gd_work *w, const gd_rows *r, const real *S0, int L,
                     const gdelta_dims *d) {
     const int Dk = d->Dk, Dv = d->Dv, Dx = Dk + Dv, gs = d->gate_stride;
@@ -318,12 +319,14 @@ static void gd_prep(gd_work *w, const gd_rows *r, const real *S0, int L,
     ml_trsm_unit_lower(0, L, Dx, w->A, L, w->X, Dx);
     for (int i = 0; i < L; i++)
         memcpy(w->W + (size_t)i * Dv, w->X + (size_t)i * Dx, Dv * sizeof(real));
-    ml_gemm(0, 0, L, Dv, Dk, -1, w->X + Dv, Dx, S0, Dv, 1, w->W, Dv);
+    if (S0) ml_gemm(0, 0, L, Dv, Dk, -1, w->X + Dv, Dx, S0, Dv, 1, w->W, Dv);
 }
 
 /* Chunk by chunk: O = diag(Gam) Q S0 + P W, then the state update. With
  * states, chunk c reads slot c and writes slot c + 1; without, one running
- * state in scratch is updated in place (W was formed before the update). */
+ * state in scratch is updated in place (W was formed before the update).
+ * The first chunk's start state is zero: its products are skipped (at
+ * T <= chunk they would be most of the work) and it is never stored. */
 static void gd_chunk_forward(real *out, real *states, const real *q, const real *k,
                              const real *v, const real *beta, const real *g,
                              const gdelta_dims *d, real *scratch) {
@@ -334,37 +337,41 @@ static void gd_chunk_forward(real *out, real *states, const real *q, const real 
     gd_carve(d, scratch, &w);
     for (int b = 0; b < d->B; b++)
         for (int h = 0; h < H; h++) {
+            /* slot 0, the zero start state, is never read or written */
             real *S = states ? states + ((size_t)b * H + h) * NC * SS : w.S;
-            memset(S, 0, SS * sizeof(real));
             for (int c = 0; c < NC; c++) {
                 const int t0 = c * C, L = T - t0 < C ? T - t0 : C;
                 gd_rows r = gd_at(q, k, v, beta, g, b, h, t0, d);
                 real *oc = out + (((size_t)b * T + t0) * H + h) * Dv;
-                gd_prep(&w, &r, S, L, d);
+                const real *S0 = c > 0 ? S : NULL;
+                gd_prep(&w, &r, S0, L, d);
                 const real *Wp = d->delta ? w.W : r.v;
                 const int ldw = d->delta ? Dv : d->v_stride;
-                ml_gemm(0, 0, L, Dv, Dk, 1, r.q, d->q_stride, S, Dv, 0, oc, ldo);
-                if (d->decay)
-                    for (int i = 0; i < L; i++)
-                        for (int j = 0; j < Dv; j++) oc[(size_t)i * ldo + j] *= w.Gam[i];
-                ml_gemm(0, 0, L, Dv, L, 1, w.P, L, Wp, ldw, 1, oc, ldo);
+                if (S0) {
+                    ml_gemm(0, 0, L, Dv, Dk, 1, r.q, d->q_stride, S0, Dv, 0, oc, ldo);
+                    if (d->decay)
+                        for (int i = 0; i < L; i++)
+                            for (int j = 0; j < Dv; j++) oc[(size_t)i * ldo + j] *= w.Gam[i];
+                }
+                ml_gemm(0, 0, L, Dv, L, 1, w.P, L, Wp, ldw, S0 ? 1 : 0, oc, ldo);
                 if (c + 1 == NC) break;
                 real *Sn = S;
                 if (states) {
                     Sn = S + SS;
-                    memcpy(Sn, S, SS * sizeof(real));
+                    if (S0) memcpy(Sn, S, SS * sizeof(real));
                 }
                 const real *Kg = r.k;
                 int ldk = d->k_stride;
                 if (d->decay) {
-                    for (size_t e = 0; e < SS; e++) Sn[e] *= w.Gam[L - 1];
+                    if (S0)
+                        for (size_t e = 0; e < SS; e++) Sn[e] *= w.Gam[L - 1];
                     for (int i = 0; i < L; i++)
                         for (int j = 0; j < Dk; j++)
                             w.KG[(size_t)i * Dk + j] = w.gam[i] * r.k[(size_t)i * d->k_stride + j];
                     Kg = w.KG;
                     ldk = Dk;
                 }
-                ml_gemm(1, 0, Dk, Dv, L, 1, Kg, ldk, Wp, ldw, 1, Sn, Dv);
+                ml_gemm(1, 0, Dk, Dv, L, 1, Kg, ldk, Wp, ldw, S0 ? 1 : 0, Sn, Dv);
                 S = Sn;
             }
         }
@@ -378,7 +385,9 @@ static void gd_chunk_forward(real *out, real *states, const real *q, const real 
  *   delta: (I + A)^T Y = [dW | -dW S0^T]; dA = -strict_tril(Y X^T), giving
  *   dV += diag(beta) Y_U, dK += diag(beta Gam) Y_Wk, dbeta, and through
  *   KK = K K^T dK += (dKK + dKK^T) K; without delta dV += dW;
- *   decay: every use of Gam, gam, M adds to dG, and dg = reverse cumsum of dG. */
+ *   decay: every use of Gam, gam, M adds to dG, and dg = reverse cumsum of dG.
+ * The first chunk's S0 and the last chunk's dS are zero: the products with
+ * them are skipped, as are their (zero) terms. */
 static void gd_chunk_backward(real *dq, real *dk, real *dv, real *dbeta, real *dg,
                               const real *dout, const real *states, const real *q,
                               const real *k, const real *v, const real *beta, const real *g,
@@ -395,7 +404,8 @@ static void gd_chunk_backward(real *dq, real *dk, real *dv, real *dbeta, real *d
             for (int c = NC - 1; c >= 0; c--) {
                 const int t0 = c * C, L = T - t0 < C ? T - t0 : C;
                 const size_t bt0 = (size_t)b * T + t0;
-                const real *S0 = states + (((size_t)b * H + h) * NC + c) * SS;
+                const real *S0 = c > 0 ? states + (((size_t)b * H + h) * NC + c) * SS : NULL;
+                const int last = c == NC - 1; /* dS is zero */
                 gd_rows r = gd_at(q, k, v, beta, g, b, h, t0, d);
                 const real *dOc = dout + (bt0 * H + h) * Dv;
                 real *dqc = dq ? dq + bt0 * d->q_stride + (size_t)h * Dk : NULL;
@@ -408,8 +418,11 @@ static void gd_chunk_backward(real *dq, real *dk, real *dv, real *dbeta, real *d
 
                 /* dW = P^T dO + diag(gam) (K dS); dgam_i = w_i . (K dS)_i */
                 ml_gemm(1, 0, L, Dv, L, 1, w.P, L, dOc, ldo, 0, w.dW, Dv);
-                ml_gemm(0, 0, L, Dv, Dk, 1, r.k, d->k_stride, dS, Dv, 0, w.tV, Dv);
-                for (int i = 0; i < L; i++) {
+                if (last)
+                    for (int i = 0; i < L; i++) w.dgam[i] = 0;
+                else
+                    ml_gemm(0, 0, L, Dv, Dk, 1, r.k, d->k_stride, dS, Dv, 0, w.tV, Dv);
+                for (int i = 0; i < L && !last; i++) {
                     real s = 0, gi = d->decay ? w.gam[i] : 1;
                     for (int j = 0; j < Dv; j++) {
                         s += w.tV[(size_t)i * Dv + j] * Wp[(size_t)i * ldw + j];
@@ -433,8 +446,8 @@ static void gd_chunk_backward(real *dq, real *dk, real *dv, real *dbeta, real *d
                 if (dqc) ml_gemm(0, 0, L, Dk, L, 1, w.dP, L, r.k, d->k_stride, 1, dqc, d->q_stride);
                 if (dkc) ml_gemm(1, 0, L, Dk, L, 1, w.dP, L, r.q, d->q_stride, 1, dkc, d->k_stride);
                 /* the start state's read: dq += diag(Gam) dO S0^T */
-                ml_gemm(0, 1, L, Dk, Dv, 1, dOc, ldo, S0, Dv, 0, w.tK, Dk);
-                for (int i = 0; i < L; i++) {
+                if (S0) ml_gemm(0, 1, L, Dk, Dv, 1, dOc, ldo, S0, Dv, 0, w.tK, Dk);
+                for (int i = 0; i < L && S0; i++) {
                     real gi = d->decay ? w.Gam[i] : 1, s = 0;
                     for (int j = 0; j < Dk; j++) {
                         real x = w.tK[(size_t)i * Dk + j];
@@ -444,7 +457,7 @@ static void gd_chunk_backward(real *dq, real *dk, real *dv, real *dbeta, real *d
                     if (d->decay) w.dG[i] += gi * s;
                 }
                 /* the state update's keys: dk += diag(gam) W dS^T */
-                if (dkc) {
+                if (dkc && !last) {
                     ml_gemm(0, 1, L, Dk, Dv, 1, Wp, ldw, dS, Dv, 0, w.tK, Dk);
                     for (int i = 0; i < L; i++) {
                         real gi = d->decay ? w.gam[i] : 1;
@@ -455,7 +468,8 @@ static void gd_chunk_backward(real *dq, real *dk, real *dv, real *dbeta, real *d
                 /* dS0 = Gam_{L-1} dS + (diag(Gam) Q)^T dO (- Wk^T dW below) */
                 if (c > 0) {
                     real gl = d->decay ? w.Gam[L - 1] : 1;
-                    for (size_t e = 0; e < SS; e++) dS2[e] = gl * dS[e];
+                    if (!last)
+                        for (size_t e = 0; e < SS; e++) dS2[e] = gl * dS[e];
                     const real *Qg = r.q;
                     int ldq = d->q_stride;
                     if (d->decay) {
@@ -466,9 +480,9 @@ static void gd_chunk_backward(real *dq, real *dk, real *dv, real *dbeta, real *d
                         Qg = w.KG;
                         ldq = Dk;
                     }
-                    ml_gemm(1, 0, Dk, Dv, L, 1, Qg, ldq, dOc, ldo, 1, dS2, Dv);
+                    ml_gemm(1, 0, Dk, Dv, L, 1, Qg, ldq, dOc, ldo, last ? 0 : 1, dS2, Dv);
                 }
-                if (d->decay) {
+                if (d->decay && S0 && !last) {
                     real s = 0;
                     for (size_t e = 0; e < SS; e++) s += S0[e] * dS[e];
                     w.dG[L - 1] += w.Gam[L - 1] * s;
@@ -477,9 +491,16 @@ static void gd_chunk_backward(real *dq, real *dk, real *dv, real *dbeta, real *d
                     if (c > 0) ml_gemm(1, 0, Dk, Dv, L, -1, w.X + Dv, Dx, w.dW, Dv, 1, dS2, Dv);
                     for (int i = 0; i < L; i++)
                         memcpy(w.Y + (size_t)i * Dx, w.dW + (size_t)i * Dv, Dv * sizeof(real));
-                    ml_gemm(0, 1, L, Dk, Dv, -1, w.dW, Dv, S0, Dv, 0, w.Y + Dv, Dx);
-                    ml_trsm_unit_lower(1, L, Dx, w.A, L, w.Y, Dx);
-                    ml_gemm(0, 1, L, L, Dx, -1, w.Y, Dx, w.X, Dx, 0, w.dA, L);
+                    /* Y = [dW | -dW S0^T] solved; with S0 zero its right half
+                     * is zero and adds nothing to dA */
+                    if (S0)
+                        ml_gemm(0, 1, L, Dk, Dv, -1, w.dW, Dv, S0, Dv, 0, w.Y + Dv, Dx);
+                    else
+                        for (int i = 0; i < L; i++)
+                            memset(w.Y + (size_t)i * Dx + Dv, 0, Dk * sizeof(real));
+                    const int Dy = S0 ? Dx : Dv;
+                    ml_trsm_unit_lower(1, L, Dy, w.A, L, w.Y, Dx);
+                    ml_gemm(0, 1, L, L, Dy, -1, w.Y, Dx, w.X, Dx, 0, w.dA, L);
                     for (int i = 0; i < L; i++) {
                         const real bi = r.beta[(size_t)i * gs], gi = d->decay ? w.Gam[i] : 1;
                         const real *Yi = w.Y + (size_t)i * Dx;
