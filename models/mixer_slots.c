@@ -58,7 +58,7 @@
  *
  * Cost per token and layer, forward, in multiply-adds (slot MLP ratio 2, no
  * gate; the gate adds 2KC^2/Ch): tokens 6C^2 (read q, k, v and output, write
- * k, v), read attention C(2K + Ch) on average, and the slots' work once per
+ * k, v; no write k, v for the last chunk's tokens), read attention C(2K + Ch) on average, and the slots' work once per
  * chunk, (10KC^2 + 2KC(K + Ch)) / Ch; softmax attention: 4C^2 + CT. The
  * attention reads alone are (K + Ch/2) keys against T/2.
  *
@@ -72,7 +72,8 @@
  * queries, their attention over [slots ; chunk so far] and the output
  * projection run on those rows only (a chunk without any skips its read);
  * the read keys and values of the tokens, the write and the slot chain need
- * every token and run as before.
+ * every token and run as before. The write keys and values are computed only
+ * for the tokens some write reads (not the last chunk's).
  *
  * What is elsewhere: the attention kernel (cross_attention.c), projections,
  * norms and GELU (linear.c, norm.c, gelu.c); the block around the mixer
@@ -781,6 +782,50 @@ static void read_rows(const slot_env *E, const slot_chunk_acts *a, const slot_ch
     }
 }
 
+/* ---- the write keys and values of the tokens ----------------------------------
+ * Only tokens [0, kv_end) of a sequence are read by a write (the encoder's, or
+ * that of a chunk that is not the last of its segment): the last chunk's
+ * tokens are never written into the slots, so their write keys and values are
+ * neither computed nor differentiated. With one chunk there are none at all. */
+
+static int kv_end(const slot_env *E) {
+    int end = E->c->variant == VARIANT_CONTEXT && E->lc < E->T ? E->lc : 0;
+    for (int j = 0; j < E->n; j++) {
+        slot_chunk ch = chunk_at(E->c, E->T, E->lc, j);
+        if (!ch.last && ch.t0 + ch.n > end) end = ch.t0 + ch.n;
+    }
+    return end;
+}
+
+/* s.kvw rows [0, kv_end) of every sequence = x Wkv_w^T + b (one product over
+ * every row when that is all of them, else one per sequence). */
+static void kvw_forward(const slot_env *E) {
+    const int C = E->L.C, T = E->T, B = E->L.B, end = kv_end(E);
+    const real *w = E->p.wqkv_w + (size_t)C * C, *bias = offset_or_null(E->p.bqkv_w, C);
+    if (end == T) {
+        linear_forward(E->s.kvw, E->x, w, bias, B * T, C, 2 * C);
+        return;
+    }
+    for (int b = 0; b < B && end > 0; b++)
+        linear_forward(E->s.kvw + (size_t)b * T * 2 * C, E->x + (size_t)b * T * C, w, bias, end,
+                       C, 2 * C);
+}
+
+/* Backward of kvw_forward from the gradient in s.kvw: dx and the write
+ * k, v projection's gradients += (rows [0, kv_end) only). */
+static void kvw_backward(const slot_env *E, real *dx) {
+    const int C = E->L.C, T = E->T, B = E->L.B, end = kv_end(E);
+    const real *w = E->p.wqkv_w + (size_t)C * C;
+    real *dw = E->g.wqkv_w + (size_t)C * C, *db = offset_or_null(E->g.bqkv_w, C);
+    if (end == T) {
+        linear_backward(dx, dw, db, E->s.kvw, E->x, w, B * T, C, 2 * C);
+        return;
+    }
+    for (int b = 0; b < B && end > 0; b++)
+        linear_backward(dx + (size_t)b * T * C, dw, db, E->s.kvw + (size_t)b * T * 2 * C,
+                        E->x + (size_t)b * T * C, w, end, C, 2 * C);
+}
+
 /* ---- forward and backward -------------------------------------------------- */
 
 static void slots_forward(const mixer_call *mc, real *out, const real *x) {
@@ -797,8 +842,7 @@ static void slots_forward(const mixer_call *mc, real *out, const real *x) {
     } else {
         linear_forward(L->qkv, x, p->wqkv, p->bqkv, N, C, 3 * C);
     }
-    linear_forward(E.s.kvw, x, p->wqkv_w + (size_t)C * C, offset_or_null(p->bqkv_w, C), N, C,
-                   2 * C);
+    kvw_forward(&E);
     int enc = E.c->variant == VARIANT_CONTEXT && E.lc < T;
     if (enc) {
         broadcast_slots(&E, L->M0);
@@ -908,8 +952,7 @@ static void slots_backward(const mixer_call *mc, real *dx, const real *dout, con
         ln_s_backward(&E, dM0, s->dMh, L->M0, L->mh0_mean, L->mh0_rstd);
         reduce_slots(&E, dM0);
     }
-    linear_backward(dx, g->wqkv_w + (size_t)C * C, offset_or_null(g->bqkv_w, C), s->kvw, x,
-                    p->wqkv_w + (size_t)C * C, N, C, 2 * C);
+    kvw_backward(&E, dx);
     if (E.rows) {
         /* s.kvw is free again: the rows' d q and x; s.dO: their d x */
         real *qr = s->kvw, *xr = s->kvw + (size_t)E.S * C, *dxr = s->dO;
