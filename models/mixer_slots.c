@@ -811,6 +811,17 @@ static void kvw_forward(const slot_env *E) {
                        C, 2 * C);
 }
 
+/* Zero the rows of s.kvw that the writes' backward adds their gradients to. */
+static void kvw_zero(const slot_env *E) {
+    const int C = E->L.C, T = E->T, B = E->L.B, end = kv_end(E);
+    if (end == T) {
+        memset(E->s.kvw, 0, zsize((size_t)B * T * 2 * C));
+        return;
+    }
+    for (int b = 0; b < B && end > 0; b++)
+        memset(E->s.kvw + (size_t)b * T * 2 * C, 0, zsize((size_t)end * 2 * C));
+}
+
 /* Backward of kvw_forward from the gradient in s.kvw: dx and the write
  * k, v projection's gradients += (rows [0, kv_end) only). */
 static void kvw_backward(const slot_env *E, real *dx) {
@@ -907,7 +918,7 @@ static void slots_backward(const mixer_call *mc, real *dx, const real *dout, con
     } else {
         linear_backward(s->dO, g->wo, g->bo, dout, L->o, p->wo, N, C, C);
     }
-    memset(s->kvw, 0, zsize((size_t)N * 2 * C));
+    kvw_zero(&E);
     real *dM = s->dM, *dMn = s->dMn;
     for (int j = E.n - 1; j >= 0; j--) {
         slot_chunk ch = chunk_at(E.c, T, E.lc, j);
