@@ -14,10 +14,11 @@
  * its chunk up to itself. A query that sees no key gets a zero output and a
  * zero row of att. Scale 1/sqrt(D).
  *
- * The fast path works one (b, h) at a time on rows gathered into contiguous
- * scratch, with one GEMM for the scores, one for the output, and three in the
- * backward, the batch split across threads (parallel.h; one scratch slot per
- * thread); the shapes it serves are small (a chunk of queries against slots
+ * The fast path works one (b, h) at a time, its GEMMs reading the head's rows
+ * of q, k, v and dout in place through their row strides: one GEMM for the
+ * scores, one for the output, and three in the backward, the batch split
+ * across threads (parallel.h; one scratch slot per thread, for the backward's
+ * dP); the shapes it serves are small (a chunk of queries against slots
  * plus a chunk of keys), so it does not band the mask as softmax_attention.c
  * does. Projections, packing and what the rows mean are the caller's business
  * (mixer_slots.c). */
@@ -37,16 +38,8 @@ static int xattn_hi(const xattn_dims *d, int i) {
     return hi < -1 ? -1 : hi;
 }
 
-/* Copy the D-wide rows (row stride ld) of one head into dst[T,D]. */
-static void gather(real *dst, const real *src, int T, int D, int ld) {
-    for (int t = 0; t < T; t++)
-        memcpy(dst + (size_t)t * D, src + (size_t)t * ld, (size_t)D * sizeof(real));
-}
-
-/* One thread's scratch: Q, dO [Tq,D], K, V [Tk,D] and dP [Tq,Tk]. */
-static size_t xa_slot_size(const xattn_dims *d) {
-    return (size_t)(2 * d->Tq + 2 * d->Tk) * d->D + (size_t)d->Tq * d->Tk;
-}
+/* One thread's scratch: dP [Tq,Tk]. */
+static size_t xa_slot_size(const xattn_dims *d) { return (size_t)d->Tq * d->Tk; }
 
 size_t xattn_scratch_size(const xattn_dims *d) { return (size_t)ml_par_slots() * xa_slot_size(d); }
 
@@ -70,8 +63,7 @@ static void xa_forward_range(void *ctx, int b0, int b1, int slot) {
     const xattn_dims *d = c->d;
     const int Tq = d->Tq, Tk = d->Tk, H = d->H, D = d->D;
     const real scale = RSQRT((real)D);
-    real *Q = c->scratch + (size_t)slot * xa_slot_size(d), *K = Q + (size_t)Tq * D;
-    real *V = K + (size_t)Tk * D;
+    (void)slot;
     for (int b = b0; b < b1; b++)
         for (int h = 0; h < H; h++) {
             real *A = c->att + ((size_t)b * H + h) * Tq * Tk;
@@ -80,10 +72,10 @@ static void xa_forward_range(void *ctx, int b0, int b1, int slot) {
                 for (int i = 0; i < Tq; i++) memset(O + (size_t)i * d->ldo, 0, sizeof(real) * D);
                 continue;
             }
-            gather(Q, c->q + b * d->bq + (size_t)h * D, Tq, D, d->ldq);
-            gather(K, c->k + b * d->bk + (size_t)h * D, Tk, D, d->ldk);
-            gather(V, c->v + b * d->bv + (size_t)h * D, Tk, D, d->ldv);
-            ml_gemm(0, 1, Tq, Tk, D, scale, Q, D, K, D, 0, A, Tk);
+            const real *Q = c->q + b * d->bq + (size_t)h * D;
+            const real *K = c->k + b * d->bk + (size_t)h * D;
+            const real *V = c->v + b * d->bv + (size_t)h * D;
+            ml_gemm(0, 1, Tq, Tk, D, scale, Q, d->ldq, K, d->ldk, 0, A, Tk);
             for (int i = 0; i < Tq; i++) {
                 real *a = A + (size_t)i * Tk;
                 int hi = xattn_hi(d, i);
@@ -100,7 +92,7 @@ static void xa_forward_range(void *ctx, int b0, int b1, int slot) {
                 }
                 memset(a + hi + 1, 0, sizeof(real) * (size_t)(Tk - hi - 1));
             }
-            ml_gemm(0, 0, Tq, D, Tk, 1, A, Tk, V, D, 0, O, d->ldo);
+            ml_gemm(0, 0, Tq, D, Tk, 1, A, Tk, V, d->ldv, 0, O, d->ldo);
         }
 }
 
@@ -118,20 +110,19 @@ static void xa_backward_range(void *ctx, int b0, int b1, int slot) {
     const xattn_dims *d = c->d;
     const int Tq = d->Tq, Tk = d->Tk, H = d->H, D = d->D;
     const real scale = RSQRT((real)D);
-    real *Q = c->scratch + (size_t)slot * xa_slot_size(d), *dO = Q + (size_t)Tq * D;
-    real *K = dO + (size_t)Tq * D, *V = K + (size_t)Tk * D, *dP = V + (size_t)Tk * D;
+    real *dP = c->scratch + (size_t)slot * xa_slot_size(d);
     for (int b = b0; b < b1; b++)
         for (int h = 0; h < H; h++) {
             const real *A = c->catt + ((size_t)b * H + h) * Tq * Tk;
-            gather(dO, c->dout + b * d->bo + (size_t)h * D, Tq, D, d->ldo);
+            const real *dO = c->dout + b * d->bo + (size_t)h * D;
+            const real *Q = c->q + b * d->bq + (size_t)h * D;
+            const real *K = c->k + b * d->bk + (size_t)h * D;
+            const real *V = c->v + b * d->bv + (size_t)h * D;
             if (c->dv)
-                ml_gemm(1, 0, Tk, D, Tq, 1, A, Tk, dO, D, 1, c->dv + b * d->bv + (size_t)h * D,
-                        d->ldv);
+                ml_gemm(1, 0, Tk, D, Tq, 1, A, Tk, dO, d->ldo, 1,
+                        c->dv + b * d->bv + (size_t)h * D, d->ldv);
             if (!c->dq && !c->dk) continue;
-            gather(Q, c->q + b * d->bq + (size_t)h * D, Tq, D, d->ldq);
-            gather(K, c->k + b * d->bk + (size_t)h * D, Tk, D, d->ldk);
-            gather(V, c->v + b * d->bv + (size_t)h * D, Tk, D, d->ldv);
-            ml_gemm(0, 1, Tq, Tk, D, 1, dO, D, V, D, 0, dP, Tk);
+            ml_gemm(0, 1, Tq, Tk, D, 1, dO, d->ldo, V, d->ldv, 0, dP, Tk);
             for (int i = 0; i < Tq; i++) {
                 const real *p = A + (size_t)i * Tk;
                 real *ds = dP + (size_t)i * Tk;
@@ -141,10 +132,10 @@ static void xa_backward_range(void *ctx, int b0, int b1, int slot) {
                 for (int j = 0; j < Tk; j++) ds[j] = p[j] * (ds[j] - dot);
             }
             if (c->dq)
-                ml_gemm(0, 0, Tq, D, Tk, scale, dP, Tk, K, D, 1,
+                ml_gemm(0, 0, Tq, D, Tk, scale, dP, Tk, K, d->ldk, 1,
                         c->dq + b * d->bq + (size_t)h * D, d->ldq);
             if (c->dk)
-                ml_gemm(1, 0, Tk, D, Tq, scale, dP, Tk, Q, D, 1,
+                ml_gemm(1, 0, Tk, D, Tq, scale, dP, Tk, Q, d->ldq, 1,
                         c->dk + b * d->bk + (size_t)h * D, d->ldk);
         }
 }
