@@ -433,15 +433,20 @@ static void gd_chunk_backward(real *dq, real *dk, real *dv, real *dbeta, real *d
                 /* intra-chunk scores */
                 ml_gemm(0, 1, L, L, Dv, 1, dOc, ldo, Wp, ldw, 0, w.dP, L);
                 for (int i = 0; i < L; i++) {
-                    real *dPi = w.dP + (size_t)i * L;
+                    real *dPi = w.dP + (size_t)i * L, *dG = w.dG;
+                    const real *Pi = w.P + (size_t)i * L, *Mi = w.M + (size_t)i * L;
                     for (int j = i + 1; j < L; j++) dPi[j] = 0;
                     if (!d->decay) continue;
+                    /* x_ij = dP_ij P_ij goes to dG_i and, negated, to dG_j */
+                    real sx = 0;
+#pragma omp simd reduction(+ : sx)
                     for (int j = 0; j <= i; j++) {
-                        real x = dPi[j] * w.P[(size_t)i * L + j];
-                        w.dG[i] += x;
-                        w.dG[j] -= x;
-                        dPi[j] *= w.M[(size_t)i * L + j];
+                        real x = dPi[j] * Pi[j];
+                        sx += x;
+                        dG[j] -= x;
+                        dPi[j] *= Mi[j];
                     }
+                    dG[i] += sx;
                 }
                 if (dqc) ml_gemm(0, 0, L, Dk, L, 1, w.dP, L, r.k, d->k_stride, 1, dqc, d->q_stride);
                 if (dkc) ml_gemm(1, 0, L, Dk, L, 1, w.dP, L, r.q, d->q_stride, 1, dkc, d->k_stride);
@@ -518,21 +523,29 @@ static void gd_chunk_backward(real *dq, real *dk, real *dv, real *dbeta, real *d
                         w.db[i] += s1 + gi * s2;
                         if (d->decay) w.dG[i] += bi * gi * s2;
                         /* A_ij = beta_i M_ij KK_ij (j < i): dA becomes dKK in place */
-                        real *dAi = w.dA + (size_t)i * L;
-                        for (int j = 0; j < L; j++) {
-                            if (j >= i) {
-                                dAi[j] = 0;
-                                continue;
+                        real *dAi = w.dA + (size_t)i * L, *dG = w.dG;
+                        const real *KKi = w.KK + (size_t)i * L, *Ai = w.A + (size_t)i * L;
+                        real sb = 0, sx = 0;
+                        if (d->decay) {
+                            const real *Mi = w.M + (size_t)i * L;
+#pragma omp simd reduction(+ : sb, sx)
+                            for (int j = 0; j < i; j++) {
+                                real da = dAi[j], m = Mi[j], x = da * Ai[j];
+                                sb += da * m * KKi[j];
+                                sx += x;
+                                dG[j] -= x;
+                                dAi[j] = da * (bi * m);
                             }
-                            real m = d->decay ? w.M[(size_t)i * L + j] : 1;
-                            w.db[i] += dAi[j] * m * w.KK[(size_t)i * L + j];
-                            if (d->decay) {
-                                real x = dAi[j] * w.A[(size_t)i * L + j];
-                                w.dG[i] += x;
-                                w.dG[j] -= x;
+                            dG[i] += sx;
+                        } else {
+#pragma omp simd reduction(+ : sb)
+                            for (int j = 0; j < i; j++) {
+                                sb += dAi[j] * KKi[j];
+                                dAi[j] *= bi;
                             }
-                            dAi[j] *= bi * m;
                         }
+                        w.db[i] += sb;
+                        for (int j = i; j < L; j++) dAi[j] = 0;
                     }
                     if (dkc) {
                         ml_gemm(0, 0, L, Dk, L, 1, w.dA, L, r.k, d->k_stride, 1, dkc, d->k_stride);
