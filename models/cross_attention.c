@@ -127,6 +127,7 @@ static void xa_backward_range(void *ctx, int b0, int b1, int slot) {
                 const real *p = A + (size_t)i * Tk;
                 real *ds = dP + (size_t)i * Tk;
                 real dot = 0;
+#pragma omp simd reduction(+ : dot)
                 for (int j = 0; j < Tk; j++) dot += ds[j] * p[j];
                 /* p is exactly 0 outside the visible keys, so is ds */
                 for (int j = 0; j < Tk; j++) ds[j] = p[j] * (ds[j] - dot);

@@ -424,6 +424,7 @@ static void gd_chunk_backward(real *dq, real *dk, real *dv, real *dbeta, real *d
                     ml_gemm(0, 0, L, Dv, Dk, 1, r.k, d->k_stride, dS, Dv, 0, w.tV, Dv);
                 for (int i = 0; i < L && !last; i++) {
                     real s = 0, gi = d->decay ? w.gam[i] : 1;
+#pragma omp simd reduction(+ : s)
                     for (int j = 0; j < Dv; j++) {
                         s += w.tV[(size_t)i * Dv + j] * Wp[(size_t)i * ldw + j];
                         w.dW[(size_t)i * Dv + j] += gi * w.tV[(size_t)i * Dv + j];
@@ -454,6 +455,7 @@ static void gd_chunk_backward(real *dq, real *dk, real *dv, real *dbeta, real *d
                 if (S0) ml_gemm(0, 1, L, Dk, Dv, 1, dOc, ldo, S0, Dv, 0, w.tK, Dk);
                 for (int i = 0; i < L && S0; i++) {
                     real gi = d->decay ? w.Gam[i] : 1, s = 0;
+#pragma omp simd reduction(+ : s)
                     for (int j = 0; j < Dk; j++) {
                         real x = w.tK[(size_t)i * Dk + j];
                         s += r.q[(size_t)i * d->q_stride + j] * x;
@@ -489,6 +491,7 @@ static void gd_chunk_backward(real *dq, real *dk, real *dv, real *dbeta, real *d
                 }
                 if (d->decay && S0 && !last) {
                     real s = 0;
+#pragma omp simd reduction(+ : s)
                     for (size_t e = 0; e < SS; e++) s += S0[e] * dS[e];
                     w.dG[L - 1] += w.Gam[L - 1] * s;
                 }
@@ -512,10 +515,12 @@ static void gd_chunk_backward(real *dq, real *dk, real *dv, real *dbeta, real *d
                         const real *vi = r.v + (size_t)i * d->v_stride;
                         const real *ki = r.k + (size_t)i * d->k_stride;
                         real s1 = 0, s2 = 0;
+#pragma omp simd reduction(+ : s1)
                         for (int j = 0; j < Dv; j++) {
                             s1 += Yi[j] * vi[j];
                             if (dvc) dvc[(size_t)i * d->v_stride + j] += bi * Yi[j];
                         }
+#pragma omp simd reduction(+ : s2)
                         for (int j = 0; j < Dk; j++) {
                             s2 += Yi[Dv + j] * ki[j];
                             if (dkc) dkc[(size_t)i * d->k_stride + j] += bi * gi * Yi[Dv + j];

@@ -318,6 +318,7 @@ void mcs_backward(real *dS_in, real *dk, real *dv, real *dbeta, real *dg,
         ml_gemm(0, 0, L, Dv, Dk, 1, kc, d->k_stride, dS, Dv, 0, w.tV, Dv);
         for (int i = 0; i < L; i++) {
             real s = 0, gi = d->decay ? w.gam[i] : 1;
+#pragma omp simd reduction(+ : s)
             for (int j = 0; j < Dv; j++) {
                 s += w.tV[(size_t)i * Dv + j] * Wp[(size_t)i * ldw + j];
                 w.dW[(size_t)i * Dv + j] = gi * w.tV[(size_t)i * Dv + j];
@@ -338,6 +339,7 @@ void mcs_backward(real *dS_in, real *dk, real *dv, real *dbeta, real *dg,
         for (size_t e = 0; e < SS; e++) dS2[e] = gl * dS[e];
         if (d->decay) {
             real s = 0;
+#pragma omp simd reduction(+ : s)
             for (size_t e = 0; e < SS; e++) s += S0[e] * dS[e];
             w.dG[L - 1] += gl * s;
         }
@@ -353,10 +355,12 @@ void mcs_backward(real *dS_in, real *dk, real *dv, real *dbeta, real *dg,
                 const real *Yi = w.Y + (size_t)i * Dx;
                 const real *vi = vc + (size_t)i * d->v_stride, *ki = kc + (size_t)i * d->k_stride;
                 real s1 = 0, s2 = 0;
+#pragma omp simd reduction(+ : s1)
                 for (int j = 0; j < Dv; j++) {
                     s1 += Yi[j] * vi[j];
                     if (dvc) dvc[(size_t)i * d->v_stride + j] += bi * Yi[j];
                 }
+#pragma omp simd reduction(+ : s2)
                 for (int j = 0; j < Dk; j++) {
                     s2 += Yi[Dv + j] * ki[j];
                     if (dkc) dkc[(size_t)i * d->k_stride + j] += bi * gi * Yi[Dv + j];
