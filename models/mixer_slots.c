@@ -58,9 +58,10 @@
  *
  * Cost per token and layer, forward, in multiply-adds (slot MLP ratio 2, no
  * gate; the gate adds 2KC^2/Ch): tokens 6C^2 (read q, k, v and output, write
- * k, v; no write k, v for the last chunk's tokens), read attention C(2K + Ch) on average, and the slots' work once per
- * chunk, (10KC^2 + 2KC(K + Ch)) / Ch; softmax attention: 4C^2 + CT. The
- * attention reads alone are (K + Ch/2) keys against T/2.
+ * k, v; the last chunk's tokens have no write k, v), read attention C(2K + Ch)
+ * on average, and the slots' work once per chunk, (10KC^2 + 2KC(K + Ch)) / Ch;
+ * softmax attention: 4C^2 + CT. The attention reads alone are (K + Ch/2) keys
+ * against T/2.
  *
  * State size: chunk K*C per layer, the slots carried across a chunk boundary
  * (k x d per layer); context 2*K*C (M_ctx and the current M_q) once the context is
@@ -783,58 +784,56 @@ static void read_rows(const slot_env *E, const slot_chunk_acts *a, const slot_ch
 }
 
 /* ---- the write keys and values of the tokens ----------------------------------
- * Only tokens [0, kv_end) of a sequence are read by a write (the encoder's, or
+ * Only tokens [0, end) of a sequence are read by a write (the encoder's, or
  * that of a chunk that is not the last of its segment): the last chunk's
  * tokens are never written into the slots, so their write keys and values are
  * neither computed nor differentiated. With one chunk there are none at all. */
 
-static int kv_end(const slot_env *E) {
+/* Those token rows as `blocks` runs of `rows` rows, `stride` rows apart: one
+ * run of every row when that is all of them, else one per sequence. */
+typedef struct kv_span {
+    int blocks, rows;
+    size_t stride;
+} kv_span;
+
+static kv_span kv_rows(const slot_env *E) {
     int end = E->c->variant == VARIANT_CONTEXT && E->lc < E->T ? E->lc : 0;
     for (int j = 0; j < E->n; j++) {
         slot_chunk ch = chunk_at(E->c, E->T, E->lc, j);
         if (!ch.last && ch.t0 + ch.n > end) end = ch.t0 + ch.n;
     }
-    return end;
+    if (end == E->T) return (kv_span){1, E->L.B * E->T, 0};
+    return (kv_span){end > 0 ? E->L.B : 0, end, (size_t)E->T};
 }
 
-/* s.kvw rows [0, kv_end) of every sequence = x Wkv_w^T + b (one product over
- * every row when that is all of them, else one per sequence). */
+/* s.kvw = x Wkv_w^T + b on those rows. */
 static void kvw_forward(const slot_env *E) {
-    const int C = E->L.C, T = E->T, B = E->L.B, end = kv_end(E);
+    const int C = E->L.C;
     const real *w = E->p.wqkv_w + (size_t)C * C, *bias = offset_or_null(E->p.bqkv_w, C);
-    if (end == T) {
-        linear_forward(E->s.kvw, E->x, w, bias, B * T, C, 2 * C);
-        return;
-    }
-    for (int b = 0; b < B && end > 0; b++)
-        linear_forward(E->s.kvw + (size_t)b * T * 2 * C, E->x + (size_t)b * T * C, w, bias, end,
+    kv_span k = kv_rows(E);
+    for (int b = 0; b < k.blocks; b++)
+        linear_forward(E->s.kvw + b * k.stride * 2 * C, E->x + b * k.stride * C, w, bias, k.rows,
                        C, 2 * C);
 }
 
-/* Zero the rows of s.kvw that the writes' backward adds their gradients to. */
+/* Zero those rows of s.kvw, where the writes' backward adds their gradients. */
 static void kvw_zero(const slot_env *E) {
-    const int C = E->L.C, T = E->T, B = E->L.B, end = kv_end(E);
-    if (end == T) {
-        memset(E->s.kvw, 0, zsize((size_t)B * T * 2 * C));
-        return;
-    }
-    for (int b = 0; b < B && end > 0; b++)
-        memset(E->s.kvw + (size_t)b * T * 2 * C, 0, zsize((size_t)end * 2 * C));
+    const int C = E->L.C;
+    kv_span k = kv_rows(E);
+    for (int b = 0; b < k.blocks; b++)
+        memset(E->s.kvw + b * k.stride * 2 * C, 0, zsize((size_t)k.rows * 2 * C));
 }
 
 /* Backward of kvw_forward from the gradient in s.kvw: dx and the write
- * k, v projection's gradients += (rows [0, kv_end) only). */
+ * k, v projection's gradients += (those rows only). */
 static void kvw_backward(const slot_env *E, real *dx) {
-    const int C = E->L.C, T = E->T, B = E->L.B, end = kv_end(E);
+    const int C = E->L.C;
     const real *w = E->p.wqkv_w + (size_t)C * C;
     real *dw = E->g.wqkv_w + (size_t)C * C, *db = offset_or_null(E->g.bqkv_w, C);
-    if (end == T) {
-        linear_backward(dx, dw, db, E->s.kvw, E->x, w, B * T, C, 2 * C);
-        return;
-    }
-    for (int b = 0; b < B && end > 0; b++)
-        linear_backward(dx + (size_t)b * T * C, dw, db, E->s.kvw + (size_t)b * T * 2 * C,
-                        E->x + (size_t)b * T * C, w, end, C, 2 * C);
+    kv_span k = kv_rows(E);
+    for (int b = 0; b < k.blocks; b++)
+        linear_backward(dx + b * k.stride * C, dw, db, E->s.kvw + b * k.stride * 2 * C,
+                        E->x + b * k.stride * C, w, k.rows, C, 2 * C);
 }
 
 /* ---- forward and backward -------------------------------------------------- */
