@@ -534,6 +534,13 @@ static void add_rows(real *dst, size_t bd, int ldd, const real *src, size_t bs, 
         }
 }
 
+/* Sum the B blocks of n rows of w reals (row stride ld, batch stride bs) into
+ * the first block, in place: the gradient of a projection that every batch
+ * element shares. */
+static void fold_rows(real *x, size_t bs, int ld, int B, int n, int w) {
+    add_rows(x, 0, ld, x + bs, bs, ld, B - 1, n, w);
+}
+
 static void ln_s_forward(const slot_env *E, real *out, real *mean, real *rstd, const real *M) {
     layernorm_forward(out, mean, rstd, M, E->p.ns_w, E->p.ns_b, E->L.B * E->L.K, E->L.C,
                       (real)SLOT_NORM_EPS);
@@ -574,18 +581,21 @@ static xattn_dims read_dims(const slot_env *E, int S, int n) {
 }
 
 /* The write: Mout [B,K,C] from state M, Mh = LN_s(M) and tokens [t0, t0+n)
- * (whose write keys|values are in s.kvw). Saves into w. */
+ * (whose write keys|values are in s.kvw). Saves into w. shared: M is M_0 in
+ * every batch element, so the slots' q, k, v are projected once, from the
+ * first element's rows, and copied to the others. */
 static void write_forward(const slot_env *E, slot_write *w, real *Mout, const real *M,
-                          const real *Mh, int t0, int n) {
+                          const real *Mh, int t0, int n, int shared) {
     const slot_layout *L = &E->L;
     const slots_ptrs *p = &E->p;
-    int B = L->B, K = L->K, C = L->C, BK = B * K;
-    size_t KC = (size_t)BK * C;
-    linear_forward(w->qw, Mh, p->wqkv_w, p->bqkv_w, BK, C, C);
-    linear_forward(E->s.tkv, Mh, p->wqkv_w + (size_t)C * C, offset_or_null(p->bqkv_w, C), BK, C,
-                   2 * C);
+    int B = L->B, K = L->K, C = L->C, BK = B * K, rows = shared ? K : BK;
+    size_t KC = (size_t)BK * C, K1 = (size_t)K * C;
+    linear_forward(w->qw, Mh, p->wqkv_w, p->bqkv_w, rows, C, C);
+    if (shared) copy_rows(w->qw + K1, K1, C, w->qw, 0, C, B - 1, K, C);
+    linear_forward(E->s.tkv, Mh, p->wqkv_w + (size_t)C * C, offset_or_null(p->bqkv_w, C), rows,
+                   C, 2 * C);
     size_t bw = (size_t)w->rows * 2 * C;
-    copy_rows(w->Pw, bw, 2 * C, E->s.tkv, (size_t)K * 2 * C, 2 * C, B, K, 2 * C);
+    copy_rows(w->Pw, bw, 2 * C, E->s.tkv, shared ? 0 : 2 * K1, 2 * C, B, K, 2 * C);
     copy_rows(w->Pw + (size_t)K * 2 * C, bw, 2 * C, E->s.kvw + (size_t)t0 * 2 * C,
               (size_t)E->T * 2 * C, 2 * C, B, n, 2 * C);
     xattn_dims d = write_dims(E, w, n);
@@ -620,9 +630,13 @@ static void write_forward(const slot_env *E, slot_write *w, real *Mout, const re
 }
 
 /* Backward of write_forward: given dMout, dM and dMh += gradients; token
- * rows' write keys|values gradients added into s.kvw; parameter gradients. */
+ * rows' write keys|values gradients added into s.kvw; parameter gradients.
+ * shared: the gradients of the slots' shared projections are summed over the
+ * batch and added into the first element's rows of dMh, which only their sum
+ * over the batch reads (the gradient of M_0). */
 static void write_backward(const slot_env *E, const slot_write *w, real *dM, real *dMh,
-                           const real *dMout, const real *M, const real *Mh, int t0, int n) {
+                           const real *dMout, const real *M, const real *Mh, int t0, int n,
+                           int shared) {
     const slot_layout *L = &E->L;
     const slots_ptrs *p = &E->p, *g = &E->g;
     const slot_scratch *s = &E->s;
@@ -668,10 +682,16 @@ static void write_backward(const slot_env *E, const slot_write *w, real *dM, rea
     memset(s->dq, 0, zsize(KC));
     memset(s->dP, 0, zsize((size_t)B * bw));
     xattn_backward(s->dq, s->dP, s->dP + C, s->da, w->qw, w->Pw, w->Pw + C, w->att, &d, s->xs);
-    linear_backward(dMh, g->wqkv_w, g->bqkv_w, s->dq, Mh, p->wqkv_w, BK, C, C);
-    copy_rows(s->tkv, (size_t)K * 2 * C, 2 * C, s->dP, bw, 2 * C, B, K, 2 * C);
+    size_t K1 = (size_t)K * C;
+    int rows = shared ? K : BK;
+    copy_rows(s->tkv, 2 * K1, 2 * C, s->dP, bw, 2 * C, B, K, 2 * C);
+    if (shared) {
+        fold_rows(s->dq, K1, C, B, K, C);
+        fold_rows(s->tkv, 2 * K1, 2 * C, B, K, 2 * C);
+    }
+    linear_backward(dMh, g->wqkv_w, g->bqkv_w, s->dq, Mh, p->wqkv_w, rows, C, C);
     linear_backward(dMh, g->wqkv_w + (size_t)C * C, offset_or_null(g->bqkv_w, C), s->tkv, Mh,
-                    p->wqkv_w + (size_t)C * C, BK, C, 2 * C);
+                    p->wqkv_w + (size_t)C * C, rows, C, 2 * C);
     add_rows(s->kvw + (size_t)t0 * 2 * C, (size_t)E->T * 2 * C, 2 * C, s->dP + (size_t)K * 2 * C,
              bw, 2 * C, B, n, 2 * C);
 }
@@ -858,7 +878,7 @@ static void slots_forward(const mixer_call *mc, real *out, const real *x) {
         broadcast_slots(&E, L->M0);
         ln_s_forward(&E, L->Mh0, L->mh0_mean, L->mh0_rstd, L->M0);
         slot_write w = L->enc;
-        write_forward(&E, &w, L->M1, L->M0, L->Mh0, 0, E.lc);
+        write_forward(&E, &w, L->M1, L->M0, L->Mh0, 0, E.lc, 1);
         self_forward(&E);
     }
     for (int j = 0; j < E.n; j++) {
@@ -868,12 +888,14 @@ static void slots_forward(const mixer_call *mc, real *out, const real *x) {
         ln_s_forward(&E, a.Mh, a.mh_mean, a.mh_rstd, a.M);
         int s0 = ch.ctx ? K : 0, S = s0 + K;
         if (chunk_reads(&E, &ch)) {
+            /* a segment's first chunk reads M_0, the same in every sequence:
+             * its slots' keys and values are projected once */
             linear_forward(E.s.tkv, a.Mh, p->wqkv + (size_t)C * C, offset_or_null(p->bqkv, C),
-                           BK, C, 2 * C);
+                           ch.first ? K : BK, C, 2 * C);
             if (ch.ctx)
                 copy_rows(a.P, bP, 2 * C, L->kvc, (size_t)K * 2 * C, 2 * C, B, K, 2 * C);
-            copy_rows(a.P + (size_t)s0 * 2 * C, bP, 2 * C, E.s.tkv, (size_t)K * 2 * C, 2 * C, B,
-                      K, 2 * C);
+            copy_rows(a.P + (size_t)s0 * 2 * C, bP, 2 * C, E.s.tkv,
+                      ch.first ? 0 : (size_t)K * 2 * C, 2 * C, B, K, 2 * C);
             copy_rows(a.P + (size_t)S * 2 * C, bP, 2 * C, L->qkv + (size_t)ch.t0 * 3 * C + C,
                       (size_t)T * 3 * C, 3 * C, B, ch.n, 2 * C);
             if (E.rows) {
@@ -886,7 +908,7 @@ static void slots_forward(const mixer_call *mc, real *out, const real *x) {
         }
         if (!ch.last) {
             slot_chunk_acts next = chunk_acts(E.c, L, j + 1);
-            write_forward(&E, &a.w, next.M, a.M, a.Mh, ch.t0, ch.n);
+            write_forward(&E, &a.w, next.M, a.M, a.Mh, ch.t0, ch.n, ch.first);
         }
     }
     if (E.rows) {
@@ -924,7 +946,8 @@ static void slots_backward(const mixer_call *mc, real *dx, const real *dout, con
         slot_chunk_acts a = chunk_acts(E.c, L, j);
         memset(dM, 0, zsize(KC));
         memset(s->dMh, 0, zsize(KC));
-        if (!ch.last) write_backward(&E, &a.w, dM, s->dMh, dMn, a.M, a.Mh, ch.t0, ch.n);
+        if (!ch.last)
+            write_backward(&E, &a.w, dM, s->dMh, dMn, a.M, a.Mh, ch.t0, ch.n, ch.first);
         int s0 = ch.ctx ? K : 0, S = s0 + K;
         if (chunk_reads(&E, &ch)) {
             memset(s->dP, 0, zsize((size_t)B * bP));
@@ -942,8 +965,9 @@ static void slots_backward(const mixer_call *mc, real *dx, const real *dout, con
                 add_rows(s->dkvc, (size_t)K * 2 * C, 2 * C, s->dP, bP, 2 * C, B, K, 2 * C);
             copy_rows(s->tkv, (size_t)K * 2 * C, 2 * C, s->dP + (size_t)s0 * 2 * C, bP, 2 * C, B,
                       K, 2 * C);
+            if (ch.first) fold_rows(s->tkv, (size_t)K * 2 * C, 2 * C, B, K, 2 * C);
             linear_backward(s->dMh, g->wqkv + (size_t)C * C, offset_or_null(g->bqkv, C), s->tkv,
-                            a.Mh, p->wqkv + (size_t)C * C, BK, C, 2 * C);
+                            a.Mh, p->wqkv + (size_t)C * C, ch.first ? K : BK, C, 2 * C);
         }
         ln_s_backward(&E, dM, s->dMh, a.M, a.mh_mean, a.mh_rstd);
         if (ch.first) reduce_slots(&E, dM);
@@ -958,7 +982,7 @@ static void slots_backward(const mixer_call *mc, real *dx, const real *dout, con
         self_backward(&E, dM1);
         memset(dM0, 0, zsize(KC));
         memset(s->dMh, 0, zsize(KC));
-        write_backward(&E, &L->enc, dM0, s->dMh, dM1, L->M0, L->Mh0, 0, E.lc);
+        write_backward(&E, &L->enc, dM0, s->dMh, dM1, L->M0, L->Mh0, 0, E.lc, 1);
         ln_s_backward(&E, dM0, s->dMh, L->M0, L->mh0_mean, L->mh0_rstd);
         reduce_slots(&E, dM0);
     }
