@@ -20,7 +20,6 @@ typedef double real;
 #define RLOG log
 #define RSQRTF sqrt
 #define RTANH tanh
-#define RERF erf
 #define RABS fabs
 #else
 typedef float real;
@@ -34,7 +33,6 @@ typedef float real;
 #define RLOG logf
 #define RSQRTF sqrtf
 #define RTANH tanhf
-#define RERF erff
 #define RABS fabsf
 #endif
 
