@@ -20,9 +20,12 @@
  * across threads (parallel.h; one scratch slot per thread, for the backward's
  * dP); the shapes it serves are small (a chunk of queries against slots
  * plus a chunk of keys), so it does not band the mask as softmax_attention.c
- * does. Projections, packing and what the rows mean are the caller's business
- * (mixer_slots.c). */
+ * does. Keys with a prefix (xattn_prefix) split each key-side GEMM in two,
+ * one per source, so a caller whose keys sit in two buffers (a set of slots
+ * and a chunk of tokens) needs no copy into one. Projections and what the
+ * rows mean are the caller's business (mixer_slots.c). */
 #include <math.h>
+#include <stdint.h>
 #include <string.h>
 
 #include "kernels.h"
@@ -58,10 +61,13 @@ typedef struct xa_call {
     real *scratch;
 } xa_call;
 
+/* Keys from the prefix (xattn_prefix). */
+static int xa_prefix_rows(const xattn_dims *d) { return d->pre ? d->pre->T : 0; }
+
 static void xa_forward_range(void *ctx, int b0, int b1, int slot) {
     const xa_call *c = ctx;
     const xattn_dims *d = c->d;
-    const int Tq = d->Tq, Tk = d->Tk, H = d->H, D = d->D;
+    const int Tq = d->Tq, Tk = d->Tk, H = d->H, D = d->D, Tp = xa_prefix_rows(d);
     const real scale = RSQRT((real)D);
     (void)slot;
     for (int b = b0; b < b1; b++)
@@ -75,7 +81,12 @@ static void xa_forward_range(void *ctx, int b0, int b1, int slot) {
             const real *Q = c->q + b * d->bq + (size_t)h * D;
             const real *K = c->k + b * d->bk + (size_t)h * D;
             const real *V = c->v + b * d->bv + (size_t)h * D;
-            ml_gemm(0, 1, Tq, Tk, D, scale, Q, d->ldq, K, d->ldk, 0, A, Tk);
+            if (Tp) {
+                const xattn_prefix *p = d->pre;
+                ml_gemm(0, 1, Tq, Tp, D, scale, Q, d->ldq, p->k + b * p->b + (size_t)h * D, p->ld,
+                        0, A, Tk);
+            }
+            if (Tk > Tp) ml_gemm(0, 1, Tq, Tk - Tp, D, scale, Q, d->ldq, K, d->ldk, 0, A + Tp, Tk);
             for (int i = 0; i < Tq; i++) {
                 real *a = A + (size_t)i * Tk;
                 int hi = xattn_hi(d, i);
@@ -92,7 +103,12 @@ static void xa_forward_range(void *ctx, int b0, int b1, int slot) {
                 }
                 memset(a + hi + 1, 0, sizeof(real) * (size_t)(Tk - hi - 1));
             }
-            ml_gemm(0, 0, Tq, D, Tk, 1, A, Tk, V, d->ldv, 0, O, d->ldo);
+            if (Tp) {
+                const xattn_prefix *p = d->pre;
+                ml_gemm(0, 0, Tq, D, Tp, 1, A, Tk, p->v + b * p->b + (size_t)h * D, p->ld, 0, O,
+                        d->ldo);
+            }
+            if (Tk > Tp) ml_gemm(0, 0, Tq, D, Tk - Tp, 1, A + Tp, Tk, V, d->ldv, Tp ? 1 : 0, O, d->ldo);
         }
 }
 
@@ -108,7 +124,9 @@ void xattn_forward(real *out, real *att, const real *q, const real *k, const rea
 static void xa_backward_range(void *ctx, int b0, int b1, int slot) {
     const xa_call *c = ctx;
     const xattn_dims *d = c->d;
-    const int Tq = d->Tq, Tk = d->Tk, H = d->H, D = d->D;
+    const int Tq = d->Tq, Tk = d->Tk, H = d->H, D = d->D, Tp = xa_prefix_rows(d), Tt = Tk - Tp;
+    const xattn_prefix *pf = d->pre;
+    real *pdk = pf ? pf->dk : NULL, *pdv = pf ? pf->dv : NULL;
     const real scale = RSQRT((real)D);
     real *dP = c->scratch + (size_t)slot * xa_slot_size(d);
     for (int b = b0; b < b1; b++)
@@ -118,11 +136,16 @@ static void xa_backward_range(void *ctx, int b0, int b1, int slot) {
             const real *Q = c->q + b * d->bq + (size_t)h * D;
             const real *K = c->k + b * d->bk + (size_t)h * D;
             const real *V = c->v + b * d->bv + (size_t)h * D;
-            if (c->dv)
-                ml_gemm(1, 0, Tk, D, Tq, 1, A, Tk, dO, d->ldo, 1,
+            const real *Kp = pf ? pf->k + b * pf->b + (size_t)h * D : NULL;
+            const real *Vp = pf ? pf->v + b * pf->b + (size_t)h * D : NULL;
+            size_t po = pf ? b * pf->db + (size_t)h * D : 0;
+            if (c->dv && Tt)
+                ml_gemm(1, 0, Tt, D, Tq, 1, A + Tp, Tk, dO, d->ldo, 1,
                         c->dv + b * d->bv + (size_t)h * D, d->ldv);
-            if (!c->dq && !c->dk) continue;
-            ml_gemm(0, 1, Tq, Tk, D, 1, dO, d->ldo, V, d->ldv, 0, dP, Tk);
+            if (pdv && Tp) ml_gemm(1, 0, Tp, D, Tq, 1, A, Tk, dO, d->ldo, 1, pdv + po, pf->ld);
+            if (!c->dq && !c->dk && !pdk) continue;
+            if (Tp) ml_gemm(0, 1, Tq, Tp, D, 1, dO, d->ldo, Vp, pf->ld, 0, dP, Tk);
+            if (Tt) ml_gemm(0, 1, Tq, Tt, D, 1, dO, d->ldo, V, d->ldv, 0, dP + Tp, Tk);
             for (int i = 0; i < Tq; i++) {
                 const real *p = A + (size_t)i * Tk;
                 real *ds = dP + (size_t)i * Tk;
@@ -132,12 +155,15 @@ static void xa_backward_range(void *ctx, int b0, int b1, int slot) {
                 /* p is exactly 0 outside the visible keys, so is ds */
                 for (int j = 0; j < Tk; j++) ds[j] = p[j] * (ds[j] - dot);
             }
-            if (c->dq)
-                ml_gemm(0, 0, Tq, D, Tk, scale, dP, Tk, K, d->ldk, 1,
-                        c->dq + b * d->bq + (size_t)h * D, d->ldq);
-            if (c->dk)
-                ml_gemm(1, 0, Tk, D, Tq, scale, dP, Tk, Q, d->ldq, 1,
+            if (c->dq) {
+                real *dQ = c->dq + b * d->bq + (size_t)h * D;
+                if (Tp) ml_gemm(0, 0, Tq, D, Tp, scale, dP, Tk, Kp, pf->ld, 1, dQ, d->ldq);
+                if (Tt) ml_gemm(0, 0, Tq, D, Tt, scale, dP + Tp, Tk, K, d->ldk, 1, dQ, d->ldq);
+            }
+            if (c->dk && Tt)
+                ml_gemm(1, 0, Tt, D, Tq, scale, dP + Tp, Tk, Q, d->ldq, 1,
                         c->dk + b * d->bk + (size_t)h * D, d->ldk);
+            if (pdk && Tp) ml_gemm(1, 0, Tp, D, Tq, scale, dP, Tk, Q, d->ldq, 1, pdk + po, pf->ld);
         }
 }
 
@@ -148,9 +174,30 @@ static void xa_backward_range(void *ctx, int b0, int b1, int slot) {
 void xattn_backward(real *dq, real *dk, real *dv, const real *dout, const real *q,
                     const real *k, const real *v, const real *att, const xattn_dims *d,
                     real *scratch) {
-    if (d->Tq <= 0 || d->Tk <= 0 || (!dq && !dk && !dv)) return;
+    const xattn_prefix *p = d->pre;
+    if (d->Tq <= 0 || d->Tk <= 0 || (!dq && !dk && !dv && !(p && (p->dk || p->dv)))) return;
     xa_call c = {NULL, NULL, dq, dk, dv, q, k, v, dout, att, d, scratch};
     ml_par_ranges(d->B, xa_threads(d), xa_backward_range, &c);
+}
+
+/* Key (value: v = 1) row j of batch element b, head h, from the prefix when
+ * j < its T, else from k (v); grad: the row of its gradient. */
+typedef struct xa_refs {
+    const real *k, *v;
+    real *dk, *dv;
+} xa_refs;
+
+static real *xa_row(const xattn_dims *d, const xa_refs *r, int b, int j, int h, int v, int grad) {
+    const xattn_prefix *p = d->pre;
+    size_t hd = (size_t)h * d->D;
+    if (p && j < p->T) {
+        real *base = grad ? (v ? p->dv : p->dk) : (real *)(uintptr_t)(v ? p->v : p->k);
+        return base ? base + (grad ? b * p->db : b * p->b) + (size_t)j * p->ld + hd : NULL;
+    }
+    j -= xa_prefix_rows(d);
+    real *base = grad ? (v ? r->dv : r->dk) : (real *)(uintptr_t)(v ? r->v : r->k);
+    return base ? base + (v ? b * d->bv + (size_t)j * d->ldv : b * d->bk + (size_t)j * d->ldk) + hd
+                : NULL;
 }
 
 /* Naive forward, one query and one key at a time from the definition; the
@@ -159,6 +206,7 @@ void xattn_forward_ref(real *out, real *att, const real *q, const real *k, const
                        const xattn_dims *d) {
     const int Tq = d->Tq, Tk = d->Tk, H = d->H, D = d->D;
     const real scale = RSQRT((real)D);
+    const xa_refs r = {k, v, NULL, NULL};
     for (int b = 0; b < d->B; b++)
         for (int h = 0; h < H; h++)
             for (int i = 0; i < Tq; i++) {
@@ -170,7 +218,7 @@ void xattn_forward_ref(real *out, real *att, const real *q, const real *k, const
                 for (int j = 0; j < Tk; j++) {
                     a[j] = 0;
                     if (j > hi) continue;
-                    const real *kj = k + b * d->bk + (size_t)j * d->ldk + (size_t)h * D;
+                    const real *kj = xa_row(d, &r, b, j, h, 0, 0);
                     real s = 0;
                     for (int c = 0; c < D; c++) s += qi[c] * kj[c];
                     a[j] = s * scale;
@@ -184,7 +232,7 @@ void xattn_forward_ref(real *out, real *att, const real *q, const real *k, const
                 for (int j = 0; j <= hi; j++) a[j] /= sum;
                 for (int c = 0; c < D; c++) o[c] = 0;
                 for (int j = 0; j <= hi; j++) {
-                    const real *vj = v + b * d->bv + (size_t)j * d->ldv + (size_t)h * D;
+                    const real *vj = xa_row(d, &r, b, j, h, 1, 0);
                     for (int c = 0; c < D; c++) o[c] += a[j] * vj[c];
                 }
             }
@@ -196,6 +244,7 @@ void xattn_backward_ref(real *dq, real *dk, real *dv, const real *dout, const re
                         const real *k, const real *v, const real *att, const xattn_dims *d) {
     const int Tq = d->Tq, Tk = d->Tk, H = d->H, D = d->D;
     const real scale = RSQRT((real)D);
+    const xa_refs r = {k, v, dk, dv};
     for (int b = 0; b < d->B; b++)
         for (int h = 0; h < H; h++)
             for (int i = 0; i < Tq; i++) {
@@ -205,21 +254,22 @@ void xattn_backward_ref(real *dq, real *dk, real *dv, const real *dout, const re
                 int hi = xattn_hi(d, i);
                 real dot = 0;
                 for (int j = 0; j <= hi; j++) {
-                    const real *vj = v + b * d->bv + (size_t)j * d->ldv + (size_t)h * D;
+                    const real *vj = xa_row(d, &r, b, j, h, 1, 0);
                     real dp = 0;
                     for (int c = 0; c < D; c++) dp += g[c] * vj[c];
                     dot += dp * a[j];
                 }
                 for (int j = 0; j <= hi; j++) {
-                    size_t ko = b * d->bk + (size_t)j * d->ldk + (size_t)h * D;
-                    size_t vo = b * d->bv + (size_t)j * d->ldv + (size_t)h * D;
+                    const real *kj = xa_row(d, &r, b, j, h, 0, 0);
+                    const real *vj = xa_row(d, &r, b, j, h, 1, 0);
+                    real *dkj = xa_row(d, &r, b, j, h, 0, 1), *dvj = xa_row(d, &r, b, j, h, 1, 1);
                     real dp = 0;
-                    for (int c = 0; c < D; c++) dp += g[c] * v[vo + c];
+                    for (int c = 0; c < D; c++) dp += g[c] * vj[c];
                     real ds = a[j] * (dp - dot) * scale;
                     for (int c = 0; c < D; c++) {
-                        if (dv) dv[vo + c] += a[j] * g[c];
-                        if (dq) dq[qo + c] += ds * k[ko + c];
-                        if (dk) dk[ko + c] += ds * q[qo + c];
+                        if (dvj) dvj[c] += a[j] * g[c];
+                        if (dq) dq[qo + c] += ds * kj[c];
+                        if (dkj) dkj[c] += ds * q[qo + c];
                     }
                 }
             }

@@ -323,12 +323,26 @@ double router_balance(real *frac, real *mean, const real *p, const int *sel, int
  * base + b * (batch stride) + row * (row stride) + h * D, so the rows may sit
  * in packed buffers. Mask: causal == 0, every query sees every key; causal,
  * query i sees keys j <= i + offset. A query that sees no key outputs zeros.
- * Scale 1/sqrt(D). */
+ * Scale 1/sqrt(D).
+ *
+ * Keys in two parts: with a prefix (pre != NULL), key rows [0, pre->T) come
+ * from pre->k, pre->v (row stride ld, batch stride b; b = 0: one set that
+ * every batch element reads) and row j >= pre->T from k, v at row j - pre->T.
+ * The backward adds the prefix's gradients into pre->dk, pre->dv (either may
+ * be NULL; row stride ld, batch stride db, which must not be 0: batch
+ * elements may run on different threads). */
+typedef struct xattn_prefix {
+    int T, ld;
+    size_t b, db;
+    const real *k, *v;
+    real *dk, *dv;
+} xattn_prefix;
 typedef struct xattn_dims {
     int B, H, D, Tq, Tk;
     int ldq, ldk, ldv, ldo; /* row strides of q, k, v, out (and of their gradients) */
     size_t bq, bk, bv, bo;  /* batch strides of the same */
     int causal, offset;
+    const xattn_prefix *pre; /* the first keys' source, NULL: none */
 } xattn_dims;
 size_t xattn_scratch_size(const xattn_dims *d);
 void xattn_forward(real *out, real *att, const real *q, const real *k, const real *v,

@@ -270,9 +270,10 @@ static slot_chunk chunk_at(const slots_cfg *c, int T, int lc, int j) {
 
 /* Saved activations of one write (slot update) with up to `cap` tokens. */
 typedef struct slot_write {
-    int rows;        /* K + cap: rows per batch element of Pw */
+    int rows;        /* K + cap: most keys of the write's attention */
     real *qw;        /* [B,K,C] write queries */
-    real *Pw;        /* [B,rows,2C] write keys|values of [Mh ; chunk tokens] */
+    real *Pw;        /* [B,K,2C] write keys|values of Mh (the first K rows only
+                      * when shared by the batch); the tokens' are in L.kvw */
     real *att;       /* [B,H,K,rows] (used as [B,H,K,K+n]) */
     real *aw;        /* [B,K,C] attention output */
     real *Mt;        /* [B,K,C] M~ */
@@ -285,7 +286,9 @@ typedef struct slot_write {
 /* Saved activations of one chunk. */
 typedef struct slot_chunk_acts {
     real *M, *Mh, *mh_mean, *mh_rstd; /* [B,K,C] state read, LN_s of it, stats [B,K] */
-    real *P;         /* [B,Pn,2C] read keys|values: [M_ctx rows ;] slot rows ; tokens */
+    real *P;         /* [B,S,2C] read keys|values of the slot rows in front of the
+                      * tokens: [M_ctx rows ;] slots (only the first K rows when
+                      * shared by the batch); the tokens' are in L.qkv */
     real *att;       /* [B,H,Cm,Pn] (used as [B,H,n,S+n]) */
     slot_write w;    /* the write after this chunk (unused for a segment's last) */
 } slot_chunk_acts;
@@ -298,6 +301,7 @@ typedef struct slot_layout {
     int Pn;          /* S + Cm */
     int nmax;        /* chunks allocated */
     real *qkv;       /* [B,T,3C] read projections of the tokens */
+    real *kvw;       /* [B,T,2C] write keys|values of the tokens a write reads */
     real *o;         /* [B,T,C] read attention output */
     real *chunks;    /* nmax chunk regions of chunk_size reals */
     size_t chunk_size;
@@ -328,7 +332,7 @@ static void carve_write(carver *cv, slot_write *w, const slots_cfg *c, const slo
     size_t BK = (size_t)L->B * L->K, C = (size_t)L->C;
     w->rows = L->K + cap;
     w->qw = carve(cv, BK * C);
-    w->Pw = carve(cv, (size_t)L->B * w->rows * 2 * C);
+    w->Pw = carve(cv, BK * 2 * C);
     w->att = carve(cv, BK * L->H * w->rows);
     w->aw = carve(cv, BK * C);
     w->Mt = carve(cv, BK * C);
@@ -356,7 +360,7 @@ static void carve_chunk(carver *cv, slot_chunk_acts *a, const slots_cfg *c,
     a->Mh = carve(cv, BK * C);
     a->mh_mean = carve(cv, BK);
     a->mh_rstd = carve(cv, BK);
-    a->P = carve(cv, (size_t)L->B * L->Pn * 2 * C);
+    a->P = carve(cv, (size_t)L->B * L->S * 2 * C);
     a->att = carve(cv, (size_t)L->B * L->H * L->Cm * L->Pn);
     carve_write(cv, &a->w, c, L, L->Cm);
 }
@@ -376,6 +380,7 @@ static slot_layout layout_of(const slots_cfg *c, int B, int T, int C, real *act)
     size_t BT = (size_t)B * T, BK = (size_t)B * L.K, Cz = (size_t)C;
     carver cv = {act, 0};
     L.qkv = carve(&cv, BT * 3 * Cz);
+    L.kvw = carve(&cv, BT * 2 * Cz);
     L.o = carve(&cv, BT * Cz);
     carver one = {NULL, 0};
     slot_chunk_acts tmp;
@@ -419,14 +424,15 @@ static size_t slots_act_size(const void *cfg, int B, int T, int C) {
 /* Scratch: forward and backward each carve it from the start. */
 typedef struct slot_scratch {
     real *xs;        /* attention kernel scratch */
-    real *kvw;       /* [B,T,2C] write keys|values of every token; backward: their gradient */
+    real *dkvw;      /* [B,T,2C] backward: gradient of L.kvw */
     real *dqkv;      /* [B,T,3C] backward: gradient of qkv */
     real *dO;        /* [B,T,C] backward: gradient of o */
-    real *tkv;       /* [B,K,2C] slot keys|values before packing (and their gradient) */
+    real *tkv;       /* [B,K,2C] the slots' read keys|values of a context chunk before they
+                      * join M_ctx's in P (and their gradient) */
     real *dM, *dMn, *dMh, *dq, *da, *dt, *dh, *dn, *dz; /* [B,K,C] each */
     real *dg;        /* [B,K,2C] gradient of the gate input */
     real *df1, *dg1; /* [B,K,R] */
-    real *dP;        /* [B,max(Pn, K+cap),2C] gradient of a packed buffer */
+    real *dP;        /* [B,S,2C] gradient of a chunk's P or a write's Pw */
     real *dkvc;      /* [B,K,2C] gradient of kvc */
     real *dqkvx;     /* [B,K,3C] */
     size_t total;
@@ -443,12 +449,11 @@ static slot_scratch scratch_of(const slots_cfg *c, const slot_layout *L, real *b
     slot_scratch s;
     size_t BT = (size_t)L->B * L->T, BK = (size_t)L->B * L->K, C = (size_t)L->C;
     int cap = c->variant == VARIANT_CONTEXT ? L->T : L->Cm;
-    int rows = L->Pn > L->K + cap ? L->Pn : L->K + cap;
     size_t xs = xattn_need(1, L->H, L->D, L->Cm, L->Pn);
     size_t xw = xattn_need(1, L->H, L->D, L->K, L->K + cap);
     carver cv = {base, 0};
     s.xs = carve(&cv, xs > xw ? xs : xw);
-    s.kvw = carve(&cv, BT * 2 * C);
+    s.dkvw = carve(&cv, BT * 2 * C);
     s.dqkv = carve(&cv, BT * 3 * C);
     s.dO = carve(&cv, BT * C);
     s.tkv = carve(&cv, BK * 2 * C);
@@ -457,7 +462,7 @@ static slot_scratch scratch_of(const slots_cfg *c, const slot_layout *L, real *b
     s.dg = carve(&cv, BK * 2 * C);
     s.df1 = carve(&cv, BK * L->R);
     s.dg1 = carve(&cv, BK * L->R);
-    s.dP = carve(&cv, (size_t)L->B * rows * 2 * C);
+    s.dP = carve(&cv, (size_t)L->B * L->S * 2 * C);
     s.dkvc = carve(&cv, BK * 2 * C);
     s.dqkvx = carve(&cv, BK * 3 * C);
     s.total = cv.used;
@@ -552,36 +557,49 @@ static void ln_s_backward(const slot_env *E, real *dM, const real *dMh, const re
                        E->L.B * E->L.K, E->L.C);
 }
 
-/* Attention dims of the write: K slot queries [B,K,C] over rows [Mh ; n
- * tokens] of Pw, no mask. */
-static xattn_dims write_dims(const slot_env *E, const slot_write *w, int n) {
+/* The S slot rows in front of the tokens as the attention's key prefix:
+ * keys|values [B,S,2C] at P (one set for the batch when shared), their
+ * gradients into s.dP. */
+static xattn_prefix slot_prefix(const slot_env *E, const real *P, int S, int shared) {
+    const int C = E->L.C;
+    xattn_prefix pre;
+    pre.T = S, pre.ld = 2 * C;
+    pre.db = (size_t)S * 2 * C, pre.b = shared ? 0 : pre.db;
+    pre.k = P, pre.v = P + C;
+    pre.dk = E->s.dP, pre.dv = E->s.dP + C;
+    return pre;
+}
+
+/* Attention dims of the write: K slot queries [B,K,C] over [Mh ; n tokens],
+ * no mask: the slots' keys|values from the prefix pre (Pw), the tokens'
+ * from L.kvw (their gradients: s.dkvw). */
+static xattn_dims write_dims(const slot_env *E, const xattn_prefix *pre, int n) {
     const slot_layout *L = &E->L;
     xattn_dims d;
     d.B = L->B, d.H = L->H, d.D = L->D, d.Tq = L->K, d.Tk = L->K + n;
     d.ldq = d.ldo = L->C;
     d.ldk = d.ldv = 2 * L->C;
     d.bq = d.bo = (size_t)L->K * L->C;
-    d.bk = d.bv = (size_t)w->rows * 2 * L->C;
-    d.causal = 0, d.offset = 0;
+    d.bk = d.bv = (size_t)E->T * 2 * L->C;
+    d.causal = 0, d.offset = 0, d.pre = pre;
     return d;
 }
 
 /* Attention dims of a chunk's read: its n token queries (rows of qkv) over
- * [S slot rows ; n tokens] of P, token i seeing keys j <= S + i. */
-static xattn_dims read_dims(const slot_env *E, int S, int n) {
+ * [S slot rows ; n tokens], token i seeing keys j <= S + i: the slot rows
+ * from the prefix pre (P), the tokens' keys|values from qkv in place. */
+static xattn_dims read_dims(const slot_env *E, const xattn_prefix *pre, int n) {
     const slot_layout *L = &E->L;
     xattn_dims d;
-    d.B = L->B, d.H = L->H, d.D = L->D, d.Tq = n, d.Tk = S + n;
-    d.ldq = 3 * L->C, d.bq = (size_t)E->T * 3 * L->C;
+    d.B = L->B, d.H = L->H, d.D = L->D, d.Tq = n, d.Tk = pre->T + n;
+    d.ldq = d.ldk = d.ldv = 3 * L->C, d.bq = d.bk = d.bv = (size_t)E->T * 3 * L->C;
     d.ldo = L->C, d.bo = (size_t)E->T * L->C;
-    d.ldk = d.ldv = 2 * L->C;
-    d.bk = d.bv = (size_t)L->Pn * 2 * L->C;
-    d.causal = 1, d.offset = S;
+    d.causal = 1, d.offset = pre->T, d.pre = pre;
     return d;
 }
 
 /* The write: Mout [B,K,C] from state M, Mh = LN_s(M) and tokens [t0, t0+n)
- * (whose write keys|values are in s.kvw). Saves into w. shared: M is M_0 in
+ * (whose write keys|values are in L.kvw). Saves into w. shared: M is M_0 in
  * every batch element, so the slots' q, k, v are projected once, from the
  * first element's rows, and copied to the others. */
 static void write_forward(const slot_env *E, slot_write *w, real *Mout, const real *M,
@@ -592,14 +610,12 @@ static void write_forward(const slot_env *E, slot_write *w, real *Mout, const re
     size_t KC = (size_t)BK * C, K1 = (size_t)K * C;
     linear_forward(w->qw, Mh, p->wqkv_w, p->bqkv_w, rows, C, C);
     if (shared) copy_rows(w->qw + K1, K1, C, w->qw, 0, C, B - 1, K, C);
-    linear_forward(E->s.tkv, Mh, p->wqkv_w + (size_t)C * C, offset_or_null(p->bqkv_w, C), rows,
-                   C, 2 * C);
-    size_t bw = (size_t)w->rows * 2 * C;
-    copy_rows(w->Pw, bw, 2 * C, E->s.tkv, shared ? 0 : 2 * K1, 2 * C, B, K, 2 * C);
-    copy_rows(w->Pw + (size_t)K * 2 * C, bw, 2 * C, E->s.kvw + (size_t)t0 * 2 * C,
-              (size_t)E->T * 2 * C, 2 * C, B, n, 2 * C);
-    xattn_dims d = write_dims(E, w, n);
-    xattn_forward(w->aw, w->att, w->qw, w->Pw, w->Pw + C, &d, E->s.xs);
+    linear_forward(w->Pw, Mh, p->wqkv_w + (size_t)C * C, offset_or_null(p->bqkv_w, C), rows, C,
+                   2 * C);
+    xattn_prefix pre = slot_prefix(E, w->Pw, K, shared);
+    xattn_dims d = write_dims(E, &pre, n);
+    const real *kv = L->kvw + (size_t)t0 * 2 * C;
+    xattn_forward(w->aw, w->att, w->qw, kv, kv + C, &d, E->s.xs);
     linear_forward(w->Mt, w->aw, p->wo_w, p->bo_w, BK, C, C);
     for (size_t i = 0; i < KC; i++) w->Mt[i] += M[i];
     if (w->Nm)
@@ -630,7 +646,7 @@ static void write_forward(const slot_env *E, slot_write *w, real *Mout, const re
 }
 
 /* Backward of write_forward: given dMout, dM and dMh += gradients; token
- * rows' write keys|values gradients added into s.kvw; parameter gradients.
+ * rows' write keys|values gradients added into s.dkvw; parameter gradients.
  * shared: the gradients of the slots' shared projections are summed over the
  * batch and added into the first element's rows of dMh, which only their sum
  * over the batch reads (the gradient of M_0). */
@@ -677,23 +693,22 @@ static void write_backward(const slot_env *E, const slot_write *w, real *dM, rea
     for (size_t i = 0; i < KC; i++) dM[i] += dMt[i];
     memset(s->da, 0, zsize(KC));
     linear_backward(s->da, g->wo_w, g->bo_w, dMt, w->aw, p->wo_w, BK, C, C);
-    xattn_dims d = write_dims(E, w, n);
-    size_t bw = (size_t)w->rows * 2 * C;
+    xattn_prefix pre = slot_prefix(E, w->Pw, K, shared);
+    xattn_dims d = write_dims(E, &pre, n);
+    const real *kv = L->kvw + (size_t)t0 * 2 * C;
+    real *dkv = s->dkvw + (size_t)t0 * 2 * C;
     memset(s->dq, 0, zsize(KC));
-    memset(s->dP, 0, zsize((size_t)B * bw));
-    xattn_backward(s->dq, s->dP, s->dP + C, s->da, w->qw, w->Pw, w->Pw + C, w->att, &d, s->xs);
+    memset(s->dP, 0, zsize(KC * 2));
+    xattn_backward(s->dq, dkv, dkv + C, s->da, w->qw, kv, kv + C, w->att, &d, s->xs);
     size_t K1 = (size_t)K * C;
     int rows = shared ? K : BK;
-    copy_rows(s->tkv, 2 * K1, 2 * C, s->dP, bw, 2 * C, B, K, 2 * C);
     if (shared) {
         fold_rows(s->dq, K1, C, B, K, C);
-        fold_rows(s->tkv, 2 * K1, 2 * C, B, K, 2 * C);
+        fold_rows(s->dP, 2 * K1, 2 * C, B, K, 2 * C);
     }
     linear_backward(dMh, g->wqkv_w, g->bqkv_w, s->dq, Mh, p->wqkv_w, rows, C, C);
-    linear_backward(dMh, g->wqkv_w + (size_t)C * C, offset_or_null(g->bqkv_w, C), s->tkv, Mh,
+    linear_backward(dMh, g->wqkv_w + (size_t)C * C, offset_or_null(g->bqkv_w, C), s->dP, Mh,
                     p->wqkv_w + (size_t)C * C, rows, C, 2 * C);
-    add_rows(s->kvw + (size_t)t0 * 2 * C, (size_t)E->T * 2 * C, 2 * C, s->dP + (size_t)K * 2 * C,
-             bw, 2 * C, B, n, 2 * C);
 }
 
 /* Context variant: M_ctx = M1 + Attn_x(LN_x(M1)) Wo_x^T + bo_x, then its
@@ -709,7 +724,7 @@ static void self_forward(const slot_env *E) {
     d.B = L->B, d.H = L->H, d.D = L->D, d.Tq = d.Tk = L->K;
     d.ldq = d.ldk = d.ldv = 3 * C, d.ldo = C;
     d.bq = d.bk = d.bv = (size_t)L->K * 3 * C, d.bo = (size_t)L->K * C;
-    d.causal = 0, d.offset = 0;
+    d.causal = 0, d.offset = 0, d.pre = NULL;
     xattn_forward(L->ox, L->attx, L->qkvx, L->qkvx + C, L->qkvx + 2 * C, &d, E->s.xs);
     linear_forward(L->Mctx, L->ox, p->wo_x, p->bo_x, BK, C, C);
     for (size_t i = 0; i < (size_t)BK * C; i++) L->Mctx[i] += L->M1[i];
@@ -738,7 +753,7 @@ static void self_backward(const slot_env *E, real *dM1) {
     d.B = L->B, d.H = L->H, d.D = L->D, d.Tq = d.Tk = L->K;
     d.ldq = d.ldk = d.ldv = 3 * C, d.ldo = C;
     d.bq = d.bk = d.bv = (size_t)L->K * 3 * C, d.bo = (size_t)L->K * C;
-    d.causal = 0, d.offset = 0;
+    d.causal = 0, d.offset = 0, d.pre = NULL;
     memset(s->dqkvx, 0, zsize(KC * 3));
     xattn_backward(s->dqkvx, s->dqkvx + C, s->dqkvx + 2 * C, s->da, L->qkvx, L->qkvx + C,
                    L->qkvx + 2 * C, L->attx, &d, s->xs);
@@ -768,9 +783,9 @@ static int chunk_reads(const slot_env *E, const slot_chunk *ch) {
     return 0;
 }
 
-/* The read of chunk ch (S slot rows in front of its tokens in a.P) on the
- * rows only: forward, o at the rows; backward, d q at the rows into s.dqkv
- * and d of the packed keys|values into s.dP. A run of m consecutive rows at
+/* The read of chunk ch (S slot rows in a.P in front of its tokens) on the
+ * rows only: forward, o at the rows; backward, d q at the rows and d of the
+ * tokens' keys|values into s.dqkv, d of the slot rows into s.dP. A run of m consecutive rows at
  * chunk positions [i0, i0 + m) of sequence b attends over keys [0, S + i0 +
  * m) with causal offset S + i0; its probabilities sit at att + (b Cm + i0) H
  * Pn as [H, m, S + i0 + m], inside the rows [i0, i0 + m) of the full layout's
@@ -780,7 +795,6 @@ static void read_rows(const slot_env *E, const slot_chunk_acts *a, const slot_ch
     const slot_layout *L = &E->L;
     const slot_scratch *s = &E->s;
     const int C = L->C, T = E->T;
-    const size_t bP = (size_t)L->Pn * 2 * C;
     for (int b = 0; b < L->B; b++) {
         int p0 = b * T + ch->t0;
         int r = rows_lower_bound(E->rows, E->S, p0), r1 = rows_lower_bound(E->rows, E->S,
@@ -789,15 +803,18 @@ static void read_rows(const slot_env *E, const slot_chunk_acts *a, const slot_ch
             int e = rows_run_end(E->rows, r, r1);
             int i0 = E->rows[r] - p0, m = e - r;
             size_t pos = (size_t)E->rows[r];
-            xattn_dims d = read_dims(E, S, i0 + m);
+            xattn_prefix pre = slot_prefix(E, a->P, S, ch->first && !ch->ctx);
+            pre.k += b * pre.b, pre.v += b * pre.b, pre.dk += b * pre.db, pre.dv += b * pre.db;
+            xattn_dims d = read_dims(E, &pre, i0 + m);
             d.B = 1, d.Tq = m, d.offset = S + i0;
             real *att = a->att + ((size_t)b * L->Cm + i0) * L->H * L->Pn;
-            const real *P = a->P + b * bP;
+            const real *kv = L->qkv + (size_t)p0 * 3 * C + C;
+            real *dkv = s->dqkv + (size_t)p0 * 3 * C + C;
             if (backward)
-                xattn_backward(s->dqkv + pos * 3 * C, s->dP + b * bP, s->dP + b * bP + C,
-                               s->dO + pos * C, L->qkv + pos * 3 * C, P, P + C, att, &d, s->xs);
+                xattn_backward(s->dqkv + pos * 3 * C, dkv, dkv + C, s->dO + pos * C,
+                               L->qkv + pos * 3 * C, kv, kv + C, att, &d, s->xs);
             else
-                xattn_forward(L->o + pos * C, att, L->qkv + pos * 3 * C, P, P + C, &d, s->xs);
+                xattn_forward(L->o + pos * C, att, L->qkv + pos * 3 * C, kv, kv + C, &d, s->xs);
             r = e;
         }
     }
@@ -826,25 +843,25 @@ static kv_span kv_rows(const slot_env *E) {
     return (kv_span){end > 0 ? E->L.B : 0, end, (size_t)E->T};
 }
 
-/* s.kvw = x Wkv_w^T + b on those rows. */
+/* L.kvw = x Wkv_w^T + b on those rows. */
 static void kvw_forward(const slot_env *E) {
     const int C = E->L.C;
     const real *w = E->p.wqkv_w + (size_t)C * C, *bias = offset_or_null(E->p.bqkv_w, C);
     kv_span k = kv_rows(E);
     for (int b = 0; b < k.blocks; b++)
-        linear_forward(E->s.kvw + b * k.stride * 2 * C, E->x + b * k.stride * C, w, bias, k.rows,
+        linear_forward(E->L.kvw + b * k.stride * 2 * C, E->x + b * k.stride * C, w, bias, k.rows,
                        C, 2 * C);
 }
 
-/* Zero those rows of s.kvw, where the writes' backward adds their gradients. */
+/* Zero those rows of s.dkvw, where the writes' backward adds their gradients. */
 static void kvw_zero(const slot_env *E) {
     const int C = E->L.C;
     kv_span k = kv_rows(E);
     for (int b = 0; b < k.blocks; b++)
-        memset(E->s.kvw + b * k.stride * 2 * C, 0, zsize((size_t)k.rows * 2 * C));
+        memset(E->s.dkvw + b * k.stride * 2 * C, 0, zsize((size_t)k.rows * 2 * C));
 }
 
-/* Backward of kvw_forward from the gradient in s.kvw: dx and the write
+/* Backward of kvw_forward from the gradient in s.dkvw: dx and the write
  * k, v projection's gradients += (those rows only). */
 static void kvw_backward(const slot_env *E, real *dx) {
     const int C = E->L.C;
@@ -852,7 +869,7 @@ static void kvw_backward(const slot_env *E, real *dx) {
     real *dw = E->g.wqkv_w + (size_t)C * C, *db = offset_or_null(E->g.bqkv_w, C);
     kv_span k = kv_rows(E);
     for (int b = 0; b < k.blocks; b++)
-        linear_backward(dx + b * k.stride * C, dw, db, E->s.kvw + b * k.stride * 2 * C,
+        linear_backward(dx + b * k.stride * C, dw, db, E->s.dkvw + b * k.stride * 2 * C,
                         E->x + b * k.stride * C, w, k.rows, C, 2 * C);
 }
 
@@ -863,7 +880,7 @@ static void slots_forward(const mixer_call *mc, real *out, const real *x) {
     const slot_layout *L = &E.L;
     const slots_ptrs *p = &E.p;
     int B = L->B, K = L->K, C = L->C, T = E.T, BK = B * K, N = B * T;
-    size_t bP = (size_t)L->Pn * 2 * C;
+    size_t bS = (size_t)L->S * 2 * C;
     /* with rows, the rows' x and q sit in s.dqkv, free until the backward */
     real *xr = E.s.dqkv, *qr = E.s.dqkv + (size_t)E.S * C;
     if (E.rows) {
@@ -889,21 +906,25 @@ static void slots_forward(const mixer_call *mc, real *out, const real *x) {
         int s0 = ch.ctx ? K : 0, S = s0 + K;
         if (chunk_reads(&E, &ch)) {
             /* a segment's first chunk reads M_0, the same in every sequence:
-             * its slots' keys and values are projected once */
-            linear_forward(E.s.tkv, a.Mh, p->wqkv + (size_t)C * C, offset_or_null(p->bqkv, C),
-                           ch.first ? K : BK, C, 2 * C);
-            if (ch.ctx)
-                copy_rows(a.P, bP, 2 * C, L->kvc, (size_t)K * 2 * C, 2 * C, B, K, 2 * C);
-            copy_rows(a.P + (size_t)s0 * 2 * C, bP, 2 * C, E.s.tkv,
-                      ch.first ? 0 : (size_t)K * 2 * C, 2 * C, B, K, 2 * C);
-            copy_rows(a.P + (size_t)S * 2 * C, bP, 2 * C, L->qkv + (size_t)ch.t0 * 3 * C + C,
-                      (size_t)T * 3 * C, 3 * C, B, ch.n, 2 * C);
+             * its slots' keys and values are projected once (and, without
+             * M_ctx in front, read by every sequence from there) */
+            const real *wkv = p->wqkv + (size_t)C * C, *bkv = offset_or_null(p->bqkv, C);
+            int rows = ch.first ? K : BK;
+            if (ch.ctx) {
+                linear_forward(E.s.tkv, a.Mh, wkv, bkv, rows, C, 2 * C);
+                copy_rows(a.P, bS, 2 * C, L->kvc, (size_t)K * 2 * C, 2 * C, B, K, 2 * C);
+                copy_rows(a.P + (size_t)K * 2 * C, bS, 2 * C, E.s.tkv,
+                          ch.first ? 0 : (size_t)K * 2 * C, 2 * C, B, K, 2 * C);
+            } else {
+                linear_forward(a.P, a.Mh, wkv, bkv, rows, C, 2 * C);
+            }
             if (E.rows) {
                 read_rows(&E, &a, &ch, S, 0);
             } else {
-                xattn_dims d = read_dims(&E, S, ch.n);
-                xattn_forward(L->o + (size_t)ch.t0 * C, a.att, L->qkv + (size_t)ch.t0 * 3 * C,
-                              a.P, a.P + C, &d, E.s.xs);
+                xattn_prefix pre = slot_prefix(&E, a.P, S, ch.first && !ch.ctx);
+                xattn_dims d = read_dims(&E, &pre, ch.n);
+                const real *q = L->qkv + (size_t)ch.t0 * 3 * C;
+                xattn_forward(L->o + (size_t)ch.t0 * C, a.att, q, q + C, q + 2 * C, &d, E.s.xs);
             }
         }
         if (!ch.last) {
@@ -925,13 +946,13 @@ static void slots_backward(const mixer_call *mc, real *dx, const real *dout, con
     const slots_ptrs *p = &E.p, *g = &E.g;
     const slot_scratch *s = &E.s;
     int B = L->B, K = L->K, C = L->C, T = E.T, BK = B * K, N = B * T;
-    size_t KC = (size_t)BK * C, bP = (size_t)L->Pn * 2 * C;
+    size_t KC = (size_t)BK * C, bS = (size_t)L->S * 2 * C;
     memset(s->dqkv, 0, zsize((size_t)N * 3 * C));
     memset(s->dO, 0, zsize((size_t)N * C));
     memset(s->dkvc, 0, zsize(KC * 2));
     if (E.rows) {
-        /* s.kvw is free until the chunks: the rows' o and its gradient */
-        real *orow = s->kvw, *dor = s->kvw + (size_t)E.S * C;
+        /* s.dkvw is free until the chunks: the rows' o and its gradient */
+        real *orow = s->dkvw, *dor = s->dkvw + (size_t)E.S * C;
         rows_gather(orow, L->o, C, E.rows, E.S, C);
         memset(dor, 0, zsize((size_t)E.S * C));
         linear_backward(dor, g->wo, g->bo, dout, orow, p->wo, E.S, C, C);
@@ -950,23 +971,27 @@ static void slots_backward(const mixer_call *mc, real *dx, const real *dout, con
             write_backward(&E, &a.w, dM, s->dMh, dMn, a.M, a.Mh, ch.t0, ch.n, ch.first);
         int s0 = ch.ctx ? K : 0, S = s0 + K;
         if (chunk_reads(&E, &ch)) {
-            memset(s->dP, 0, zsize((size_t)B * bP));
+            memset(s->dP, 0, zsize((size_t)B * bS));
             if (E.rows) {
                 read_rows(&E, &a, &ch, S, 1);
             } else {
-                xattn_dims d = read_dims(&E, S, ch.n);
-                xattn_backward(s->dqkv + (size_t)ch.t0 * 3 * C, s->dP, s->dP + C,
-                               s->dO + (size_t)ch.t0 * C, L->qkv + (size_t)ch.t0 * 3 * C, a.P,
-                               a.P + C, a.att, &d, s->xs);
+                xattn_prefix pre = slot_prefix(&E, a.P, S, ch.first && !ch.ctx);
+                xattn_dims d = read_dims(&E, &pre, ch.n);
+                const real *q = L->qkv + (size_t)ch.t0 * 3 * C;
+                real *dq = s->dqkv + (size_t)ch.t0 * 3 * C;
+                xattn_backward(dq, dq + C, dq + 2 * C, s->dO + (size_t)ch.t0 * C, q, q + C,
+                               q + 2 * C, a.att, &d, s->xs);
             }
-            add_rows(s->dqkv + (size_t)ch.t0 * 3 * C + C, (size_t)T * 3 * C, 3 * C,
-                     s->dP + (size_t)S * 2 * C, bP, 2 * C, B, ch.n, 2 * C);
-            if (ch.ctx)
-                add_rows(s->dkvc, (size_t)K * 2 * C, 2 * C, s->dP, bP, 2 * C, B, K, 2 * C);
-            copy_rows(s->tkv, (size_t)K * 2 * C, 2 * C, s->dP + (size_t)s0 * 2 * C, bP, 2 * C, B,
-                      K, 2 * C);
-            if (ch.first) fold_rows(s->tkv, (size_t)K * 2 * C, 2 * C, B, K, 2 * C);
-            linear_backward(s->dMh, g->wqkv + (size_t)C * C, offset_or_null(g->bqkv, C), s->tkv,
+            /* the slots' rows of dP as [B,K,2C] (the rows M_ctx's follow) */
+            real *dslot = s->dP;
+            if (ch.ctx) {
+                add_rows(s->dkvc, (size_t)K * 2 * C, 2 * C, s->dP, bS, 2 * C, B, K, 2 * C);
+                copy_rows(s->tkv, (size_t)K * 2 * C, 2 * C, s->dP + (size_t)K * 2 * C, bS, 2 * C,
+                          B, K, 2 * C);
+                dslot = s->tkv;
+            }
+            if (ch.first) fold_rows(dslot, (size_t)K * 2 * C, 2 * C, B, K, 2 * C);
+            linear_backward(s->dMh, g->wqkv + (size_t)C * C, offset_or_null(g->bqkv, C), dslot,
                             a.Mh, p->wqkv + (size_t)C * C, ch.first ? K : BK, C, 2 * C);
         }
         ln_s_backward(&E, dM, s->dMh, a.M, a.mh_mean, a.mh_rstd);
@@ -988,8 +1013,8 @@ static void slots_backward(const mixer_call *mc, real *dx, const real *dout, con
     }
     kvw_backward(&E, dx);
     if (E.rows) {
-        /* s.kvw is free again: the rows' d q and x; s.dO: their d x */
-        real *qr = s->kvw, *xr = s->kvw + (size_t)E.S * C, *dxr = s->dO;
+        /* s.dkvw is free again: the rows' d q and x; s.dO: their d x */
+        real *qr = s->dkvw, *xr = s->dkvw + (size_t)E.S * C, *dxr = s->dO;
         rows_gather(xr, x, C, E.rows, E.S, C);
         memset(dxr, 0, zsize((size_t)E.S * C));
         linear_backward_rows(dx, dxr, g->wqkv, g->bqkv, qr, s->dqkv, x, xr, p->wqkv, E.rows,

@@ -150,120 +150,189 @@ static real *rig_param(rig *r, const char *name) {
 /* ---- the cross-attention kernel ------------------------------------------- */
 
 /* Row i sees keys j <= i + offset (or all): a plain restatement, for the
- * shapes below. */
+ * shapes below. Tp > 0: the first Tp keys come from a prefix buffer (its own
+ * strides), shared by the batch in the forward when `shared`. */
 typedef struct xa_case {
-    int B, H, D, Tq, Tk, causal, offset;
+    int B, H, D, Tq, Tk, causal, offset, Tp, shared;
 } xa_case;
 
 static const xa_case xa_cases[] = {
-    {2, 3, 2, 5, 7, 1, 2},  {2, 1, 4, 5, 7, 0, 0}, {1, 2, 3, 1, 1, 0, 0},
-    {2, 2, 2, 6, 4, 1, -2}, {3, 1, 1, 4, 9, 1, 5}, {1, 2, 2, 3, 5, 1, 0},
+    {2, 3, 2, 5, 7, 1, 2, 0, 0},  {2, 1, 4, 5, 7, 0, 0, 0, 0}, {1, 2, 3, 1, 1, 0, 0, 0, 0},
+    {2, 2, 2, 6, 4, 1, -2, 0, 0}, {3, 1, 1, 4, 9, 1, 5, 0, 0}, {1, 2, 2, 3, 5, 1, 0, 0, 0},
+    {2, 2, 3, 5, 9, 1, 3, 3, 0},  {3, 1, 2, 4, 6, 1, 2, 2, 1}, {2, 2, 2, 3, 4, 0, 0, 4, 1},
+    {2, 1, 2, 4, 5, 1, -1, 2, 0}, {2, 2, 2, 4, 6, 0, 0, 3, 1},
 };
 
-/* Strided dims of a case: rows padded by 3 reals, batches by 5 rows. */
-static xattn_dims xa_dims(const xa_case *c) {
+/* A case's buffers: q, the token keys|values kv, the prefix's pkv, the
+ * gradients of all three (the prefix's per batch element), and the dims
+ * (rows padded by a few reals, batches by a few rows) pointing at them. */
+typedef struct xa_bufs {
     xattn_dims d;
-    d.B = c->B, d.H = c->H, d.D = c->D, d.Tq = c->Tq, d.Tk = c->Tk;
-    int w = c->H * c->D;
-    d.ldq = w + 3, d.ldk = 2 * w + 1, d.ldv = 2 * w + 1, d.ldo = w + 2;
-    d.bq = (size_t)(c->Tq + 5) * d.ldq, d.bo = (size_t)(c->Tq + 5) * d.ldo;
-    d.bk = d.bv = (size_t)(c->Tk + 5) * d.ldk;
-    d.causal = c->causal, d.offset = c->offset;
-    return d;
+    xattn_prefix pre;
+    double *q, *kv, *pkv, *dq, *dkv, *dpkv, *scr;
+    size_t nq, nkv, npkv, ndpkv;
+} xa_bufs;
+
+static void xa_setup(xa_bufs *x, const xa_case *c) {
+    xattn_dims *d = &x->d;
+    memset(x, 0, sizeof *x);
+    d->B = c->B, d->H = c->H, d->D = c->D, d->Tq = c->Tq, d->Tk = c->Tk;
+    int w = c->H * c->D, Tt = c->Tk - c->Tp;
+    d->ldq = w + 3, d->ldk = 2 * w + 1, d->ldv = 2 * w + 1, d->ldo = w + 2;
+    d->bq = (size_t)(c->Tq + 5) * d->ldq, d->bo = (size_t)(c->Tq + 5) * d->ldo;
+    d->bk = d->bv = (size_t)(Tt + 5) * d->ldk;
+    d->causal = c->causal, d->offset = c->offset, d->pre = NULL;
+    x->nq = d->bq * d->B, x->nkv = d->bk * d->B;
+    x->pre.T = c->Tp, x->pre.ld = 2 * w + 3;
+    x->pre.db = (size_t)(c->Tp + 2) * x->pre.ld;
+    x->pre.b = c->shared ? 0 : x->pre.db;
+    x->npkv = c->shared ? x->pre.db : x->pre.db * d->B, x->ndpkv = x->pre.db * d->B;
+    x->q = malloc(sizeof(double) * x->nq), x->dq = calloc(x->nq, sizeof(double));
+    x->kv = malloc(sizeof(double) * x->nkv), x->dkv = calloc(x->nkv, sizeof(double));
+    x->pkv = malloc(sizeof(double) * x->npkv), x->dpkv = calloc(x->ndpkv, sizeof(double));
+    if (c->Tp) {
+        x->pre.k = x->pkv, x->pre.v = x->pkv + w, x->pre.dk = x->dpkv, x->pre.dv = x->dpkv + w;
+        d->pre = &x->pre;
+    }
+    x->scr = malloc(sizeof(double) * xattn_scratch_size(d));
+}
+
+static void xa_free(xa_bufs *x) {
+    free(x->q), free(x->kv), free(x->pkv), free(x->dq), free(x->dkv), free(x->dpkv);
+    free(x->scr);
+}
+
+/* The prefix's gradient as the forward read it: summed over the batch when
+ * shared (into sum [npkv]). */
+static void xa_prefix_grad(const xa_bufs *x, double *sum) {
+    memset(sum, 0, sizeof(double) * x->npkv);
+    for (size_t b = 0; b < (size_t)x->d.B; b++)
+        for (size_t i = 0; i < x->pre.db; i++)
+            sum[(x->pre.b ? b * x->pre.db : 0) + i] += x->dpkv[b * x->pre.db + i];
 }
 
 static void test_xattn_fast_equals_ref(void) {
     for (size_t ci = 0; ci < sizeof xa_cases / sizeof xa_cases[0]; ci++) {
-        xattn_dims d = xa_dims(&xa_cases[ci]);
-        size_t nq = d.bq * d.B, nkv = d.bk * d.B, no = d.bo * d.B;
-        size_t na = (size_t)d.B * d.H * d.Tq * d.Tk;
-        double *q = malloc(sizeof(double) * nq), *kv = malloc(sizeof(double) * nkv);
+        xa_bufs x1, x2;
+        xa_setup(&x1, &xa_cases[ci]);
+        xa_setup(&x2, &xa_cases[ci]);
+        const xattn_dims *d = &x1.d;
+        size_t no = d->bo * d->B, na = (size_t)d->B * d->H * d->Tq * d->Tk;
         double *o1 = calloc(no, sizeof(double)), *o2 = calloc(no, sizeof(double));
         double *a1 = malloc(sizeof(double) * na), *a2 = malloc(sizeof(double) * na);
         double *g = malloc(sizeof(double) * no);
-        double *dq1 = malloc(sizeof(double) * nq), *dq2 = malloc(sizeof(double) * nq);
-        double *dkv1 = malloc(sizeof(double) * nkv), *dkv2 = malloc(sizeof(double) * nkv);
-        double *scr = malloc(sizeof(double) * xattn_scratch_size(&d));
-        test_fill(q, nq, 10 + ci, -2, 2);
-        test_fill(kv, nkv, 20 + ci, -2, 2);
+        test_fill(x1.q, x1.nq, 10 + ci, -2, 2);
+        test_fill(x1.kv, x1.nkv, 20 + ci, -2, 2);
+        test_fill(x1.pkv, x1.npkv, 25 + ci, -2, 2);
         test_fill(g, no, 30 + ci, -1, 1);
         /* gradients start non-zero: both must accumulate */
-        test_fill(dq1, nq, 40 + ci, -1, 1);
-        memcpy(dq2, dq1, sizeof(double) * nq);
-        test_fill(dkv1, nkv, 50 + ci, -1, 1);
-        memcpy(dkv2, dkv1, sizeof(double) * nkv);
-        const int w = d.H * d.D;
-        xattn_forward(o1, a1, q, kv, kv + w, &d, scr);
-        xattn_forward_ref(o2, a2, q, kv, kv + w, &d);
+        test_fill(x1.dq, x1.nq, 40 + ci, -1, 1);
+        test_fill(x1.dkv, x1.nkv, 50 + ci, -1, 1);
+        test_fill(x1.dpkv, x1.ndpkv, 55 + ci, -1, 1);
+        memcpy(x2.q, x1.q, sizeof(double) * x1.nq);
+        memcpy(x2.kv, x1.kv, sizeof(double) * x1.nkv);
+        memcpy(x2.pkv, x1.pkv, sizeof(double) * x1.npkv);
+        memcpy(x2.dq, x1.dq, sizeof(double) * x1.nq);
+        memcpy(x2.dkv, x1.dkv, sizeof(double) * x1.nkv);
+        memcpy(x2.dpkv, x1.dpkv, sizeof(double) * x1.ndpkv);
+        const int w = d->H * d->D;
+        xattn_forward(o1, a1, x1.q, x1.kv, x1.kv + w, &x1.d, x1.scr);
+        xattn_forward_ref(o2, a2, x2.q, x2.kv, x2.kv + w, &x2.d);
         CHECK(max_rel_diff(o1, o2, no) < 1e-12, "case %zu: out differs %g", ci,
               max_rel_diff(o1, o2, no));
         CHECK(max_rel_diff(a1, a2, na) < 1e-12, "case %zu: att differs", ci);
         /* masked entries are exact zeros; a row that sees nothing is all zero */
         int mask_ok = 1;
-        for (int b = 0; b < d.B; b++)
-            for (int h = 0; h < d.H; h++)
-                for (int i = 0; i < d.Tq; i++) {
+        for (int b = 0; b < d->B; b++)
+            for (int h = 0; h < d->H; h++)
+                for (int i = 0; i < d->Tq; i++) {
                     double sum = 0;
-                    for (int j = 0; j < d.Tk; j++) {
-                        double p = a1[(((size_t)b * d.H + h) * d.Tq + i) * d.Tk + j];
-                        int seen = !d.causal || j <= i + d.offset;
+                    for (int j = 0; j < d->Tk; j++) {
+                        double p = a1[(((size_t)b * d->H + h) * d->Tq + i) * d->Tk + j];
+                        int seen = !d->causal || j <= i + d->offset;
                         if (!seen && p != 0) mask_ok = 0;
                         sum += p;
                     }
-                    int any = !d.causal || i + d.offset >= 0;
+                    int any = !d->causal || i + d->offset >= 0;
                     if (fabs(sum - (any ? 1.0 : 0.0)) > 1e-12) mask_ok = 0;
                 }
         CHECK(mask_ok, "case %zu: att rows do not respect the mask or do not sum to 1", ci);
-        xattn_backward(dq1, dkv1, dkv1 + w, g, q, kv, kv + w, a1, &d, scr);
-        xattn_backward_ref(dq2, dkv2, dkv2 + w, g, q, kv, kv + w, a2, &d);
-        CHECK(max_rel_diff(dq1, dq2, nq) < 1e-12, "case %zu: dq differs %g", ci,
-              max_rel_diff(dq1, dq2, nq));
-        CHECK(max_rel_diff(dkv1, dkv2, nkv) < 1e-12, "case %zu: dk/dv differ %g", ci,
-              max_rel_diff(dkv1, dkv2, nkv));
-        free(q), free(kv), free(o1), free(o2), free(a1), free(a2), free(g);
-        free(dq1), free(dq2), free(dkv1), free(dkv2), free(scr);
+        if (d->pre) {
+            /* the same attention over the prefix's rows and the tokens' rows
+             * copied into one buffer, without a prefix */
+            xattn_dims dc = *d;
+            int Tp = d->pre->T, w2 = 2 * w;
+            dc.pre = NULL, dc.ldk = dc.ldv = w2, dc.bk = dc.bv = (size_t)d->Tk * w2;
+            double *cat = malloc(sizeof(double) * dc.bk * d->B);
+            double *o3 = calloc(no, sizeof(double)), *a3 = malloc(sizeof(double) * na);
+            for (int b = 0; b < d->B; b++)
+                for (int j = 0; j < d->Tk; j++)
+                    memcpy(cat + b * dc.bk + (size_t)j * w2,
+                           j < Tp ? x1.pkv + b * x1.pre.b + (size_t)j * x1.pre.ld
+                                  : x1.kv + b * d->bk + (size_t)(j - Tp) * d->ldk,
+                           sizeof(double) * w2);
+            xattn_forward_ref(o3, a3, x1.q, cat, cat + w, &dc);
+            CHECK(max_rel_diff(o1, o3, no) < 1e-12 && max_rel_diff(a1, a3, na) < 1e-12,
+                  "case %zu: the prefix is not the first %d keys", ci, Tp);
+            free(cat), free(o3), free(a3);
+        }
+        xattn_backward(x1.dq, x1.dkv, x1.dkv + w, g, x1.q, x1.kv, x1.kv + w, a1, &x1.d, x1.scr);
+        xattn_backward_ref(x2.dq, x2.dkv, x2.dkv + w, g, x2.q, x2.kv, x2.kv + w, a2, &x2.d);
+        CHECK(max_rel_diff(x1.dq, x2.dq, x1.nq) < 1e-12, "case %zu: dq differs %g", ci,
+              max_rel_diff(x1.dq, x2.dq, x1.nq));
+        CHECK(max_rel_diff(x1.dkv, x2.dkv, x1.nkv) < 1e-12, "case %zu: dk/dv differ %g", ci,
+              max_rel_diff(x1.dkv, x2.dkv, x1.nkv));
+        CHECK(max_rel_diff(x1.dpkv, x2.dpkv, x1.ndpkv) < 1e-12,
+              "case %zu: the prefix's dk/dv differ %g", ci,
+              max_rel_diff(x1.dpkv, x2.dpkv, x1.ndpkv));
+        free(o1), free(o2), free(a1), free(a2), free(g);
+        xa_free(&x1), xa_free(&x2);
     }
 }
 
 typedef struct xa_ctx {
-    xattn_dims d;
-    double *q, *kv, *o, *a, *wgt, *scr;
+    xa_bufs x;
+    double *o, *a, *wgt;
     size_t no;
 } xa_ctx;
 
 static double xa_loss(void *p) {
     xa_ctx *c = p;
-    xattn_forward(c->o, c->a, c->q, c->kv, c->kv + c->d.H * c->d.D, &c->d, c->scr);
+    xattn_forward(c->o, c->a, c->x.q, c->x.kv, c->x.kv + c->x.d.H * c->x.d.D, &c->x.d, c->x.scr);
     double s = 0;
     for (size_t i = 0; i < c->no; i++) s += c->wgt[i] * c->o[i];
     return s;
 }
 
-/* The fast backward against central differences (gradcheck.h defaults). */
+/* The fast backward against central differences (gradcheck.h defaults),
+ * the prefix's keys and values included. */
 static void test_xattn_gradcheck(void) {
     for (size_t ci = 0; ci < sizeof xa_cases / sizeof xa_cases[0]; ci++) {
         xa_ctx c;
-        c.d = xa_dims(&xa_cases[ci]);
-        size_t nq = c.d.bq * c.d.B, nkv = c.d.bk * c.d.B;
-        c.no = c.d.bo * c.d.B;
-        c.q = malloc(sizeof(double) * nq), c.kv = malloc(sizeof(double) * nkv);
+        xa_setup(&c.x, &xa_cases[ci]);
+        const xattn_dims *d = &c.x.d;
+        c.no = d->bo * d->B;
         c.o = calloc(c.no, sizeof(double));
-        c.a = malloc(sizeof(double) * c.d.B * c.d.H * c.d.Tq * c.d.Tk);
+        c.a = malloc(sizeof(double) * d->B * d->H * d->Tq * d->Tk);
         c.wgt = malloc(sizeof(double) * c.no);
-        c.scr = malloc(sizeof(double) * xattn_scratch_size(&c.d));
-        double *dq = calloc(nq, sizeof(double)), *dkv = calloc(nkv, sizeof(double));
-        test_fill(c.q, nq, 60 + ci, -1.5, 1.5);
-        test_fill(c.kv, nkv, 70 + ci, -1.5, 1.5);
+        double *dpre = malloc(sizeof(double) * c.x.npkv);
+        test_fill(c.x.q, c.x.nq, 60 + ci, -1.5, 1.5);
+        test_fill(c.x.kv, c.x.nkv, 70 + ci, -1.5, 1.5);
+        test_fill(c.x.pkv, c.x.npkv, 75 + ci, -1.5, 1.5);
         test_fill(c.wgt, c.no, 80 + ci, -1, 1);
         xa_loss(&c);
-        int w = c.d.H * c.d.D;
-        xattn_backward(dq, dkv, dkv + w, c.wgt, c.q, c.kv, c.kv + w, c.a, &c.d, c.scr);
-        gc_tensor ts[2] = {{"q", c.q, dq, nq}, {"kv", c.kv, dkv, nkv}};
+        int w = d->H * d->D;
+        xattn_backward(c.x.dq, c.x.dkv, c.x.dkv + w, c.wgt, c.x.q, c.x.kv, c.x.kv + w, c.a, d,
+                       c.x.scr);
+        xa_prefix_grad(&c.x, dpre);
+        gc_tensor ts[3] = {{"q", c.x.q, c.x.dq, c.x.nq},
+                           {"kv", c.x.kv, c.x.dkv, c.x.nkv},
+                           {"prefix kv", c.x.pkv, dpre, c.x.npkv}};
         char label[64];
         snprintf(label, sizeof label, "xattn case %zu", ci);
-        gradcheck_expect(label, xa_loss, &c, ts, 2);
-        free(c.q), free(c.kv), free(c.o), free(c.a), free(c.wgt), free(c.scr), free(dq),
-            free(dkv);
+        gradcheck_expect(label, xa_loss, &c, ts, d->pre ? 3 : 2);
+        free(c.o), free(c.a), free(c.wgt), free(dpre);
+        xa_free(&c.x);
     }
 }
 
