@@ -245,6 +245,11 @@ void linattn_backward(real *dq, real *dk, real *dv, const real *dout, const real
 void silu_forward(real *out, const real *x, size_t n);
 /* dx[i] += dout[i] * s (1 + x (1 - s)), s = sigmoid(x[i]); x is the forward input. */
 void silu_backward(real *dx, const real *dout, const real *x, size_t n);
+/* y[i] = silu(g[i]) a[i] (y may alias a); backward: dg += dy a silu'(g),
+ * da = dy silu(g) (overwritten; da may alias dy). */
+void silu_mul_forward(real *y, const real *g, const real *a, size_t n);
+void silu_mul_backward(real *dg, real *da, const real *dy, const real *g, const real *a,
+                       size_t n);
 
 /* ---- L2 normalisation of rows -------------------------------------------- */
 /* y[N,D] = x * rn, rn[N] = 1/sqrt(sum x^2 + eps) saved. y may alias x. */

@@ -60,6 +60,33 @@ void lf_map_backward(real *dx, const real *dout, const real *x, int rows, int D,
     }
 }
 
+void lf_phi_forward(real *out, real *rn, const real *x, int rows, int D, int ldx, int ldo,
+                    int fmap) {
+    if (!rn) {
+        lf_map_forward(out, x, rows, D, ldx, ldo, fmap);
+        return;
+    }
+    for (int r = 0; r < rows; r++) {
+        real *o = out + (size_t)r * ldo;
+        lf_map_forward(o, x + (size_t)r * ldx, 1, D, ldx, ldo, fmap);
+        l2norm_forward(o, rn + r, o, 1, ldo, (real)LF_L2_EPS);
+    }
+}
+
+void lf_phi_backward(real *dx, const real *dphi, const real *x, const real *phi, const real *rn,
+                     int rows, int D, int ldx, int ldo, int fmap, real *tmp) {
+    if (!rn) {
+        lf_map_backward(dx, dphi, x, rows, D, ldx, ldo, fmap);
+        return;
+    }
+    for (int r = 0; r < rows; r++) {
+        size_t ro = (size_t)r * ldo;
+        memset(tmp, 0, sizeof(real) * (size_t)ldo);
+        l2norm_backward(tmp, dphi + ro, phi + ro, rn + r, 1, ldo);
+        lf_map_backward(dx + (size_t)r * ldx, tmp, x + (size_t)r * ldx, 1, D, ldx, ldo, fmap);
+    }
+}
+
 /* dt_h = exp(log dt_min + (h + 1/2)/H (log dt_max - log dt_min)), shift_h =
  * log(expm1(dt_h)), computed in double. */
 void lf_dt_shift(real *shift, int H, double dt_min, double dt_max) {
@@ -120,8 +147,7 @@ void lf_outnorm_forward(real *y, real *on, real *rstd, const real *o, const real
         if (y != on) memcpy(y, on, n * sizeof(real));
         return;
     }
-    silu_forward(y, gz, n);
-    for (size_t i = 0; i < n; i++) y[i] *= on[i];
+    silu_mul_forward(y, gz, on, n);
 }
 
 /* gated: y = on * silu(gz): dgz += dy on silu'(gz), d on = dy silu(gz); then
@@ -132,10 +158,7 @@ void lf_outnorm_backward(real *dout_o, real *dw, real *dgz, const real *dy, cons
     size_t n = (size_t)N * H * Dv;
     const real *don = dy;
     if (kind == LF_ONORM_GATED) {
-        for (size_t i = 0; i < n; i++) tmp[i] = dy[i] * on[i];
-        silu_backward(dgz, tmp, gz, n);
-        silu_forward(tmp, gz, n);
-        for (size_t i = 0; i < n; i++) tmp[i] *= dy[i];
+        silu_mul_backward(dgz, tmp, dy, gz, on, n);
         don = tmp;
     }
     rmsnorm_backward(dout_o, dw, don, o, w, rstd, N * H, Dv);

@@ -47,6 +47,17 @@ void lf_map_forward(real *out, const real *x, int rows, int D, int ldx, int ldo,
 void lf_map_backward(real *dx, const real *dout, const real *x, int rows, int D, int ldx,
                      int ldo, int fmap);
 
+/* q and k as the delta rules see them: lf_map_forward, then, with rn not
+ * NULL, each row L2-normalised in place while it is in cache (rn[r] its
+ * 1/sqrt(|phi_r|^2 + LF_L2_EPS), as l2norm_forward). Rows of the output are
+ * contiguous: ldo = lf_fmap_width(fmap, D). */
+void lf_phi_forward(real *out, real *rn, const real *x, int rows, int D, int ldx, int ldo,
+                    int fmap);
+/* dx += J^T dphi of lf_phi_forward, row by row: phi and rn what it wrote (rn
+ * NULL: no norm); tmp holds ldo reals. */
+void lf_phi_backward(real *dx, const real *dphi, const real *x, const real *phi, const real *rn,
+                     int rows, int D, int ldx, int ldo, int fmap, real *tmp);
+
 /* shift[H]: per-head softplus^{-1} of the log-spaced initial time step. */
 void lf_dt_shift(real *shift, int H, double dt_min, double dt_max);
 /* In place: beta[n] = sigmoid(beta[n]). */

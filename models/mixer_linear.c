@@ -278,7 +278,7 @@ typedef struct linear_scr {
     real *core;   /* core scratch */
     real *shift;  /* [H] dt shift */
     real *dy, *tmp, *dO, *dgz; /* [N,C] */
-    real *dphi, *dphi_raw;     /* [N,2,H,F] */
+    real *dphi, *dphi_raw;     /* [N,2,H,F]; [F] one row's gradient inside the L2 norm */
     real *dqkv, *dproj;        /* [N,Cp] (dproj only with the conv) */
     real *dbeta, *dg, *dz;     /* [N,H] */
     /* with rows (S < N of them; sized N): x, core output, d core output and
@@ -300,7 +300,7 @@ static size_t linear_scr_at(const linear_cfg *c, const lf_dims *d, real *base,
     TAKE(dO, N * d->C);
     if (d->gated) TAKE(dgz, N * d->C);
     TAKE(dphi, N * 2 * d->HF);
-    if (c->qk_l2norm) TAKE(dphi_raw, N * 2 * d->HF);
+    if (c->qk_l2norm) TAKE(dphi_raw, d->F);
     TAKE(dqkv, N * d->Cp);
     if (d->conv) TAKE(dproj, N * d->Cp);
     if (d->delta) TAKE(dbeta, N * d->H);
@@ -389,9 +389,8 @@ static void linear_forward_mix(const mixer_call *mc, real *out, const real *x) {
     }
     /* q and k of one token are 2H contiguous rows of Dk */
     for (int t = 0; t < N; t++)
-        lf_map_forward(a.phi + (size_t)t * 2 * d.HF, qkv + (size_t)t * d.Cp, 2 * H, d.Dk, d.Dk,
-                       d.F, c->feature_map);
-    if (c->qk_l2norm) l2norm_forward(a.phi, a.rn, a.phi, N * 2 * H, d.F, (real)LF_L2_EPS);
+        lf_phi_forward(a.phi + (size_t)t * 2 * d.HF, c->qk_l2norm ? a.rn + (size_t)t * 2 * H : NULL,
+                       qkv + (size_t)t * d.Cp, 2 * H, d.Dk, d.Dk, d.F, c->feature_map);
     if (d.delta) {
         linear_forward(a.beta, x, p.wbeta, NULL, N, C, H);
         lf_beta_forward(a.beta, (size_t)N * H);
@@ -468,15 +467,11 @@ static void linear_backward_mix(const mixer_call *mc, real *dx, const real *dout
     }
 
     /* feature maps back to the projection */
-    const real *dphi = s.dphi;
-    if (c->qk_l2norm) {
-        memset(s.dphi_raw, 0, NP * sizeof(real));
-        l2norm_backward(s.dphi_raw, s.dphi, a.phi, a.rn, N * 2 * H, d.F);
-        dphi = s.dphi_raw;
-    }
     for (int t = 0; t < N; t++)
-        lf_map_backward(s.dqkv + (size_t)t * d.Cp, dphi + (size_t)t * 2 * d.HF,
-                        qkv + (size_t)t * d.Cp, 2 * H, d.Dk, d.Dk, d.F, c->feature_map);
+        lf_phi_backward(s.dqkv + (size_t)t * d.Cp, s.dphi + (size_t)t * 2 * d.HF,
+                        qkv + (size_t)t * d.Cp, a.phi + (size_t)t * 2 * d.HF,
+                        c->qk_l2norm ? a.rn + (size_t)t * 2 * H : NULL, 2 * H, d.Dk, d.Dk, d.F,
+                        c->feature_map, s.dphi_raw);
     const real *dproj = s.dqkv;
     if (d.conv) {
         memset(s.dproj, 0, (size_t)N * d.Cp * sizeof(real));

@@ -288,8 +288,9 @@ typedef struct mom_scr {
     size_t ws_size;
     real *shift, *logits, *frac, *mean, *dp_all;
     real *dy, *tmp, *dO, *dgz;             /* [N,C] */
-    real *dphq, *dphq_raw, *dqraw;         /* [N,HF], [N,HF], [N,Cq] */
-    real *dphk, *dphk_raw, *dkraw;         /* [N,Mt,HF], [N,Mt,HF], [N,Mt,Cq] */
+    real *dphq, *dqraw;                    /* [N,HF], [N,Cq] */
+    real *dphk, *dkraw;                    /* [N,Mt,HF], [N,Mt,Cq] */
+    real *dph_tmp;                         /* [F] one row's gradient inside the L2 norm */
     real *dv;                              /* [N,Mt,C] */
     real *dbeta, *dg, *dz;                 /* [N,Mt,H] */
     real *drw, *dlogits;                   /* [N,K], [N,E] */
@@ -318,10 +319,9 @@ static size_t mom_scr_at(const mom_cfg *c, const mom_dims *d, real *base, mom_sc
     TAKE(dO, N * C);
     if (d->gated) TAKE(dgz, N * C);
     TAKE(dphq, N * HF);
-    if (c->qk_l2norm) TAKE(dphq_raw, N * HF);
     TAKE(dqraw, N * d->Cq);
     TAKE(dphk, N * Mt * HF);
-    if (c->qk_l2norm) TAKE(dphk_raw, N * Mt * HF);
+    if (c->qk_l2norm) TAKE(dph_tmp, (size_t)d->F);
     TAKE(dkraw, N * Mt * d->Cq);
     TAKE(dv, N * Mt * C);
     if (d->delta) TAKE(dbeta, N * Mt * H);
@@ -477,13 +477,11 @@ static void mom_forward(const mixer_call *mc, real *out, const real *x) {
     } else {
         linear_forward(a.qraw, x, p.wq, NULL, N, C, d.Cq);
     }
-    lf_map_forward(a.phq, a.qraw, N * H, d.Dk, d.Dk, d.F, c->feature_map);
+    lf_phi_forward(a.phq, c->qk_l2norm ? a.qrn : NULL, a.qraw, N * H, d.Dk, d.Dk, d.F,
+                   c->feature_map);
     linear_forward(a.kraw, x, p.wk, NULL, N, C, Mt * d.Cq);
-    lf_map_forward(a.phk, a.kraw, N * Mt * H, d.Dk, d.Dk, d.F, c->feature_map);
-    if (c->qk_l2norm) {
-        l2norm_forward(a.phq, a.qrn, a.phq, N * H, d.F, (real)LF_L2_EPS);
-        l2norm_forward(a.phk, a.krn, a.phk, N * Mt * H, d.F, (real)LF_L2_EPS);
-    }
+    lf_phi_forward(a.phk, c->qk_l2norm ? a.krn : NULL, a.kraw, N * Mt * H, d.Dk, d.Dk, d.F,
+                   c->feature_map);
     linear_forward(a.v, x, p.wv, NULL, N, C, Mt * C);
     if (d.delta) {
         linear_forward(a.beta, x, p.wbeta, NULL, N, C, Mt * H);
@@ -597,19 +595,12 @@ static void mom_backward(const mixer_call *mc, real *dx, const real *dout, const
 
     /* values, then q and k through the L2 norm and the feature map */
     linear_backward(dx, gp.wv, NULL, s.dv, x, p.wv, N, C, Mt * C);
-    const real *dq = s.dphq, *dk = s.dphk;
-    if (c->qk_l2norm) {
-        memset(s.dphq_raw, 0, (size_t)N * HF * sizeof(real));
-        memset(s.dphk_raw, 0, (size_t)N * Mt * HF * sizeof(real));
-        l2norm_backward(s.dphq_raw, s.dphq, a.phq, a.qrn, N * H, d.F);
-        l2norm_backward(s.dphk_raw, s.dphk, a.phk, a.krn, N * Mt * H, d.F);
-        dq = s.dphq_raw;
-        dk = s.dphk_raw;
-    }
     memset(s.dqraw, 0, (size_t)N * d.Cq * sizeof(real));
     memset(s.dkraw, 0, (size_t)N * Mt * d.Cq * sizeof(real));
-    lf_map_backward(s.dqraw, dq, a.qraw, N * H, d.Dk, d.Dk, d.F, c->feature_map);
-    lf_map_backward(s.dkraw, dk, a.kraw, N * Mt * H, d.Dk, d.Dk, d.F, c->feature_map);
+    lf_phi_backward(s.dqraw, s.dphq, a.qraw, a.phq, c->qk_l2norm ? a.qrn : NULL, N * H, d.Dk,
+                    d.Dk, d.F, c->feature_map, s.dph_tmp);
+    lf_phi_backward(s.dkraw, s.dphk, a.kraw, a.phk, c->qk_l2norm ? a.krn : NULL, N * Mt * H,
+                    d.Dk, d.Dk, d.F, c->feature_map, s.dph_tmp);
     if (mc->rows) {
         linear_backward_rows(dx, s.dxr, gp.wq, NULL, s.rtmp, s.dqraw, x, s.xr, p.wq, mc->rows, S,
                              N, C, d.Cq, d.Cq);

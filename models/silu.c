@@ -2,7 +2,8 @@
  *
  * silu(x) = x * sigmoid(x), as torch.nn.functional.silu. The linear-family
  * mixers use it as a feature map on q and k (DeltaNet) and as the output gate;
- * where it sits is the mixer's choice. */
+ * where it sits is the mixer's choice. silu_mul_* fuse the gated output norm's
+ * y = a * silu(g) into one pass each way (linfam.c). */
 #include <math.h>
 #include <stddef.h>
 
@@ -35,5 +36,24 @@ void silu_backward(real *dx, const real *dout, const real *x, size_t n) {
     for (size_t i = 0; i < n; i++) {
         real s = sigmoid_of(x[i]);
         dx[i] += dout[i] * s * (1 + x[i] * (1 - s));
+    }
+}
+
+/* y[i] = silu(g[i]) * a[i]; y may alias a. */
+void silu_mul_forward(real *y, const real *g, const real *a, size_t n) {
+#pragma omp simd
+    for (size_t i = 0; i < n; i++) y[i] = g[i] * sigmoid_of(g[i]) * a[i];
+}
+
+/* Backward of silu_mul_forward: dg[i] += dy a silu'(g) (accumulates), da[i] =
+ * dy silu(g) (overwrites); da may alias dy. The same operations, in the same
+ * order, as silu_backward on dy * a and silu_forward times dy. */
+void silu_mul_backward(real *dg, real *da, const real *dy, const real *g, const real *a,
+                       size_t n) {
+#pragma omp simd
+    for (size_t i = 0; i < n; i++) {
+        real s = sigmoid_of(g[i]), t = dy[i] * a[i], d = dy[i];
+        dg[i] += t * s * (1 + g[i] * (1 - s));
+        da[i] = g[i] * s * d;
     }
 }

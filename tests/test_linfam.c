@@ -148,6 +148,28 @@ static void test_maps_gradcheck(void) {
     }
 }
 
+/* The fused gate of the gated output norm against its composition from
+ * silu_forward and silu_backward: the same bits both ways. */
+static void test_silu_mul(void) {
+    enum { n = 37 };
+    double *g = dfilled(n, 70, -6, 6), *a = dfilled(n, 71, -2, 2), *dy = dfilled(n, 72, -1, 1);
+    double *y1 = dalloc(n), *y2 = dalloc(n), *t = dalloc(n), *da1 = dalloc(n), *da2 = dalloc(n);
+    double *dg1 = dfilled(n, 73, -1, 1), *dg2 = dcopy(dg1, n);
+    silu_mul_forward(y1, g, a, n);
+    silu_forward(y2, g, n);
+    for (int i = 0; i < n; i++) y2[i] *= a[i];
+    silu_mul_backward(dg1, da1, dy, g, a, n);
+    for (int i = 0; i < n; i++) t[i] = dy[i] * a[i];
+    silu_backward(dg2, t, g, n);
+    silu_forward(da2, g, n);
+    for (int i = 0; i < n; i++) da2[i] *= dy[i];
+    CHECK(!memcmp(y1, y2, sizeof(double) * n), "silu_mul_forward differs from silu times a");
+    CHECK(!memcmp(dg1, dg2, sizeof(double) * n) && !memcmp(da1, da2, sizeof(double) * n),
+          "silu_mul_backward differs from silu_backward and silu_forward");
+    free(g), free(a), free(dy), free(y1), free(y2), free(t), free(da1), free(da2), free(dg1),
+        free(dg2);
+}
+
 /* ======================= decay and delta rules ========================= */
 
 static const char *const rule_names[4] = {"additive", "decay", "delta", "gated_delta"};
@@ -804,6 +826,7 @@ static void test_models_training_learns(void) {
 const test_case tests_linfam[] = {
     {"linfam: silu, l2norm, taylor values", test_maps_values},
     {"linfam: silu, l2norm, taylor gradient check", test_maps_gradcheck},
+    {"linfam: fused silu gate == silu and product", test_silu_mul},
     {"linfam: rules, chunkwise == recurrent == oracle", test_gdelta_forms_agree},
     {"linfam: additive rule == linattn", test_gdelta_additive_is_linattn},
     {"linfam: rules gradient check", test_gdelta_gradcheck},
