@@ -75,15 +75,18 @@ void lf_phi_forward(real *out, real *rn, const real *x, int rows, int D, int ldx
 
 void lf_phi_backward(real *dx, const real *dphi, const real *x, const real *phi, const real *rn,
                      int rows, int D, int ldx, int ldo, int fmap, real *tmp) {
-    if (!rn) {
-        lf_map_backward(dx, dphi, x, rows, D, ldx, ldo, fmap);
-        return;
-    }
     for (int r = 0; r < rows; r++) {
         size_t ro = (size_t)r * ldo;
-        memset(tmp, 0, sizeof(real) * (size_t)ldo);
-        l2norm_backward(tmp, dphi + ro, phi + ro, rn + r, 1, ldo);
-        lf_map_backward(dx + (size_t)r * ldx, tmp, x + (size_t)r * ldx, 1, D, ldx, ldo, fmap);
+        real *dxr = dx + (size_t)r * ldx;
+        const real *g = dphi + ro;
+        if (rn) {
+            memset(tmp, 0, sizeof(real) * (size_t)ldo);
+            l2norm_backward(tmp, g, phi + ro, rn + r, 1, ldo);
+            g = tmp;
+        }
+        /* zeroed here, where the row is about to be in cache anyway */
+        memset(dxr, 0, sizeof(real) * (size_t)D);
+        lf_map_backward(dxr, g, x + (size_t)r * ldx, 1, D, ldx, ldo, fmap);
     }
 }
 

@@ -53,8 +53,9 @@ void lf_map_backward(real *dx, const real *dout, const real *x, int rows, int D,
  * contiguous: ldo = lf_fmap_width(fmap, D). */
 void lf_phi_forward(real *out, real *rn, const real *x, int rows, int D, int ldx, int ldo,
                     int fmap);
-/* dx += J^T dphi of lf_phi_forward, row by row: phi and rn what it wrote (rn
- * NULL: no norm); tmp holds ldo reals. */
+/* dx = J^T dphi of lf_phi_forward, row by row (each row's D columns are
+ * overwritten, the rest of ldx untouched): phi and rn what it wrote (rn NULL:
+ * no norm); tmp holds ldo reals. */
 void lf_phi_backward(real *dx, const real *dphi, const real *x, const real *phi, const real *rn,
                      int rows, int D, int ldx, int ldo, int fmap, real *tmp);
 

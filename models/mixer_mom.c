@@ -595,8 +595,6 @@ static void mom_backward(const mixer_call *mc, real *dx, const real *dout, const
 
     /* values, then q and k through the L2 norm and the feature map */
     linear_backward(dx, gp.wv, NULL, s.dv, x, p.wv, N, C, Mt * C);
-    memset(s.dqraw, 0, (size_t)N * d.Cq * sizeof(real));
-    memset(s.dkraw, 0, (size_t)N * Mt * d.Cq * sizeof(real));
     lf_phi_backward(s.dqraw, s.dphq, a.qraw, a.phq, c->qk_l2norm ? a.qrn : NULL, N * H, d.Dk,
                     d.Dk, d.F, c->feature_map, s.dph_tmp);
     lf_phi_backward(s.dkraw, s.dphk, a.kraw, a.phk, c->qk_l2norm ? a.krn : NULL, N * Mt * H,
