@@ -669,12 +669,14 @@ static double train_step(ml_model *m, const run_config *cfg, const int *in, cons
     model_zero_grad(m);
     model_backward(m);
     double t0 = now_s();
-    grad_clip(m->g, m->n_params, tc->grad_clip);
+    real gscale;
+    grad_clip_scale(m->g, m->n_params, tc->grad_clip, &gscale);
     for (int p = 0; p < m->n_tensors; p++) {
         const ml_param *pp = &m->params[p];
-        adamw_step(m->w + pp->offset, m->g + pp->offset, m->m + pp->offset, m->v + pp->offset,
-                   pp->n, (real)tc->lr, (real)tc->beta1, (real)tc->beta2, (real)tc->adam_eps,
-                   pp->decay ? (real)tc->weight_decay : 0, t);
+        adamw_step_scaled(m->w + pp->offset, m->g + pp->offset, m->m + pp->offset,
+                          m->v + pp->offset, pp->n, (real)tc->lr, (real)tc->beta1,
+                          (real)tc->beta2, (real)tc->adam_eps,
+                          pp->decay ? (real)tc->weight_decay : 0, t, gscale);
     }
     ml_matmul_set_bf16(bf16);
     return now_s() - t0;

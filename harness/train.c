@@ -412,7 +412,8 @@ static int train_run_body(const run_config *cfg, ml_db *db, const train_opts *o,
         flops += step_flops(&m, cfg, B, T);
         model_zero_grad(&m);
         model_backward(&m);
-        double gnorm = grad_clip(m.g, m.n_params, tc->grad_clip);
+        real gscale;
+        double gnorm = grad_clip_scale(m.g, m.n_params, tc->grad_clip, &gscale);
         if (!isfinite(gnorm)) {
             status = "diverged";
             snprintf(diverged_what, sizeof diverged_what, "gradient norm is %g", gnorm);
@@ -421,9 +422,10 @@ static int train_run_body(const run_config *cfg, ml_db *db, const train_opts *o,
         double lr = lr_schedule((int)step, (int)tc->steps, tc->warmup, tc->lr, tc->lr_min);
         for (int p = 0; p < m.n_tensors; p++) {
             const ml_param *pp = &m.params[p];
-            adamw_step(m.w + pp->offset, m.g + pp->offset, m.m + pp->offset, m.v + pp->offset,
-                       pp->n, (real)lr, (real)tc->beta1, (real)tc->beta2, (real)tc->adam_eps,
-                       pp->decay ? (real)tc->weight_decay : 0, (int)step + 1);
+            adamw_step_scaled(m.w + pp->offset, m.g + pp->offset, m.m + pp->offset,
+                              m.v + pp->offset, pp->n, (real)lr, (real)tc->beta1,
+                              (real)tc->beta2, (real)tc->adam_eps,
+                              pp->decay ? (real)tc->weight_decay : 0, (int)step + 1, gscale);
         }
         t_train += now_s() - t0;
         win_loss += loss;

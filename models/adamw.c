@@ -32,12 +32,14 @@ static void opt_block(size_t n, int t, int nt, size_t *i0, size_t *i1) {
     *i1 = n * (size_t)(t + 1) / (size_t)nt;
 }
 
-/* The AdamW update of elements [i0, i1) with the bias corrections c1, c2. */
+/* The AdamW update of elements [i0, i1) with the bias corrections c1, c2, the
+ * gradient taken as g gs (gs 1: as it is; g * 1 has g's bits). */
 static void adamw_range(real *p, const real *g, real *m, real *v, size_t i0, size_t i1,
-                        real lr, real beta1, real beta2, real eps, real wd, real c1, real c2) {
+                        real lr, real beta1, real beta2, real eps, real wd, real c1, real c2,
+                        real gs) {
 #pragma omp simd
     for (size_t i = i0; i < i1; i++) {
-        real gi = g[i];
+        real gi = g[i] * gs;
         real mi = beta1 * m[i] + (1 - beta1) * gi;
         real vi = beta2 * v[i] + (1 - beta2) * gi * gi;
         m[i] = mi;
@@ -53,13 +55,20 @@ static void adamw_range(real *p, const real *g, real *m, real *v, size_t i0, siz
  * The decay uses p before this step's update. */
 void adamw_step(real *p, const real *g, real *m, real *v, size_t n, real lr, real beta1,
                 real beta2, real eps, real wd, int t) {
+    adamw_step_scaled(p, g, m, v, n, lr, beta1, beta2, eps, wd, t, 1);
+}
+
+/* The same on the gradient g * gs, g left as it is: grad_clip_scale's scale
+ * applied here costs no pass of its own over the gradients. */
+void adamw_step_scaled(real *p, const real *g, real *m, real *v, size_t n, real lr, real beta1,
+                       real beta2, real eps, real wd, int t, real gs) {
     /* bias corrections in double: 1 - b2^t is tiny for small t and float pow
      * would lose most of its digits */
     real c1 = (real)(1.0 / (1.0 - pow((double)beta1, t)));
     real c2 = (real)(1.0 / (1.0 - pow((double)beta2, t)));
     int nt = opt_threads(n);
     if (nt == 1) {
-        adamw_range(p, g, m, v, 0, n, lr, beta1, beta2, eps, wd, c1, c2);
+        adamw_range(p, g, m, v, 0, n, lr, beta1, beta2, eps, wd, c1, c2, gs);
         return;
     }
     unsigned mode = ml_fp_mode();
@@ -73,7 +82,7 @@ void adamw_step(real *p, const real *g, real *m, real *v, size_t n, real lr, rea
 #endif
         size_t i0, i1;
         opt_block(n, k, nk, &i0, &i1);
-        adamw_range(p, g, m, v, i0, i1, lr, beta1, beta2, eps, wd, c1, c2);
+        adamw_range(p, g, m, v, i0, i1, lr, beta1, beta2, eps, wd, c1, c2, gs);
     }
 }
 
@@ -132,10 +141,16 @@ double grad_norm(const real *g, size_t n) {
  * the norm before clipping. A non-finite norm is returned but not applied:
  * scaling by 0 or NaN would erase the evidence of the divergence the caller
  * is about to record. */
-double grad_clip(real *g, size_t n, double max_norm) {
+double grad_clip_scale(const real *g, size_t n, double max_norm, real *scale) {
     double norm = grad_norm(g, n);
-    if (max_norm > 0 && isfinite(norm) && norm > max_norm) {
-        real s = (real)(max_norm / norm);
+    *scale = max_norm > 0 && isfinite(norm) && norm > max_norm ? (real)(max_norm / norm) : 1;
+    return norm;
+}
+
+double grad_clip(real *g, size_t n, double max_norm) {
+    real s;
+    double norm = grad_clip_scale(g, n, max_norm, &s);
+    if (s != 1) {
         int nt = opt_threads(n);
         if (nt == 1) {
 #pragma omp simd

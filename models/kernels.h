@@ -147,6 +147,9 @@ void crossentropy_grad_inplace(real *probs, const int *targets, int S, int V, re
  * p -= lr * (mhat / (sqrt(vhat) + eps) + wd * p). */
 void adamw_step(real *p, const real *g, real *m, real *v, size_t n, real lr, real beta1,
                 real beta2, real eps, real wd, int t);
+/* The same step on the gradient g * gs (g unchanged); gs 1 is adamw_step. */
+void adamw_step_scaled(real *p, const real *g, real *m, real *v, size_t n, real lr, real beta1,
+                       real beta2, real eps, real wd, int t, real gs);
 /* Learning rate at step (0-based) of total: linear warmup from lr_max/warmup
  * to lr_max over `warmup` steps, then cosine decay to lr_min at step total-1. */
 double lr_schedule(int step, int total, int warmup, double lr_max, double lr_min);
@@ -155,6 +158,9 @@ double grad_norm(const real *g, size_t n);
 /* If the norm exceeds max_norm > 0, scale g by max_norm / norm. Returns the
  * norm before clipping. */
 double grad_clip(real *g, size_t n, double max_norm);
+/* The norm as grad_clip returns it, and in *scale the factor grad_clip would
+ * apply (1 when it would not), g unchanged: for adamw_step_scaled. */
+double grad_clip_scale(const real *g, size_t n, double max_norm, real *scale);
 
 /* ---- causal softmax attention ------------------------------------------- */
 /* qkv [B,T,3,H,D] packed (q, k, v blocks of H*D per token); out [B,T,H,D];

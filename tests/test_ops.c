@@ -628,6 +628,33 @@ static void test_grad_clip(void) {
     CHECK(isnan(grad_clip(g, N, 1.0)) && g[0] == g0[0], "NaN gradient was clipped");
 }
 
+/* Clipping folded into AdamW (the trainer's path) against clipping the
+ * gradient and then stepping: the same bits in p, m and v, with the clip on
+ * and off, and the gradient left as it was. */
+static void test_clip_folded(void) {
+    enum { N = 300 };
+    for (int on = 0; on < 2; on++) {
+        double g[N], g0[N], p1[N], m1[N], v1[N], p2[N], m2[N], v2[N];
+        test_fill(g, N, 170 + on, -1, 1);
+        test_fill(p1, N, 172, -1, 1);
+        test_fill(m1, N, 173, -0.1, 0.1);
+        test_fill(v1, N, 174, 0, 0.01);
+        memcpy(p2, p1, sizeof p1), memcpy(m2, m1, sizeof m1), memcpy(v2, v1, sizeof v1);
+        memcpy(g0, g, sizeof g);
+        double max_norm = on ? 0.5 : 1e9, s;
+        double n1 = grad_clip_scale(g, N, max_norm, &s);
+        adamw_step_scaled(p1, g, m1, v1, N, 0.01, 0.9, 0.999, 1e-8, 0.1, 3, s);
+        CHECK(!memcmp(g, g0, sizeof g), "grad_clip_scale or adamw_step_scaled changed g");
+        CHECK((s == 1) == !on, "clip %s: scale %.17g", on ? "on" : "off", s);
+        double n2 = grad_clip(g, N, max_norm);
+        adamw_step(p2, g, m2, v2, N, 0.01, 0.9, 0.999, 1e-8, 0.1, 3);
+        CHECK(n1 == n2, "the norms differ: %.17g, %.17g", n1, n2);
+        CHECK(!memcmp(p1, p2, sizeof p1) && !memcmp(m1, m2, sizeof m1) &&
+                  !memcmp(v1, v2, sizeof v1),
+              "clip %s: the folded step differs from clip then step", on ? "on" : "off");
+    }
+}
+
 /* The unit-lower solve (both the substitution for small systems and
  * OpenBLAS's above it) against cblas_dtrsm, with padded strides, both
  * orientations. */
@@ -665,6 +692,7 @@ const test_case tests_ops[] = {
     {"ops/linear_grad", test_linear_grad},
     {"ops/linear_vs_ref", test_linear_ref},
     {"ops/trsm_vs_blas", test_trsm},
+    {"ops/clip_folded_into_adamw", test_clip_folded},
     {"ops/gelu", test_gelu},
     {"ops/conv1d_grad", test_conv1d_grad},
     {"ops/conv1d_impulse", test_conv1d_impulse},
