@@ -298,7 +298,7 @@ typedef struct slot_layout {
     int B, T, C, K, H, D, R;
     int Cm;          /* min(Ch, T): most tokens in one chunk */
     int S;           /* most slot rows in front of a chunk's tokens: K, 2K (context) */
-    int Pn;          /* S + Cm */
+    int Pn;          /* S + Cm: most keys of a chunk's read */
     int nmax;        /* chunks allocated */
     real *qkv;       /* [B,T,3C] read projections of the tokens */
     real *kvw;       /* [B,T,2C] write keys|values of the tokens a write reads */
