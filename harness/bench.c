@@ -46,6 +46,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <math.h>
+#include <signal.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -428,6 +429,7 @@ typedef struct torch_server {
     FILE *rd;     /* replies, line by line */
     char why[200]; /* why it is not running */
     char version[96];
+    int lost;     /* it was running and exited under us: start it again */
 } torch_server;
 
 /* The environment of the twin: ours with the thread variables set to n and,
@@ -567,16 +569,19 @@ static int torch_start(torch_server *ts, const bench_opts *o, int n) {
     return -1;
 }
 
-/* End the twin (end of its input) and reap it; a stopped server is a no-op. */
-static void torch_stop(torch_server *ts) {
-    if (!ts->pid) return;
+/* End the twin (end of its input) and reap it; a stopped server is a no-op.
+ * Returns its wait status (0 when it was not running). */
+static int torch_stop(torch_server *ts) {
+    if (!ts->pid) return 0;
     shutdown(ts->fd, SHUT_WR); /* end of requests: the server exits */
     if (ts->rd) fclose(ts->rd);
     close(ts->fd);
-    waitpid(ts->pid, NULL, 0);
+    int status = 0;
+    if (waitpid(ts->pid, &status, 0) < 0) status = 0;
     ts->pid = 0;
     ts->rd = NULL;
     ts->fd = -1;
+    return status;
 }
 
 /* Send all of buf; 0 or -1. MSG_NOSIGNAL: a dead twin is a reply, not SIGPIPE. */
@@ -592,12 +597,21 @@ static int send_all(int fd, const char *buf, size_t len) {
 }
 
 /* Send one command line and read the reply line into reply[cap]. Returns 0,
- * or -1 when the twin is gone (it is then stopped, and ts->why says so). */
+ * or -1 when the twin is gone (it is then stopped, ts->why says how it ended,
+ * and the next configuration starts it again). A twin killed by signal 9 was
+ * most likely the kernel's out-of-memory kill: its model and memlab's live
+ * side by side while they alternate. */
 static int twin_ask(torch_server *ts, const char *cmd, char *reply, size_t cap) {
     if (!ts->pid) return -1;
     if (send_all(ts->fd, cmd, strlen(cmd)) || !fgets(reply, (int)cap, ts->rd)) {
-        torch_stop(ts);
-        snprintf(ts->why, sizeof ts->why, "the twin exited");
+        int st = torch_stop(ts);
+        if (WIFSIGNALED(st))
+            snprintf(ts->why, sizeof ts->why, "the twin was killed by signal %d%s",
+                     WTERMSIG(st), WTERMSIG(st) == SIGKILL ? " (out of memory?)" : "");
+        else
+            snprintf(ts->why, sizeof ts->why, "the twin exited (status %d)",
+                     WIFEXITED(st) ? WEXITSTATUS(st) : -1);
+        ts->lost = 1;
         return -1;
     }
     reply[strcspn(reply, "\n")] = '\0';
@@ -1203,6 +1217,8 @@ int bench_run(const bench_opts *o, ml_error *e) {
                          * configuration, the better median of the two (one
                          * alone can fall into a moment of other work) */
                         double before, after, best;
+                        if (ts.lost && torch_start(&ts, &q, th) && q.progress)
+                            fprintf(q.progress, "PyTorch twin not restarted: %s\n", ts.why);
                         sgemm_peak(&sg, &before, &best, 0);
                         if (measure_config(r, &ts, &q, e)) goto done;
                         sgemm_peak(&sg, &after, &best, 0);

@@ -162,6 +162,17 @@ check "with a twin far slower than memlab: both ratio targets met, no misses to 
     bash -c "test \$(grep -cE '^\| memlab.* \| 1 of 1 configurations; .* \| met \|$' '$tmp/g.md') = 2 &&
              ! grep -q '^## Why targets are missed' '$tmp/g.md'"
 
+# a twin killed in the middle of a run (as by the out-of-memory killer) is
+# started again for the next configuration: only the first row lacks it
+FAKE_TWIN_DIE_ONCE=$tmp/died FAKE_TWIN_STEP_S=0.0005 "$memlab" bench --quick --mixers softmax \
+    --lens 32,64 --steps 1 --min-steps 1 --no-jobs --python "$fake" --db "$tmp/k.db" \
+    --report "$tmp/k.md" 2>"$tmp/k.log" >/dev/null
+check "a killed twin is reported with its signal, once, for the first row" \
+    bash -c "grep -q '^- the twin was killed by signal 9 (out of memory?) (first: softmax d 64 L 32)' '$tmp/k.md' &&
+             test \$(grep -c 'torch: the twin was killed' '$tmp/k.log') = 1"
+check "the twin is started again: the other three rows have its step" \
+    test "$(grep -cE '^\| softmax \| 64 \| (32|64) \| (supervised|full) \| [0-9.]+ .* \| [0-9.]+ \([0-9.]+–[0-9.]+, n 1\) \|' "$tmp/k.md")" = 3
+
 # the --jobs sweep: 3 pairs of sweeps of 4 runs of 3 steps; one run records it
 db=$tmp/j.db
 md=$tmp/j.md
