@@ -8,9 +8,10 @@
  * degree 7 fitted to log(erfc(z) / t) + z^2 at Chebyshev nodes of [1, 10];
  * the exp is expf_fast. Errors against double erf (tests/test_perf.c): erf
  * within 4 ulps, and the CDF's lower tail erfc(|z|)/2 is computed directly,
- * not as 1 + erf(z), so it keeps its relative accuracy (a few 1e-6 where the
- * rounding of z^2 dominates) down to where exp underflows, about x = -13,
- * where 1 + erff(x/sqrt 2) is 0 already from x = -5.5. NaN stays NaN. The
+ * not as 1 + erf(z), so it keeps its relative accuracy (within 4 ulps times
+ * 1 + x^2/2, the rounding of z^2 growing with it: 1.5e-5 at x = -12.9) down to
+ * where exp underflows, about x = -13, where 1 + erff(x/sqrt 2) is 0 already
+ * from x = -5.5. NaN stays NaN. The
  * double build keeps libm's erf (gradient checks). */
 #ifndef MEMLAB_FASTERF_H
 #define MEMLAB_FASTERF_H

@@ -188,23 +188,30 @@ enum { TRSM_VL = 64 / sizeof(real), TRSM_NV = 4, TRSM_BW = TRSM_NV * TRSM_VL };
 
 /* The chunkwise delta rules solve systems of at most a chunk's rows (often
  * far fewer in MoM's routed sequences) against a few hundred columns, where
- * OpenBLAS's TRSM runs at a fraction of its GEMM rate (4-26 GFLOP/s here for
- * n 8-64, m 128-512). Substitution row by row instead: for each block of
- * columns, row i accumulates -A_ij x_j over the rows j already solved (in
- * order: ascending for A, descending for A^T) in registers, then is stored;
- * the last columns that fill no block, one at a time. 40-100 GFLOP/s on the
- * same shapes. tests/test_ops.c checks it against cblas_dtrsm. */
+ * OpenBLAS's TRSM runs at a fraction of its GEMM rate (4-26 GFLOP/s on one
+ * core here for n 8-64, m 100-512). Substitution row by row instead: for each
+ * block of columns, row i accumulates -A_ij x_j over the rows j already
+ * solved (in order: ascending for A, descending for A^T) in registers, then
+ * is stored; the last columns that fill no block, one at a time. 23-99
+ * GFLOP/s on the same shapes. tests/test_ops.c checks it against cblas_dtrsm. */
+
+/* The s-th row to solve, and the coefficient of solved row j in row i. */
+static int trsm_row(int ta, int n, int s) { return ta ? n - 1 - s : s; }
+static real trsm_coef(int ta, const real *A, int lda, int i, int j) {
+    return ta ? A[(size_t)j * lda + i] : A[(size_t)i * lda + j];
+}
+
 static void trsm_small(int ta, int n, int m, const real *A, int lda, real *X, int ldx) {
     int c0 = 0;
     for (; c0 + TRSM_BW <= m; c0 += TRSM_BW)
         for (int s = 0; s < n; s++) {
-            const int i = ta ? n - 1 - s : s;
+            const int i = trsm_row(ta, n, s);
             real *xi = X + (size_t)i * ldx + c0;
             trsm_vec acc[TRSM_NV];
             for (int v = 0; v < TRSM_NV; v++) acc[v] = *(const trsm_vec *)(xi + v * TRSM_VL);
             for (int t = 0; t < s; t++) {
-                const int j = ta ? n - 1 - t : t;
-                const real a = ta ? A[(size_t)j * lda + i] : A[(size_t)i * lda + j];
+                const int j = trsm_row(ta, n, t);
+                const real a = trsm_coef(ta, A, lda, i, j);
                 const real *xj = X + (size_t)j * ldx + c0;
                 for (int v = 0; v < TRSM_NV; v++)
                     acc[v] -= a * *(const trsm_vec *)(xj + v * TRSM_VL);
@@ -212,11 +219,11 @@ static void trsm_small(int ta, int n, int m, const real *A, int lda, real *X, in
             for (int v = 0; v < TRSM_NV; v++) *(trsm_vec *)(xi + v * TRSM_VL) = acc[v];
         }
     for (int s = 0; c0 < m && s < n; s++) {
-        const int i = ta ? n - 1 - s : s;
+        const int i = trsm_row(ta, n, s);
         real *xi = X + (size_t)i * ldx;
         for (int t = 0; t < s; t++) {
-            const int j = ta ? n - 1 - t : t;
-            const real a = ta ? A[(size_t)j * lda + i] : A[(size_t)i * lda + j];
+            const int j = trsm_row(ta, n, t);
+            const real a = trsm_coef(ta, A, lda, i, j);
             const real *xj = X + (size_t)j * ldx;
             for (int c = c0; c < m; c++) xi[c] -= a * xj[c];
         }
