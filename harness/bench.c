@@ -679,7 +679,7 @@ static double train_step(ml_model *m, const run_config *cfg, const int *in, cons
     const train_config *tc = &cfg->train;
     int bf16 = ml_matmul_bf16();
     ml_matmul_set_bf16(tc->matmul == MATMUL_BF16);
-    model_forward(m, in, tg, B, T, NULL);
+    model_forward_train(m, in, tg, B, T);
     model_zero_grad(m);
     model_backward(m);
     double t0 = now_s();

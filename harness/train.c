@@ -403,7 +403,7 @@ static int train_run_body(const run_config *cfg, ml_db *db, const train_opts *o,
         }
         make_batch(task, tcfg, data, tc->seed, SPLIT_TRAIN, idx, B, T, in, tg);
         double t0 = now_s();
-        double loss = model_forward(&m, in, tg, B, T, NULL);
+        double loss = model_forward_train(&m, in, tg, B, T);
         if (!isfinite(loss)) {
             status = "diverged";
             snprintf(diverged_what, sizeof diverged_what, "loss is %g", loss);

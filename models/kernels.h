@@ -141,6 +141,24 @@ void crossentropy_backward(real *dlogits, const real *probs, const int *targets,
  * every thread count). */
 void crossentropy_grad_inplace(real *probs, const int *targets, int S, int V, real scale);
 
+/* ---- the LM head's loss and gradient in blocks (lm_head.c) --------------- */
+/* Most groups of rows, each with its own partial of dW. */
+#define LMH_MAX_GROUPS 4
+/* Rows per block for vocabulary V: about 8 MiB of logits (at least 16 rows),
+ * fewer when want > 0 asks for fewer, at most max_rows. */
+int lm_head_block_rows(int V, int want, int max_rows);
+/* Groups for S rows in blocks of R: depends on S and R only. */
+int lm_head_groups(int S, int R);
+/* For rows y[S,C], head W[V,C], targets tgt[S] (< 0: no loss): returns the
+ * loss sum over kept rows (crossentropy_forward) and *count the kept rows;
+ * dy[S,C] = d logits W is overwritten, with d logits = (softmax - onehot) /
+ * count; partial g of parts[G,V,C] (G = lm_head_groups(S, R)) receives group
+ * g's share of d logits^T y. blk holds G blocks of R x V logits. */
+double lm_head_loss_grad(real *dy, real *parts, real *blk, const real *y, const real *W,
+                         const int *tgt, int S, int V, int C, int R, int *count);
+/* dW[V,C] += the G partials, in group order. */
+void lm_head_add_parts(real *dW, const real *parts, int G, int V, int C);
+
 /* ---- optimiser ------------------------------------------------------------ */
 /* One AdamW step (decoupled weight decay, bias-corrected moments), step t >= 1:
  * m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2;

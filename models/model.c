@@ -171,6 +171,8 @@ typedef struct head_bufs {
     real *nf, *nf_mean, *nf_rstd;
     real *rows;          /* [N,C] gathered supervised rows of nf */
     real *logits;        /* [N,V] logits, then probabilities, then d logits */
+    real *hblk, *hparts; /* the blocked head (lm_head.c): logits blocks, dW partials */
+    int hR, hG;          /* most rows per block; groups of the last forward (0: unfused) */
     real *mix_out;       /* [N,C] mixer output / MLP output */
     real *mix_scratch;   /* mixer scratch */
     real *d_res;         /* [N,C] gradient of the residual stream */
@@ -214,6 +216,9 @@ static size_t layout_acts(ml_model *m, real *base) {
     h->nf_rstd = carve(&cv, N);
     h->rows = carve(&cv, N * C);
     h->logits = carve(&cv, N * (size_t)m->V);
+    h->hR = lm_head_block_rows(m->V, 0, (int)N);
+    h->hblk = carve(&cv, (size_t)LMH_MAX_GROUPS * h->hR * m->V);
+    h->hparts = carve(&cv, (size_t)LMH_MAX_GROUPS * m->V * C);
     h->mix_out = carve(&cv, N * C);
     h->mix_scratch = carve(&cv, m->mixer->scratch_size(mcfg, m->maxB, m->maxT, c->d_model));
     h->d_res = carve(&cv, N * C);
@@ -480,8 +485,8 @@ static int last_on_rows(const ml_model *m, int S, int N) {
     return !m->full_head && S > 0 && S < N && m->cfg.n_layers > 0;
 }
 
-double model_forward(ml_model *m, const int *input, const int *target, int B, int T,
-                     int *pred) {
+static double forward(ml_model *m, const int *input, const int *target, int B, int T, int *pred,
+                      int train) {
     const model_config *c = &m->cfg;
     int C = c->d_model, N = B * T, V = m->V;
     head_bufs *h = head_of(m);
@@ -490,6 +495,7 @@ double model_forward(ml_model *m, const int *input, const int *target, int B, in
     m->input = input;
     m->target = target;
     m->aux_loss = 0.0;
+    h->hG = 0;
     if (m->n_stats > 0) m->stat_calls++;
     int S = head_rows(m, target, N);
     m->S = S;
@@ -551,7 +557,15 @@ double model_forward(ml_model *m, const int *input, const int *target, int B, in
     int count = 0;
     double sum = 0.0;
     k = phase_begin();
-    if (S > 0) {
+    int R = lm_head_block_rows(V, m->head_block_rows, h->hR);
+    if (S > R && train) {
+        /* d nf as model_backward would make it: every row (full head) or the
+         * S head rows in order */
+        real *d_nf = m->full_head ? h->d_a : h->d_b;
+        sum = lm_head_loss_grad(d_nf, h->hparts, h->hblk, rows, head, h->targets, S, V, C, R,
+                                &count);
+        h->hG = lm_head_groups(S, R);
+    } else if (S > 0) {
         linear_forward(h->logits, rows, head, NULL, S, C, V);
         if (pred) {
             for (int i = 0; i < N; i++) pred[i] = -1;
@@ -574,7 +588,19 @@ double model_forward(ml_model *m, const int *input, const int *target, int B, in
     return m->loss;
 }
 
-const real *model_logits(const ml_model *m) { return head_of((ml_model *)(uintptr_t)m)->logits; }
+double model_forward(ml_model *m, const int *input, const int *target, int B, int T,
+                     int *pred) {
+    return forward(m, input, target, B, T, pred, 0);
+}
+
+double model_forward_train(ml_model *m, const int *input, const int *target, int B, int T) {
+    return forward(m, input, target, B, T, NULL, 1);
+}
+
+const real *model_logits(const ml_model *m) {
+    head_bufs *h = head_of((ml_model *)(uintptr_t)m);
+    return h->hG > 0 ? NULL : h->logits;
+}
 
 void model_backward(ml_model *m) {
     const model_config *c = &m->cfg;
@@ -588,7 +614,6 @@ void model_backward(ml_model *m) {
      * With no supervised row only the mixers' auxiliary losses have gradients. */
     real scale = m->count > 0 ? (real)(1.0 / m->count) : 0;
     phase_mark k = phase_begin();
-    crossentropy_grad_inplace(h->logits, h->targets, S, V, scale);
     int tied = c->tie_embeddings;
     const real *head = tied ? tensor(m, "wte", 0) : tensor(m, "lm_head", 0);
     real *dhead = tied ? tensor(m, "wte", 1) : tensor(m, "lm_head", 1);
@@ -596,9 +621,15 @@ void model_backward(ml_model *m) {
     /* d nf: every row (full head) or the S head rows in order (supervised) */
     real *d_nf = m->full_head ? h->d_a : h->d_b;
     int nf_rows = m->full_head ? N : S;
-    memset(d_nf, 0, sizeof(real) * (size_t)nf_rows * C);
-    linear_backward(d_nf, dhead, NULL, h->logits, m->full_head || on_rows ? h->nf : h->rows,
-                    head, S, C, V);
+    if (h->hG > 0) {
+        /* model_forward_train left d nf in place and dW in partials */
+        lm_head_add_parts(dhead, h->hparts, h->hG, V, C);
+    } else {
+        crossentropy_grad_inplace(h->logits, h->targets, S, V, scale);
+        memset(d_nf, 0, sizeof(real) * (size_t)nf_rows * C);
+        linear_backward(d_nf, dhead, NULL, h->logits, m->full_head || on_rows ? h->nf : h->rows,
+                        head, S, C, V);
+    }
     phase_end(MODEL_PH_HEAD, k);
     if (!m->full_head && !on_rows) {
         /* the final norm ran on every row: scatter the head rows back */

@@ -42,6 +42,8 @@ typedef struct ml_model {
     const ml_mixer *mixer;
     int V, maxT, maxB; /* vocabulary, longest sequence, largest batch */
     int full_head;     /* LM head at every position */
+    int head_block_rows; /* fewer rows per block of model_forward_train's head than
+                          * the default (about 8 MiB of logits); 0 = the default */
 
     ml_param *params;  /* n_tensors named tensors */
     int n_tensors;
@@ -84,8 +86,15 @@ const ml_param *model_param(const ml_model *m, const char *name);
  * elsewhere. B <= maxB, T <= maxT. */
 double model_forward(ml_model *m, const int *input, const int *target, int B, int T,
                      int *pred);
+/* model_forward for a training step, which model_backward follows: when more
+ * rows go through the LM head than one block holds, the head's loss and its
+ * backward run there in blocks of rows (lm_head.c), without the [S,V]
+ * logits, and model_backward only adds the head's weight gradient. The loss
+ * is the same; gradients equal model_forward's up to the order of dW's sum. */
+double model_forward_train(ml_model *m, const int *input, const int *target, int B, int T);
 /* Probabilities of the last forward at the S head rows, [S,V] (row s is
- * position rows[s]); overwritten by model_backward. */
+ * position rows[s]); overwritten by model_backward. NULL after a
+ * model_forward_train that ran the head in blocks. */
 const real *model_logits(const ml_model *m);
 /* Zero the mixer statistics. */
 void model_reset_stats(ml_model *m);

@@ -4,6 +4,7 @@
  *   several block variants (conv, MLP, LayerNorm/RMSNorm, tied/untied head,
  *   learned positions), by central finite differences;
  * - the supervised-position head equals the full head (loss and gradients);
+ * - the training step's blocked head equals the unfused one;
  * - causality by perturbation through the whole model, for each mixer;
  * - exact state sizes;
  * - training: the loss falls on a tiny MQAR, and the same seed gives the same
@@ -193,6 +194,59 @@ static void test_model_head_equivalence(void) {
     }
 }
 
+/* model_forward_train runs the head's loss and backward in blocks of rows
+ * (lm_head.c) when more rows than a block go through it: the same loss and
+ * gradients as model_forward + model_backward, with the full and the
+ * supervised head (the last block then on the rows), a tied and an untied head,
+ * blocks of 1 to 4 rows (1 to 4 groups of partial dW) and the rows' count not
+ * a multiple of the block's; MoM adds its auxiliary loss. */
+static void test_model_blocked_head(void) {
+    enum { B = 2, T = 9 };
+    int in[B * T], tg[B * T];
+    const char *const mom[] = {"model.mixer=mom", NULL};
+    const char *const *sets[] = {mixer_sets[0], mixer_sets[2], mom};
+    for (int si = 0; si < 3; si++)
+        for (int full = 0; full < 2; full++)
+            for (int R = 1; R <= 4; R++) {
+                ml_model m;
+                run_config cfg;
+                if (tiny_model(&m, &cfg, sets[si], variants[(si + full) % 2 ? 1 : 0], B)) return;
+                m.full_head = full;
+                random_batch(in, tg, B * T, 16, (unsigned long long)(300 + si * 10 + R));
+                double l0 = model_forward(&m, in, tg, B, T, NULL);
+                CHECK(model_logits(&m) != NULL, "model_forward keeps the logits");
+                model_zero_grad(&m);
+                model_backward(&m);
+                double *g = malloc(sizeof(double) * m.n_params);
+                memcpy(g, m.g, sizeof(double) * m.n_params);
+                m.head_block_rows = R;
+                double l1 = model_forward_train(&m, in, tg, B, T);
+                CHECK((model_logits(&m) == NULL) == (m.S > R),
+                      "%s R %d: the head runs blocked exactly when S %d > R", cfg.model.mixer, R,
+                      m.S);
+                model_zero_grad(&m);
+                model_backward(&m);
+                double d = max_rel_diff(g, m.g, m.n_params);
+                CHECK(fabs(l0 - l1) <= 1e-13 * fabs(l0) && d < 1e-12,
+                      "%s, full head %d, R %d: loss %.17g vs %.17g, gradients %.3g apart",
+                      cfg.model.mixer, full, R, l0, l1, d);
+                /* a second step leaves nothing of the first in the head's buffers */
+                memcpy(g, m.g, sizeof(double) * m.n_params);
+                double l1b = model_forward_train(&m, in, tg, B, T);
+                model_zero_grad(&m);
+                model_backward(&m);
+                CHECK(l1b == l1 && !memcmp(g, m.g, sizeof(double) * m.n_params),
+                      "%s R %d: a second step differs", cfg.model.mixer, R);
+                /* a block that holds every row: the unfused path */
+                m.head_block_rows = m.S;
+                double l2 = model_forward_train(&m, in, tg, B, T);
+                CHECK(model_logits(&m) != NULL && l2 == l0, "%s: one block is unfused",
+                      cfg.model.mixer);
+                free(g);
+                model_free(&m);
+            }
+}
+
 /* Changing the token at position j must leave every output before j
  * bit-identical, and change the output at j. */
 static void test_model_causality(void) {
@@ -314,6 +368,7 @@ static void test_model_divergence_recorded(void) {
 const test_case tests_model[] = {
     {"model: gradient check, every mixer and block variant", test_model_gradcheck},
     {"model: supervised head == full head", test_model_head_equivalence},
+    {"model: blocked head == unfused head", test_model_blocked_head},
     {"model: causality by perturbation", test_model_causality},
     {"model: state size formulas", test_model_state_size},
     {"model: training learns, same seed same numbers", test_model_training_learns_and_repeats},

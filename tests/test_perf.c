@@ -18,6 +18,8 @@
  *     where each output is computed by one thread in a fixed order, within
  *     rounding where a reduction is split;
  *   - a whole 2-layer model's loss and gradients with 2 threads against 1;
+ *   - the blocked LM head (lm_head.c) with 2 threads against 1, bitwise: the
+ *     threads take whole groups of rows and the partials add in group order;
  *   - the training step touches no new memory once warm (no page faults with
  *     one thread; a few of OpenBLAS's with two): no buffer is allocated inside
  *     the step.
@@ -755,6 +757,50 @@ static void test_model_threads(void) {
     free(in), free(tg), free(u);
 }
 
+/* The blocked head with 2 threads against 1: the same bits in the loss, dy
+ * and every partial of dW (4 groups, 3 blocks of the last one short). */
+static void test_lm_head_threads(void) {
+    const int S = 1000, V = 3001, C = 48, R = 80;
+    double *y = dfilled((size_t)S * C, 7, -1, 1), *W = dfilled((size_t)V * C, 8, -1, 1);
+    int *tg = malloc(sizeof(int) * S);
+    for (int i = 0; i < S; i++) tg[i] = i % 5 == 3 ? -1 : (i * 37) % V;
+    const int G = lm_head_groups(S, R);
+    CHECK(G == 4, "groups: %d (4 expected)", G);
+    double *dy[2], *parts[2], loss[2];
+    double *blk = malloc(sizeof(double) * (size_t)LMH_MAX_GROUPS * R * V);
+    int old = openblas_get_num_threads(), count = 0;
+    for (int r = 0; r < 2; r++) {
+        threads_set(r + 1);
+        dy[r] = malloc(sizeof(double) * (size_t)S * C);
+        parts[r] = malloc(sizeof(double) * (size_t)G * V * C);
+        /* NaN everywhere: nothing may be read before it is written */
+        memset(parts[r], 0xff, sizeof(double) * (size_t)G * V * C);
+        memset(dy[r], 0xff, sizeof(double) * (size_t)S * C);
+        loss[r] = lm_head_loss_grad(dy[r], parts[r], blk, y, W, tg, S, V, C, R, &count);
+    }
+    threads_set(old);
+    CHECK(count == S - S / 5, "kept rows: %d", count);
+    CHECK(loss[0] == loss[1] && !memcmp(dy[0], dy[1], sizeof(double) * (size_t)S * C) &&
+              !memcmp(parts[0], parts[1], sizeof(double) * (size_t)G * V * C),
+          "2 threads differ from 1: loss %.17g vs %.17g", loss[1], loss[0]);
+    /* and both equal the unfused head: logits, cross-entropy, its gradient,
+     * the linear layer's backward */
+    double *lg = malloc(sizeof(double) * (size_t)S * V), *rdy = calloc((size_t)S * C, 8);
+    double *rdw = calloc((size_t)V * C, 8), *sdw = calloc((size_t)V * C, 8);
+    linear_forward(lg, y, W, NULL, S, C, V);
+    double rl = crossentropy_forward(lg, lg, tg, S, V, NULL);
+    crossentropy_grad_inplace(lg, tg, S, V, 1.0 / count);
+    linear_backward(rdy, rdw, NULL, lg, y, W, S, C, V);
+    lm_head_add_parts(sdw, parts[0], G, V, C);
+    double ey = max_rel_diff(dy[0], rdy, (size_t)S * C), ew = max_rel_diff(sdw, rdw, (size_t)V * C);
+    CHECK(fabs(loss[0] - rl) <= 1e-13 * rl && ey < 1e-12 && ew < 1e-12,
+          "against the unfused head: loss %.17g vs %.17g, dy %.3g, dW %.3g apart", loss[0], rl,
+          ey, ew);
+    free(lg), free(rdy), free(rdw), free(sdw);
+    for (int r = 0; r < 2; r++) free(dy[r]), free(parts[r]);
+    free(y), free(W), free(tg), free(blk);
+}
+
 /* Minor page faults of this process so far. */
 static long minor_faults(void) {
     struct rusage ru;
@@ -782,11 +828,12 @@ static void test_step_allocates_nothing(void) {
                 break;
             }
             model_init_weights(&m, 5);
+            m.head_block_rows = 16; /* the blocked head: 10 blocks of the 147 rows */
             threads_set(th);
             long f0 = 0;
             for (int s = 0; s < 4; s++) {
                 if (s == 2) f0 = minor_faults();
-                model_forward(&m, in, tg, B, T, NULL);
+                model_forward_train(&m, in, tg, B, T);
                 model_zero_grad(&m);
                 model_backward(&m);
                 grad_clip(m.g, m.n_params, 1.0);
@@ -1071,6 +1118,7 @@ const test_case tests_perf[] = {
     {"perf/optimiser_threads", test_optimiser_threads},
     {"perf/embedding_threads", test_embedding_threads},
     {"perf/model_threads", test_model_threads},
+    {"perf/lm_head_threads", test_lm_head_threads},
     {"perf/fp_mode_threads", test_fp_mode_threads},
     {"perf/step_allocates_nothing", test_step_allocates_nothing},
     {"perf/flop_formulas", test_flop_formulas},
