@@ -27,10 +27,17 @@
  * The solve is one unit lower-triangular TRSM per chunk; everything else GEMM.
  *
  * Saved by forward: the state at the start of every chunk, [B,H,NC,Dk*Dv]
- * (both forms; the recurrent form uses them as checkpoints). Feature maps,
+ * (both forms; the recurrent form uses them as checkpoints), and in the
+ * chunkwise form every chunk's products, [B,H,NC,gd_cache_size]: P, M (decay),
+ * KK, A, X = [U | Wk] and W (delta), so that the backward does not form them
+ * again (its chunk-local products and the solve were about a tenth of a
+ * gated DeltaNet step at d_model 256; PyTorch's autograd keeps them too). The
+ * last chunk's, when shorter, are packed with its own length as leading
+ * dimension, in a full chunk's slot. Feature maps,
  * normalisation of q and k, the gates' parametrisation and the projections
  * belong to the mixers. */
 #include <math.h>
+#include <stdint.h>
 #include <string.h>
 
 #include "kernels.h"
@@ -105,9 +112,36 @@ static size_t gd_carve(const gdelta_dims *d, real *base, gd_work *w) {
     return used;
 }
 
-/* Reals forward saves: one Dk x Dv state per chunk per (b, h). */
+/* Reals of one chunk's saved products (chunkwise form): P, then M with
+ * decay, then KK, A, X and W with the delta rule. */
+static size_t gd_cache_size(const gdelta_dims *d) {
+    if (d->form != GD_CHUNKWISE) return 0;
+    size_t C = (size_t)gd_chunk(d), n = C * C;
+    if (d->decay) n += C * C;
+    if (d->delta) n += 2 * C * C + C * ((size_t)2 * d->Dv + d->Dk);
+    return n;
+}
+
+/* Reals forward saves: one Dk x Dv state per chunk per (b, h), then (chunkwise)
+ * one chunk's products per chunk per (b, h). */
 size_t gdelta_save_size(const gdelta_dims *d) {
-    return (size_t)d->B * d->H * gd_nchunks(d) * d->Dk * d->Dv;
+    size_t per = (size_t)d->Dk * d->Dv + gd_cache_size(d);
+    return (size_t)d->B * d->H * gd_nchunks(d) * per;
+}
+
+/* Point w's chunk products at one chunk's slot of the save. */
+static void gd_use_cache(gd_work *w, real *slot, const gdelta_dims *d) {
+    size_t C = (size_t)gd_chunk(d), used = 0;
+#define TAKE(p, n) (w->p = slot + used, used += (n))
+    TAKE(P, C * C);
+    if (d->decay) TAKE(M, C * C);
+    if (d->delta) {
+        TAKE(KK, C * C);
+        TAKE(A, C * C);
+        TAKE(X, C * ((size_t)d->Dk + d->Dv));
+        TAKE(W, C * (size_t)d->Dv);
+    }
+#undef TAKE
 }
 
 /* Scratch for forward or backward of d's form: one slot per thread
@@ -277,25 +311,31 @@ static void gd_rec_backward(real *dq, real *dk, real *dv, real *dbeta, real *dg,
 
 /* ---- chunkwise form ----------------------------------------------------------- */
 
-/* Everything a chunk needs, forward or backward, from its start state S0
- * (NULL: the first chunk's, zero): G, Gam, gam and M (decay),
- * P = (Q K^T) .* M, and with the delta rule KK, A, X = [U | Wk] and
- * W = U - Wk S0 (see the file header). */
+/* The decay's per-token factors of a chunk: G, Gam and gam. */
+static void gd_gates(gd_work *w, const gd_rows *r, int L, const gdelta_dims *d) {
+    if (!d->decay) return;
+    const int gs = d->gate_stride;
+    double acc = 0;
+    for (int i = 0; i < L; i++) {
+        acc += r->g[(size_t)i * gs];
+        w->G[i] = (real)acc;
+    }
+    for (int i = 0; i < L; i++) {
+        w->Gam[i] = REXP(w->G[i]);
+        w->gam[i] = REXP(w->G[L - 1] - w->G[i]);
+    }
+}
+
+/* Everything a chunk needs from its start state S0 (NULL: the first chunk's,
+ * zero): G, Gam, gam and M (decay), P = (Q K^T) .* M, and with the delta rule
+ * KK, A, X = [U | Wk] and W = U - Wk S0 (see the file header). */
 static void gd_prep(gd_work *w, const gd_rows *r, const real *S0, int L,
                     const gdelta_dims *d) {
     const int Dk = d->Dk, Dv = d->Dv, Dx = Dk + Dv, gs = d->gate_stride;
-    if (d->decay) {
-        double acc = 0;
-        for (int i = 0; i < L; i++) {
-            acc += r->g[(size_t)i * gs];
-            w->G[i] = (real)acc;
-        }
-        for (int i = 0; i < L; i++) {
-            w->Gam[i] = REXP(w->G[i]);
-            w->gam[i] = REXP(w->G[L - 1] - w->G[i]);
+    gd_gates(w, r, L, d);
+    if (d->decay)
+        for (int i = 0; i < L; i++)
             for (int j = 0; j <= i; j++) w->M[(size_t)i * L + j] = REXP(w->G[i] - w->G[j]);
-        }
-    }
     ml_gemm(0, 1, L, L, Dk, 1, r->q, d->q_stride, r->k, d->k_stride, 0, w->P, L);
     for (int i = 0; i < L; i++) {
         real *Pi = w->P + (size_t)i * L;
@@ -327,12 +367,12 @@ static void gd_prep(gd_work *w, const gd_rows *r, const real *S0, int L,
  * state in scratch is updated in place (W was formed before the update).
  * The first chunk's start state is zero: its products are skipped (at
  * T <= chunk they would be most of the work) and it is never stored. */
-static void gd_chunk_forward(real *out, real *states, const real *q, const real *k,
-                             const real *v, const real *beta, const real *g,
+static void gd_chunk_forward(real *out, real *states, real *cache, const real *q,
+                             const real *k, const real *v, const real *beta, const real *g,
                              const gdelta_dims *d, real *scratch) {
     const int T = d->T, H = d->H, Dk = d->Dk, Dv = d->Dv, ldo = H * Dv;
     const int C = gd_chunk(d), NC = gd_nchunks(d);
-    const size_t SS = (size_t)Dk * Dv;
+    const size_t SS = (size_t)Dk * Dv, CK = gd_cache_size(d);
     gd_work w;
     gd_carve(d, scratch, &w);
     for (int b = 0; b < d->B; b++)
@@ -344,6 +384,7 @@ static void gd_chunk_forward(real *out, real *states, const real *q, const real 
                 gd_rows r = gd_at(q, k, v, beta, g, b, h, t0, d);
                 real *oc = out + (((size_t)b * T + t0) * H + h) * Dv;
                 const real *S0 = c > 0 ? S : NULL;
+                if (cache) gd_use_cache(&w, cache + (((size_t)b * H + h) * NC + c) * CK, d);
                 gd_prep(&w, &r, S0, L, d);
                 const real *Wp = d->delta ? w.W : r.v;
                 const int ldw = d->delta ? Dv : d->v_stride;
@@ -389,12 +430,12 @@ static void gd_chunk_forward(real *out, real *states, const real *q, const real 
  * The first chunk's S0 and the last chunk's dS are zero: the products with
  * them are skipped, as are their (zero) terms. */
 static void gd_chunk_backward(real *dq, real *dk, real *dv, real *dbeta, real *dg,
-                              const real *dout, const real *states, const real *q,
-                              const real *k, const real *v, const real *beta, const real *g,
-                              const gdelta_dims *d, real *scratch) {
+                              const real *dout, const real *states, const real *cache,
+                              const real *q, const real *k, const real *v, const real *beta,
+                              const real *g, const gdelta_dims *d, real *scratch) {
     const int T = d->T, H = d->H, Dk = d->Dk, Dv = d->Dv, Dx = Dk + Dv, ldo = H * Dv;
     const int C = gd_chunk(d), NC = gd_nchunks(d), gs = d->gate_stride;
-    const size_t SS = (size_t)Dk * Dv;
+    const size_t SS = (size_t)Dk * Dv, CK = gd_cache_size(d);
     gd_work w;
     gd_carve(d, scratch, &w);
     for (int b = 0; b < d->B; b++)
@@ -411,7 +452,10 @@ static void gd_chunk_backward(real *dq, real *dk, real *dv, real *dbeta, real *d
                 real *dqc = dq ? dq + bt0 * d->q_stride + (size_t)h * Dk : NULL;
                 real *dkc = dk ? dk + bt0 * d->k_stride + (size_t)h * Dk : NULL;
                 real *dvc = dv ? dv + bt0 * d->v_stride + (size_t)h * Dv : NULL;
-                gd_prep(&w, &r, S0, L, d);
+                /* the chunk's products as forward saved them (read only) */
+                gd_use_cache(&w, (real *)(uintptr_t)(cache + (((size_t)b * H + h) * NC + c) * CK),
+                             d);
+                gd_gates(&w, &r, L, d);
                 const real *Wp = d->delta ? w.W : r.v;
                 const int ldw = d->delta ? Dv : d->v_stride;
                 for (int i = 0; i < L; i++) w.dG[i] = w.db[i] = 0;
@@ -603,14 +647,17 @@ static void gd_range(void *ctx, int b0, int b1, int slot) {
     const size_t T = (size_t)d->T, B0 = (size_t)b0;
     const size_t qo = B0 * T * d->q_stride, ko = B0 * T * d->k_stride, vo = B0 * T * d->v_stride;
     const size_t go = B0 * T * d->gate_stride, oo = B0 * T * d->H * d->Dv;
-    const size_t so = B0 * d->H * gd_nchunks(d) * d->Dk * d->Dv;
+    const size_t NCH = (size_t)d->H * gd_nchunks(d);
+    const size_t so = B0 * NCH * d->Dk * d->Dv;
+    /* the chunk products follow every sequence's states */
+    const size_t co = (size_t)d->B * NCH * d->Dk * d->Dv + B0 * NCH * gd_cache_size(d);
     real *scr = c->scratch + (size_t)slot * gd_carve(d, NULL, &w);
     const real *beta = c->beta ? c->beta + go : NULL, *g = c->g ? c->g + go : NULL;
     if (!c->backward) {
         real *states = c->save ? c->save + so : NULL;
         if (d->form == GD_CHUNKWISE)
-            gd_chunk_forward(c->out + oo, states, c->q + qo, c->k + ko, c->v + vo, beta, g, &s,
-                             scr);
+            gd_chunk_forward(c->out + oo, states, c->save ? c->save + co : NULL, c->q + qo,
+                             c->k + ko, c->v + vo, beta, g, &s, scr);
         else
             gd_rec_forward(c->out + oo, states, c->q + qo, c->k + ko, c->v + vo, beta, g, &s, scr);
         return;
@@ -619,8 +666,8 @@ static void gd_range(void *ctx, int b0, int b1, int slot) {
     real *dv = c->dv ? c->dv + vo : NULL, *dbeta = c->dbeta ? c->dbeta + go : NULL;
     real *dg = c->dg ? c->dg + go : NULL;
     if (d->form == GD_CHUNKWISE)
-        gd_chunk_backward(dq, dk, dv, dbeta, dg, c->dout + oo, c->csave + so, c->q + qo,
-                          c->k + ko, c->v + vo, beta, g, &s, scr);
+        gd_chunk_backward(dq, dk, dv, dbeta, dg, c->dout + oo, c->csave + so, c->csave + co,
+                          c->q + qo, c->k + ko, c->v + vo, beta, g, &s, scr);
     else
         gd_rec_backward(dq, dk, dv, dbeta, dg, c->dout + oo, c->csave + so, c->q + qo, c->k + ko,
                         c->v + vo, beta, g, &s, scr);

@@ -305,8 +305,9 @@ void taylor_backward(real *dx, const real *dout, const real *x, int n, int D, in
  * GD_RECURRENT runs token by token (the reference, and the generation form);
  * GD_CHUNKWISE runs chunks of `chunk` tokens on GEMMs, the delta rule through
  * the WY representation (a unit lower-triangular solve per chunk). Both save
- * the state at the start of every chunk and recompute inside a chunk for the
- * backward. */
+ * the state at the start of every chunk; the recurrent form recomputes inside
+ * a chunk for the backward, the chunkwise one also saves each chunk's
+ * products (scores, decay mask, the solve's matrix and results). */
 typedef enum { GD_RECURRENT = 0, GD_CHUNKWISE = 1 } gd_form;
 typedef struct {
     int B, T, H, Dk, Dv;
