@@ -19,17 +19,22 @@
  * decay, delta, gated_delta), computed by gated_delta.c.
  *
  * A frozen memory is what running the rule on only the tokens routed to it
- * gives, so the forward gathers, per sequence and memory, the routed tokens
- * into a compact sequence, runs the rule on it (B = 1, its own length), and
- * scatters the outputs back weighted; the cost is K/E of running every memory
- * on every token. Top-K is not differentiable: the backward holds the
- * selection fixed (router.c); with K = 1 the renormalised weight is 1 and the
- * router learns from the load-balancing loss alone.
+ * gives, and a routed memory's k, v, beta and g are read only at its tokens.
+ * So the router runs first; the routed rows (N K of them) are listed memory
+ * by memory, sequence by sequence, in time order, and x is gathered at them;
+ * memory m's projections run on its own rows alone, which leaves every
+ * (sequence, memory) pair's keys, values and gates as a compact sequence in
+ * place. The rule runs on each (B = 1, its own length; q gathered) and its
+ * outputs are scattered back weighted. Projections and rules cost K/E of
+ * running every memory on every token. Top-K is not differentiable: the
+ * backward holds the selection fixed (router.c); with K = 1 the renormalised
+ * weight is 1 and the router learns from the load-balancing loss alone.
  * Given rows (the last layer under a head that reads a few rows), q is
  * projected for the rows only (zero elsewhere) and the output norm, gate and
- * projection run on the rows; the router, the keys, values and gates of every
- * memory and the memories themselves still run on every token (the rule's
- * kernels write every routed token's read; those of other rows are unused).
+ * projection run on the rows; the router, the memories' keys, values and
+ * gates and the memories themselves still run on every token they see (the
+ * rule's kernels write every routed token's read; those of other rows are
+ * unused).
  * Statistics (per layer): router_frac_<e>, the share of tokens routed to e.
  * State size: H * Mt * F * Dv (no normaliser). */
 #include <stddef.h>
@@ -117,7 +122,7 @@ static mom_dims mom_dims_of(const mom_cfg *c, int B, int T, int C) {
 
 /* The rule's dims for a compact sequence of n tokens of one memory (B = 1,
  * rows contiguous) or, with n < 0, for the shared memory over the batch
- * (rows read in place from the per-token blocks of every memory). */
+ * (its own block of N rows). */
 static gdelta_dims mom_gd(const mom_cfg *c, const mom_dims *d, int n) {
     gdelta_dims g;
     memset(&g, 0, sizeof g);
@@ -130,8 +135,7 @@ static gdelta_dims mom_gd(const mom_cfg *c, const mom_dims *d, int n) {
         g.q_stride = g.k_stride = d->HF, g.v_stride = d->C, g.gate_stride = d->H;
     } else {
         g.B = d->B, g.T = d->T;
-        g.q_stride = d->HF, g.k_stride = d->Mt * d->HF, g.v_stride = d->Mt * d->C;
-        g.gate_stride = d->Mt * d->H;
+        g.q_stride = g.k_stride = d->HF, g.v_stride = d->C, g.gate_stride = d->H;
     }
     return g;
 }
@@ -196,14 +200,24 @@ static size_t ints_as_reals(size_t n) {
     return (n * sizeof(int) + sizeof(real) - 1) / sizeof(real);
 }
 
-/* Activations, in order; absent pieces take no room. */
+/* Rows of the memories' projections: the N K routed rows (memory by
+ * memory, then sequence by sequence, in time order), then the shared
+ * memory's N. */
+static size_t mom_nrows(const mom_cfg *c, const mom_dims *d) {
+    return (size_t)d->N * d->K + (c->shared ? (size_t)d->N : 0);
+}
+
+/* Activations, in order; absent pieces take no room. NR = mom_nrows. */
 typedef struct mom_acts {
     real *qraw, *phq, *qrn;  /* [N,Cq], [N,HF], [N*H] */
-    real *kraw, *phk, *krn;  /* [N,Mt,Cq], [N,Mt,HF], [N*Mt*H] */
-    real *v;                 /* [N,Mt,C] */
-    real *beta, *za, *g;     /* [N,Mt,H] */
+    real *kraw, *phk, *krn;  /* [NR,Cq], [NR,HF], [NR*H] */
+    real *v;                 /* [NR,C] */
+    real *beta, *za, *g;     /* [NR,H] */
+    real *xg;                /* [N K,C] x at the routed rows */
     real *p, *rw;            /* [N,E] router probabilities, [N,K] weights */
     int *sel;                /* [N,K] selected memories */
+    int *rslot, *rtok;       /* [N K] each routed row's slot (token * K + j), token */
+    int *roff;               /* [E B + 1] first routed row of (memory, sequence) */
     real *omem;              /* [N,K,C] output of each selected memory */
     real *o, *on, *rstd, *gz, *y; /* [N,C], [N,C], [N*H], [N,C], [N,C] */
     real *save;              /* E*B compact saves, then the shared memory's */
@@ -211,25 +225,29 @@ typedef struct mom_acts {
 } mom_acts;
 
 static size_t mom_acts_at(const mom_cfg *c, const mom_dims *d, real *base, mom_acts *a) {
-    size_t N = (size_t)d->N, used = 0, Mt = (size_t)d->Mt;
+    size_t N = (size_t)d->N, used = 0, NR = mom_nrows(c, d), NK = N * d->K;
 #define TAKE(p, n) (a->p = base ? base + used : NULL, used += (n))
+#define TAKE_INTS(p, n) (a->p = base ? (int *)(void *)(base + used) : NULL, used += ints_as_reals(n))
     memset(a, 0, sizeof *a);
     TAKE(qraw, N * d->Cq);
     TAKE(phq, N * d->HF);
     if (c->qk_l2norm) TAKE(qrn, N * d->H);
-    TAKE(kraw, N * Mt * d->Cq);
-    TAKE(phk, N * Mt * d->HF);
-    if (c->qk_l2norm) TAKE(krn, N * Mt * d->H);
-    TAKE(v, N * Mt * d->C);
-    if (d->delta) TAKE(beta, N * Mt * d->H);
+    TAKE(kraw, NR * d->Cq);
+    TAKE(phk, NR * d->HF);
+    if (c->qk_l2norm) TAKE(krn, NR * d->H);
+    TAKE(v, NR * d->C);
+    if (d->delta) TAKE(beta, NR * d->H);
     if (d->decay) {
-        TAKE(za, N * Mt * d->H);
-        TAKE(g, N * Mt * d->H);
+        TAKE(za, NR * d->H);
+        TAKE(g, NR * d->H);
     }
+    TAKE(xg, NK * d->C);
     TAKE(p, N * d->E);
     TAKE(rw, N * d->K);
-    a->sel = base ? (int *)(void *)(base + used) : NULL;
-    used += ints_as_reals(N * d->K);
+    TAKE_INTS(sel, NK);
+    TAKE_INTS(rslot, NK);
+    TAKE_INTS(rtok, NK);
+    TAKE_INTS(roff, (size_t)d->E * d->B + 1);
     TAKE(omem, N * d->K * d->C);
     TAKE(o, N * d->C);
     if (d->onorm) {
@@ -244,39 +262,29 @@ static size_t mom_acts_at(const mom_cfg *c, const mom_dims *d, real *base, mom_a
     a->save_one = gdelta_save_size(&one);
     TAKE(save, (size_t)d->E * d->B * a->save_one + (c->shared ? gdelta_save_size(&sh) : 0));
 #undef TAKE
+#undef TAKE_INTS
     return used;
 }
 
 /* One thread's workspace for the routed memories: the rule's scratch and
- * the compact sequence of one (sequence, memory) pair. */
+ * one (sequence, memory) pair's gathered q, output and their gradients (its
+ * keys, values and gates are compact in place). */
 typedef struct mom_ws {
     real *core;
-    int *idx;                              /* [T] routed (token * K + slot) */
-    real *cq, *ck, *cv, *cb, *cg, *co;     /* compact inputs [T,HF|C|H], output [T,C] */
-    real *cdo, *cdq, *cdk, *cdv, *cdb, *cdg;
+    real *cq, *co, *cdo, *cdq;             /* [T,HF], [T,C], [T,C], [T,HF] */
 } mom_ws;
 
 static size_t mom_ws_at(const mom_cfg *c, const mom_dims *d, real *base, mom_ws *w) {
-    size_t T = (size_t)d->T, used = 0, HF = (size_t)d->HF, C = (size_t)d->C, H = (size_t)d->H;
+    size_t T = (size_t)d->T, used = 0, HF = (size_t)d->HF, C = (size_t)d->C;
 #define TAKE(p, n) (w->p = base ? base + used : NULL, used += (n))
     memset(w, 0, sizeof *w);
     gdelta_dims one = mom_gd(c, d, d->T), sh = mom_gd(c, d, -1);
     size_t core = gdelta_scratch_size(&one), core_sh = gdelta_scratch_size(&sh);
     TAKE(core, core > core_sh ? core : core_sh);
-    w->idx = base ? (int *)(void *)(base + used) : NULL;
-    used += ints_as_reals(T);
     TAKE(cq, T * HF);
-    TAKE(ck, T * HF);
-    TAKE(cv, T * C);
-    TAKE(cb, T * H);
-    TAKE(cg, T * H);
     TAKE(co, T * C);
     TAKE(cdo, T * C);
     TAKE(cdq, T * HF);
-    TAKE(cdk, T * HF);
-    TAKE(cdv, T * C);
-    TAKE(cdb, T * H);
-    TAKE(cdg, T * H);
 #undef TAKE
     return (used + 15) & ~(size_t)15;
 }
@@ -289,10 +297,11 @@ typedef struct mom_scr {
     real *shift, *logits, *frac, *mean, *dp_all;
     real *dy, *tmp, *dO, *dgz;             /* [N,C] */
     real *dphq, *dqraw;                    /* [N,HF], [N,Cq] */
-    real *dphk, *dkraw;                    /* [N,Mt,HF], [N,Mt,Cq] */
+    real *dphk, *dkraw;                    /* [NR,HF], [NR,Cq] */
     real *dph_tmp;                         /* [F] one row's gradient inside the L2 norm */
-    real *dv;                              /* [N,Mt,C] */
-    real *dbeta, *dg, *dz;                 /* [N,Mt,H] */
+    real *dv;                              /* [NR,C] */
+    real *dbeta, *dg, *dz;                 /* [NR,H] */
+    real *dxg;                             /* [N K,C] d x at the routed rows */
     real *drw, *dlogits;                   /* [N,K], [N,E] */
     /* with rows (S < N of them; sized N): their x, d x, and the gathered rows
      * of q, its gradient or o */
@@ -300,7 +309,7 @@ typedef struct mom_scr {
 } mom_scr;
 
 static size_t mom_scr_at(const mom_cfg *c, const mom_dims *d, real *base, mom_scr *s) {
-    size_t N = (size_t)d->N, Mt = (size_t)d->Mt, used = 0;
+    size_t N = (size_t)d->N, NR = mom_nrows(c, d), used = 0;
     size_t HF = (size_t)d->HF, C = (size_t)d->C, H = (size_t)d->H;
 #define TAKE(p, n) (s->p = base ? base + used : NULL, used += (n))
     memset(s, 0, sizeof *s);
@@ -320,13 +329,14 @@ static size_t mom_scr_at(const mom_cfg *c, const mom_dims *d, real *base, mom_sc
     if (d->gated) TAKE(dgz, N * C);
     TAKE(dphq, N * HF);
     TAKE(dqraw, N * d->Cq);
-    TAKE(dphk, N * Mt * HF);
+    TAKE(dphk, NR * HF);
     if (c->qk_l2norm) TAKE(dph_tmp, (size_t)d->F);
-    TAKE(dkraw, N * Mt * d->Cq);
-    TAKE(dv, N * Mt * C);
-    if (d->delta) TAKE(dbeta, N * Mt * H);
-    if (d->decay) TAKE(dg, N * Mt * H);
-    if (d->delta || d->decay) TAKE(dz, N * Mt * H);
+    TAKE(dkraw, NR * d->Cq);
+    TAKE(dv, NR * C);
+    if (d->delta) TAKE(dbeta, NR * H);
+    if (d->decay) TAKE(dg, NR * H);
+    if (d->delta || d->decay) TAKE(dz, NR * H);
+    TAKE(dxg, N * d->K * C);
     TAKE(drw, N * d->K);
     TAKE(dlogits, N * d->E);
     TAKE(xr, N * C);
@@ -348,28 +358,74 @@ static size_t mom_scratch_size(const void *cfg, int B, int T, int C) {
     return mom_scr_at(cfg, &d, NULL, &s);
 }
 
-/* The tokens of sequence b routed to memory m, in time order, as
- * token * K + slot (token within the sequence). Returns their number. */
-static int mom_routed(int *idx, const int *sel, int b, int m, const mom_dims *d) {
+/* List the routed rows: memory by memory, sequence by sequence, in time
+ * order; each one's slot (token * K + j, token = b T + t) and token, and
+ * where each (memory, sequence) pair's rows start. */
+static void mom_route(mom_acts *a, const mom_dims *d) {
     int n = 0;
-    for (int t = 0; t < d->T; t++)
-        for (int j = 0; j < d->K; j++)
-            if (sel[((size_t)b * d->T + t) * d->K + j] == m) idx[n++] = t * d->K + j;
-    return n;
+    for (int m = 0; m < d->E; m++)
+        for (int b = 0; b < d->B; b++) {
+            a->roff[m * d->B + b] = n;
+            for (int t = 0; t < d->T; t++) {
+                int tok = b * d->T + t;
+                for (int j = 0; j < d->K; j++)
+                    if (a->sel[(size_t)tok * d->K + j] == m) {
+                        a->rslot[n] = tok * d->K + j;
+                        a->rtok[n++] = tok;
+                    }
+            }
+        }
+    a->roff[d->E * d->B] = n;
 }
 
-/* Copy memory m's rows of the routed tokens of sequence b into the compact
- * buffers (q is shared; beta and g only when the rule uses them). */
-static void mom_gather(const mom_ws *s, const mom_acts *a, const int *idx, int n, int b,
-                       int m, const mom_dims *d) {
-    const size_t HF = (size_t)d->HF, C = (size_t)d->C, H = (size_t)d->H, Mt = (size_t)d->Mt;
-    for (int i = 0; i < n; i++) {
-        size_t r = (size_t)b * d->T + idx[i] / d->K;
-        memcpy(s->cq + i * HF, a->phq + r * HF, HF * sizeof(real));
-        memcpy(s->ck + i * HF, a->phk + (r * Mt + m) * HF, HF * sizeof(real));
-        memcpy(s->cv + i * C, a->v + (r * Mt + m) * C, C * sizeof(real));
-        if (d->delta) memcpy(s->cb + i * H, a->beta + (r * Mt + m) * H, H * sizeof(real));
-        if (d->decay) memcpy(s->cg + i * H, a->g + (r * Mt + m) * H, H * sizeof(real));
+/* The memories' weights of memory m (m = E: the shared one). */
+typedef struct mom_wm {
+    const real *wk, *wv, *wbeta, *wdecay;
+    real *gk, *gv, *gbeta, *gdecay;
+} mom_wm;
+
+static mom_wm mom_weights_of(const mom_ptrs *p, const mom_ptrs *gp, int m, const mom_dims *d) {
+    size_t C = (size_t)d->C, kq = (size_t)m * d->Cq * C, kv = (size_t)m * C * C;
+    size_t kh = (size_t)m * d->H * C;
+    mom_wm w = {p->wk + kq, p->wv + kv, d->delta ? p->wbeta + kh : NULL,
+                d->decay ? p->wdecay + kh : NULL, gp->wk + kq, gp->wv + kv,
+                d->delta ? gp->wbeta + kh : NULL, d->decay ? gp->wdecay + kh : NULL};
+    return w;
+}
+
+/* Memory m's projections of n rows of input xm, written at row r0 of the
+ * memories' blocks. */
+static void mom_project(const mom_acts *a, const mom_wm *w, const real *xm, size_t r0, int n,
+                        const mom_dims *d) {
+    const int C = d->C, H = d->H;
+    linear_forward(a->kraw + r0 * d->Cq, xm, w->wk, NULL, n, C, d->Cq);
+    linear_forward(a->v + r0 * C, xm, w->wv, NULL, n, C, C);
+    if (d->delta) linear_forward(a->beta + r0 * H, xm, w->wbeta, NULL, n, C, H);
+    if (d->decay) linear_forward(a->za + r0 * H, xm, w->wdecay, NULL, n, C, H);
+}
+
+/* Which of the memories' projections a backward is for. */
+enum { MOM_K, MOM_V, MOM_BETA, MOM_DECAY };
+
+/* Backward of one of mom_project's projections for every memory, from its
+ * output's gradient dy [NR, width]: the routed memories' d x into s->dxg,
+ * the shared memory's into dx, each weight's gradient into its own rows. */
+static void mom_project_backward(real *dx, const mom_scr *s, const mom_acts *a,
+                                 const mom_ptrs *p, const mom_ptrs *gp, const real *x,
+                                 const real *dy, int which, const mom_dims *d) {
+    const int C = d->C, N = d->N;
+    const int width = which == MOM_K ? d->Cq : which == MOM_V ? C : d->H;
+    for (int m = 0; m < d->Mt; m++) {
+        mom_wm wm = mom_weights_of(p, gp, m, d);
+        const real *w = which == MOM_K ? wm.wk : which == MOM_V ? wm.wv
+                        : which == MOM_BETA ? wm.wbeta : wm.wdecay;
+        real *gw = which == MOM_K ? wm.gk : which == MOM_V ? wm.gv
+                   : which == MOM_BETA ? wm.gbeta : wm.gdecay;
+        size_t r0 = m < d->E ? (size_t)a->roff[m * d->B] : (size_t)N * d->K;
+        int n = m < d->E ? a->roff[(m + 1) * d->B] - (int)r0 : N;
+        const real *xm = m < d->E ? a->xg + r0 * C : x;
+        real *dxm = m < d->E ? s->dxg + r0 * C : dx;
+        linear_backward(dxm, gw, NULL, dy + r0 * width, xm, w, n, C, width);
     }
 }
 
@@ -391,52 +447,43 @@ static void mom_routed_range(void *ctx, int b0, int b1, int slot) {
     const mom_dims *d = t->d;
     const mom_acts *a = t->a;
     const mom_scr *s = t->s;
-    const int C = d->C, H = d->H, Mt = d->Mt, E = d->E, K = d->K;
+    const int C = d->C, H = d->H, E = d->E;
     const size_t HF = (size_t)d->HF;
     mom_ws w;
     mom_ws_at(c, d, s->ws + (size_t)slot * s->ws_size, &w);
     for (int b = b0; b < b1; b++)
         for (int m = 0; m < E; m++) {
-            int n = mom_routed(w.idx, a->sel, b, m, d);
+            const size_t j0 = (size_t)a->roff[m * d->B + b];
+            const int n = a->roff[m * d->B + b + 1] - (int)j0;
             if (n == 0) continue;
-            mom_gather(&w, a, w.idx, n, b, m, d);
+            const int *slots = a->rslot + j0, *toks = a->rtok + j0;
+            rows_gather(w.cq, a->phq, (int)HF, toks, n, (int)HF);
+            const real *kc = a->phk + j0 * HF, *vc = a->v + j0 * C;
+            const real *bc = d->delta ? a->beta + j0 * H : NULL;
+            const real *gc = d->decay ? a->g + j0 * H : NULL;
             gdelta_dims gd = mom_gd(c, d, n);
             real *save = a->save + ((size_t)b * E + m) * a->save_one;
             if (!t->backward) {
-                gdelta_forward(w.co, save, w.cq, w.ck, w.cv, w.cb, w.cg, &gd, w.core);
+                gdelta_forward(w.co, save, w.cq, kc, vc, bc, gc, &gd, w.core);
                 for (int i = 0; i < n; i++) {
-                    size_t sl = (size_t)b * d->T * K + w.idx[i];
-                    real wgt = a->rw[sl];
-                    real *om = a->omem + sl * C, *o = a->o + (sl / K) * C;
+                    real wgt = a->rw[slots[i]];
+                    real *om = a->omem + (size_t)slots[i] * C, *o = a->o + (size_t)toks[i] * C;
                     memcpy(om, w.co + (size_t)i * C, sizeof(real) * (size_t)C);
                     for (int j = 0; j < C; j++) o[j] += wgt * om[j];
                 }
                 continue;
             }
             for (int i = 0; i < n; i++) {
-                size_t sl = (size_t)b * d->T * K + w.idx[i];
-                const real *dO = s->dO + (sl / K) * C;
-                for (int j = 0; j < C; j++) w.cdo[(size_t)i * C + j] = a->rw[sl] * dO[j];
+                const real *dO = s->dO + (size_t)toks[i] * C;
+                real wgt = a->rw[slots[i]];
+                for (int j = 0; j < C; j++) w.cdo[(size_t)i * C + j] = wgt * dO[j];
             }
             memset(w.cdq, 0, (size_t)n * HF * sizeof(real));
-            memset(w.cdk, 0, (size_t)n * HF * sizeof(real));
-            memset(w.cdv, 0, (size_t)n * C * sizeof(real));
-            memset(w.cdb, 0, (size_t)n * H * sizeof(real));
-            memset(w.cdg, 0, (size_t)n * H * sizeof(real));
-            gdelta_backward(w.cdq, w.cdk, w.cdv, w.cdb, w.cdg, w.cdo, save, w.cq, w.ck, w.cv,
-                            w.cb, w.cg, &gd, w.core);
-            for (int i = 0; i < n; i++) {
-                size_t r = (size_t)b * d->T + w.idx[i] / K, rm = r * Mt + m;
-                for (size_t j = 0; j < HF; j++) {
-                    s->dphq[r * HF + j] += w.cdq[i * HF + j];
-                    s->dphk[rm * HF + j] += w.cdk[i * HF + j];
-                }
-                for (int j = 0; j < C; j++) s->dv[rm * C + j] += w.cdv[(size_t)i * C + j];
-                for (int j = 0; j < H; j++) {
-                    if (d->delta) s->dbeta[rm * H + j] += w.cdb[(size_t)i * H + j];
-                    if (d->decay) s->dg[rm * H + j] += w.cdg[(size_t)i * H + j];
-                }
-            }
+            /* the keys', values' and gates' gradients land in place */
+            gdelta_backward(w.cdq, s->dphk + j0 * HF, s->dv + j0 * C,
+                            d->delta ? s->dbeta + j0 * H : NULL, d->decay ? s->dg + j0 * H : NULL,
+                            w.cdo, save, w.cq, kc, vc, bc, gc, &gd, w.core);
+            rows_scatter_add(s->dphq, w.cdq, toks, n, (int)HF);
         }
 }
 
@@ -467,10 +514,9 @@ static void mom_forward(const mixer_call *mc, real *out, const real *x) {
     mom_scr_at(c, &d, mc->scratch, &s);
     mom_ptrs gp = mom_unpack(c, mc->dp);
     const lf_outstage st = mom_outstage(c, &d, &p, &gp, &a, &s);
-    const int N = d.N, C = d.C, H = d.H, Mt = d.Mt, E = d.E, K = d.K, S = mc->n_rows;
+    const int N = d.N, C = d.C, H = d.H, E = d.E, K = d.K, S = mc->n_rows;
 
-    /* projections (with rows, q for the rows only, zero elsewhere), feature
-     * maps, gates */
+    /* q (with rows, for the rows only, zero elsewhere) and its feature map */
     if (mc->rows) {
         rows_gather(s.xr, x, C, mc->rows, S, C);
         linear_forward_rows(a.qraw, s.rtmp, x, s.xr, p.wq, NULL, mc->rows, S, N, C, d.Cq, d.Cq);
@@ -479,19 +525,6 @@ static void mom_forward(const mixer_call *mc, real *out, const real *x) {
     }
     lf_phi_forward(a.phq, c->qk_l2norm ? a.qrn : NULL, a.qraw, N * H, d.Dk, d.Dk, d.F,
                    c->feature_map);
-    linear_forward(a.kraw, x, p.wk, NULL, N, C, Mt * d.Cq);
-    lf_phi_forward(a.phk, c->qk_l2norm ? a.krn : NULL, a.kraw, N * Mt * H, d.Dk, d.Dk, d.F,
-                   c->feature_map);
-    linear_forward(a.v, x, p.wv, NULL, N, C, Mt * C);
-    if (d.delta) {
-        linear_forward(a.beta, x, p.wbeta, NULL, N, C, Mt * H);
-        lf_beta_forward(a.beta, (size_t)N * Mt * H);
-    }
-    if (d.decay) {
-        lf_dt_shift(s.shift, H, c->dt_min, c->dt_max);
-        linear_forward(a.za, x, p.wdecay, NULL, N, C, Mt * H);
-        lf_decay_forward(a.g, a.za, p.A_log, p.dt_bias, s.shift, N, H, Mt * H);
-    }
 
     /* routing, load balancing, statistics */
     linear_forward(s.logits, x, p.wrouter, NULL, N, C, E);
@@ -500,6 +533,28 @@ static void mom_forward(const mixer_call *mc, real *out, const real *x) {
     if (mc->aux_loss) *mc->aux_loss += c->aux_coef * bal;
     if (mc->stats)
         for (int e = 0; e < E; e++) mc->stats[e] += s.frac[e];
+
+    /* each memory's keys, values and gates at its own rows: the routed ones
+     * from x gathered there, the shared memory's from every token */
+    mom_route(&a, &d);
+    rows_gather(a.xg, x, C, a.rtok, N * K, C);
+    for (int m = 0; m < E; m++) {
+        mom_wm wm = mom_weights_of(&p, &gp, m, &d);
+        int r0 = a.roff[m * d.B], r1 = a.roff[(m + 1) * d.B];
+        mom_project(&a, &wm, a.xg + (size_t)r0 * C, (size_t)r0, r1 - r0, &d);
+    }
+    if (c->shared) {
+        mom_wm wm = mom_weights_of(&p, &gp, E, &d);
+        mom_project(&a, &wm, x, (size_t)N * K, N, &d);
+    }
+    const int NR = (int)mom_nrows(c, &d);
+    lf_phi_forward(a.phk, c->qk_l2norm ? a.krn : NULL, a.kraw, NR * H, d.Dk, d.Dk, d.F,
+                   c->feature_map);
+    if (d.delta) lf_beta_forward(a.beta, (size_t)NR * H);
+    if (d.decay) {
+        lf_dt_shift(s.shift, H, c->dt_min, c->dt_max);
+        lf_decay_forward(a.g, a.za, p.A_log, p.dt_bias, s.shift, NR, H, H);
+    }
 
     /* the routed memories on their own tokens (sequences split among the
      * threads), then the shared one */
@@ -511,9 +566,10 @@ static void mom_forward(const mixer_call *mc, real *out, const real *x) {
     if (c->shared) {
         gdelta_dims gd = mom_gd(c, &d, -1);
         real *osh = s.dO; /* free until the backward */
-        gdelta_forward(osh, a.save + (size_t)E * d.B * a.save_one, a.phq, a.phk + (size_t)E * d.HF,
-                       a.v + (size_t)E * C, d.delta ? a.beta + (size_t)E * H : NULL,
-                       d.decay ? a.g + (size_t)E * H : NULL, &gd, w0.core);
+        const size_t r0 = (size_t)N * K;
+        gdelta_forward(osh, a.save + (size_t)E * d.B * a.save_one, a.phq, a.phk + r0 * d.HF,
+                       a.v + r0 * C, d.delta ? a.beta + r0 * H : NULL,
+                       d.decay ? a.g + r0 * H : NULL, &gd, w0.core);
         for (size_t i = 0; i < (size_t)N * C; i++) a.o[i] += osh[i];
     }
 
@@ -535,8 +591,8 @@ static void mom_backward(const mixer_call *mc, real *dx, const real *dout, const
     mom_acts_at(c, &d, mc->act, &a);
     mom_scr_at(c, &d, mc->scratch, &s);
     const lf_outstage st = mom_outstage(c, &d, &p, &gp, &a, &s);
-    const int N = d.N, C = d.C, H = d.H, Mt = d.Mt, E = d.E, K = d.K, S = mc->n_rows;
-    const size_t NC = (size_t)N * C, HF = (size_t)d.HF, NMH = (size_t)N * Mt * H;
+    const int N = d.N, C = d.C, H = d.H, E = d.E, K = d.K, S = mc->n_rows;
+    const size_t HF = (size_t)d.HF, NR = mom_nrows(c, &d), NRH = NR * H, NK = (size_t)N * K;
 
     /* output projection and norm: dO = d o; with rows from the rows' d o (in
      * s.dv until the memories' backward), zero elsewhere, and the rows' d x
@@ -550,10 +606,10 @@ static void mom_backward(const mixer_call *mc, real *dx, const real *dout, const
 
     /* the routed memories: gather, backward on the compact sequence, scatter */
     memset(s.dphq, 0, (size_t)N * HF * sizeof(real));
-    memset(s.dphk, 0, (size_t)N * Mt * HF * sizeof(real));
-    memset(s.dv, 0, NC * Mt * sizeof(real));
-    if (d.delta) memset(s.dbeta, 0, NMH * sizeof(real));
-    if (d.decay) memset(s.dg, 0, NMH * sizeof(real));
+    memset(s.dphk, 0, NR * HF * sizeof(real));
+    memset(s.dv, 0, NR * C * sizeof(real));
+    if (d.delta) memset(s.dbeta, 0, NRH * sizeof(real));
+    if (d.decay) memset(s.dg, 0, NRH * sizeof(real));
     for (size_t slot = 0; slot < (size_t)N * K; slot++) {
         const real *om = a.omem + slot * C, *dO = s.dO + (slot / K) * C;
         real v = 0;
@@ -566,12 +622,11 @@ static void mom_backward(const mixer_call *mc, real *dx, const real *dout, const
     mom_ws_at(c, &d, s.ws, &w0);
     if (c->shared) {
         gdelta_dims gd = mom_gd(c, &d, -1);
-        gdelta_backward(s.dphq, s.dphk + (size_t)E * HF, s.dv + (size_t)E * C,
-                        d.delta ? s.dbeta + (size_t)E * H : NULL,
-                        d.decay ? s.dg + (size_t)E * H : NULL, s.dO,
-                        a.save + (size_t)E * d.B * a.save_one, a.phq, a.phk + (size_t)E * HF,
-                        a.v + (size_t)E * C, d.delta ? a.beta + (size_t)E * H : NULL,
-                        d.decay ? a.g + (size_t)E * H : NULL, &gd, w0.core);
+        gdelta_backward(s.dphq, s.dphk + NK * HF, s.dv + NK * C,
+                        d.delta ? s.dbeta + NK * H : NULL, d.decay ? s.dg + NK * H : NULL, s.dO,
+                        a.save + (size_t)E * d.B * a.save_one, a.phq, a.phk + NK * HF,
+                        a.v + NK * C, d.delta ? a.beta + NK * H : NULL,
+                        d.decay ? a.g + NK * H : NULL, &gd, w0.core);
     }
 
     /* router: the weights' gradient and the load-balancing loss's, d aux /
@@ -582,23 +637,25 @@ static void mom_backward(const mixer_call *mc, real *dx, const real *dout, const
     router_backward(s.dlogits, s.drw, s.dp_all, a.p, a.sel, a.rw, N, E, K);
     linear_backward(dx, gp.wrouter, NULL, s.dlogits, x, p.wrouter, N, C, E);
 
-    /* gates */
+    /* the memories' gates, values and keys, each memory's through its own
+     * rows: the routed ones' d x gathered in dxg, then added at their tokens */
+    memset(s.dxg, 0, NK * C * sizeof(real));
     if (d.delta) {
-        memset(s.dz, 0, NMH * sizeof(real));
-        lf_beta_backward(s.dz, s.dbeta, a.beta, NMH);
-        linear_backward(dx, gp.wbeta, NULL, s.dz, x, p.wbeta, N, C, Mt * H);
+        memset(s.dz, 0, NRH * sizeof(real));
+        lf_beta_backward(s.dz, s.dbeta, a.beta, NRH);
+        mom_project_backward(dx, &s, &a, &p, &gp, x, s.dz, MOM_BETA, &d);
     }
     if (d.decay) {
-        lf_decay_backward(s.dz, gp.A_log, gp.dt_bias, s.dg, a.g, a.za, p.A_log, N, H, Mt * H);
-        linear_backward(dx, gp.wdecay, NULL, s.dz, x, p.wdecay, N, C, Mt * H);
+        lf_decay_backward(s.dz, gp.A_log, gp.dt_bias, s.dg, a.g, a.za, p.A_log, (int)NR, H, H);
+        mom_project_backward(dx, &s, &a, &p, &gp, x, s.dz, MOM_DECAY, &d);
     }
-
-    /* values, then q and k through the L2 norm and the feature map */
-    linear_backward(dx, gp.wv, NULL, s.dv, x, p.wv, N, C, Mt * C);
+    mom_project_backward(dx, &s, &a, &p, &gp, x, s.dv, MOM_V, &d);
     lf_phi_backward(s.dqraw, s.dphq, a.qraw, a.phq, c->qk_l2norm ? a.qrn : NULL, N * H, d.Dk,
                     d.Dk, d.F, c->feature_map, s.dph_tmp);
-    lf_phi_backward(s.dkraw, s.dphk, a.kraw, a.phk, c->qk_l2norm ? a.krn : NULL, N * Mt * H,
+    lf_phi_backward(s.dkraw, s.dphk, a.kraw, a.phk, c->qk_l2norm ? a.krn : NULL, (int)NR * H,
                     d.Dk, d.Dk, d.F, c->feature_map, s.dph_tmp);
+    mom_project_backward(dx, &s, &a, &p, &gp, x, s.dkraw, MOM_K, &d);
+    rows_scatter_add(dx, s.dxg, a.rtok, (int)NK, C);
     if (mc->rows) {
         linear_backward_rows(dx, s.dxr, gp.wq, NULL, s.rtmp, s.dqraw, x, s.xr, p.wq, mc->rows, S,
                              N, C, d.Cq, d.Cq);
@@ -606,7 +663,6 @@ static void mom_backward(const mixer_call *mc, real *dx, const real *dout, const
     } else {
         linear_backward(dx, gp.wq, NULL, s.dqraw, x, p.wq, N, C, d.Cq);
     }
-    linear_backward(dx, gp.wk, NULL, s.dkraw, x, p.wk, N, C, Mt * d.Cq);
 }
 
 /* (E + shared) states of F x Dv per head; nothing grows with T. */

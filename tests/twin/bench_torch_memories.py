@@ -95,7 +95,10 @@ class MoM(nn.Module):
     """Mixture-of-Memories (mixer_mom.c): shared q; per memory k, v, beta and
     decay projections; softmax router, top-K, weights renormalised over the
     selected (K = 1: weight 1); each routed memory updated only at its tokens;
-    the shared memory at every token; output norm, gate, out projection."""
+    the shared memory at every token; output norm, gate, out projection. As in
+    the reference implementation, the tokens are gathered per memory before
+    its projections, so a routed memory projects only its own tokens (and the
+    padding of the compact sequences)."""
 
     def __init__(self, m, C):
         super().__init__()
@@ -132,17 +135,29 @@ class MoM(nn.Module):
         p["wrouter"] = self.wrouter.weight
         return gate_out_params(self, p)
 
+    def project(self, x, lo, hi):
+        """k, v, beta, g of memories [lo, hi) on x [..., n, C] (memory dim -3
+        when hi - lo > 1 is matched against x's dim -3)."""
+        H, Dk, Dv, C = self.H, self.Dk, self.Dv, self.H * self.Dv
+
+        def lin(w, width):
+            wm = w.weight.view(self.Mt, width, C)[lo:hi]
+            if hi - lo == 1:
+                return F.linear(x, wm[0])
+            return torch.einsum("...enc,eoc->...eno", x, wm)
+
+        k = bt.feature_map(torch, lin(self.wk, H * Dk).unflatten(-1, (H, Dk)), self.fmap, self.l2)
+        v = lin(self.wv, C).unflatten(-1, (H, Dv))
+        beta = torch.sigmoid(lin(self.wbeta, H)) if self.delta else None
+        g = None
+        if self.decay:
+            g = bt.log_decay(torch, lin(self.wdecay, H), self.A_log, self.dt_bias, self.shift)
+        return k, v, beta, g
+
     def forward(self, x):
         B, T, C = x.shape
         H, Dk, Dv, E, K, Mt = self.H, self.Dk, self.Dv, self.E, self.K, self.Mt
         q = bt.feature_map(torch, self.wq(x).view(B, T, H, Dk), self.fmap, self.l2)
-        k = bt.feature_map(torch, self.wk(x).view(B, T, Mt, H, Dk), self.fmap, self.l2)
-        v = self.wv(x).view(B, T, Mt, H, Dv)
-        beta = torch.sigmoid(self.wbeta(x)).view(B, T, Mt, H) if self.delta else None
-        g = None
-        if self.decay:
-            g = bt.log_decay(torch, self.wdecay(x).view(B, T, Mt, H), self.A_log, self.dt_bias,
-                             self.shift)
 
         # router: top-K of the softmax, weights renormalised over the selected
         probs = torch.softmax(self.wrouter(x), dim=-1)  # [B,T,E]
@@ -165,15 +180,16 @@ class MoM(nn.Module):
         src = src[:, :, :n]  # padding (after a sequence's tokens) reads token 0
         bi = torch.arange(B).view(B, 1, 1)
         ei = torch.arange(E).view(1, E, 1)
+        # each routed memory's projections on its own tokens: [B,E,n,...]
+        kc, vc, bc, gc = self.project(x[bi, src], 0, E)
 
-        def compact(t):  # [B,T,Mt,H,...] -> [B*E,H,n,...]
-            c = t[bi, src, ei]  # [B,E,n,H,...]
+        def compact(c):  # [B,E,n,H,...] -> [B*E,H,n,...]
             return c.reshape(B * E, n, *c.shape[3:]).transpose(1, 2)
 
         qc = q[bi, src].reshape(B * E, n, H, -1).transpose(1, 2)
-        oc = bt.chunk_rule(torch, qc, compact(k), compact(v),
-                           compact(beta) if self.delta else None,
-                           compact(g) if self.decay else None, min(self.chunk, n), self.delta,
+        oc = bt.chunk_rule(torch, qc, compact(kc), compact(vc),
+                           compact(bc) if self.delta else None,
+                           compact(gc) if self.decay else None, min(self.chunk, n), self.delta,
                            self.decay)  # [B*E,H,n,Dv]; a run shorter than a chunk is one chunk
         valid = torch.arange(n).view(1, 1, n) < cnt.unsqueeze(-1)
         wc = w_tok[bi, src, ei] * valid  # [B,E,n]
@@ -181,10 +197,10 @@ class MoM(nn.Module):
         o = contrib.new_zeros(B, T, C).scatter_add(1, src.reshape(B, E * n, 1).expand(-1, -1, C),
                                              contrib)
         if self.shared:
-            os_ = bt.chunk_rule(torch, q.transpose(1, 2), k[:, :, E].transpose(1, 2),
-                                v[:, :, E].transpose(1, 2),
-                                beta[:, :, E].transpose(1, 2) if self.delta else None,
-                                g[:, :, E].transpose(1, 2) if self.decay else None, self.chunk,
+            ks, vs, bs, gs = self.project(x, E, E + 1)  # [B,T,...]
+            os_ = bt.chunk_rule(torch, q.transpose(1, 2), ks.transpose(1, 2), vs.transpose(1, 2),
+                                bs.transpose(1, 2) if self.delta else None,
+                                gs.transpose(1, 2) if self.decay else None, self.chunk,
                                 self.delta, self.decay)
             o = o + os_.transpose(1, 2).reshape(B, T, C)
         if self.onorm != "none":
