@@ -378,54 +378,67 @@ static void mom_route(mom_acts *a, const mom_dims *d) {
     a->roff[d->E * d->B] = n;
 }
 
-/* The memories' weights of memory m (m = E: the shared one). */
-typedef struct mom_wm {
-    const real *wk, *wv, *wbeta, *wdecay;
-    real *gk, *gv, *gbeta, *gdecay;
-} mom_wm;
+/* The memories' four projections, each one weight tensor of Mt row blocks. */
+enum { MOM_K, MOM_V, MOM_BETA, MOM_DECAY, MOM_NPROJ };
 
-static mom_wm mom_weights_of(const mom_ptrs *p, const mom_ptrs *gp, int m, const mom_dims *d) {
-    size_t C = (size_t)d->C, kq = (size_t)m * d->Cq * C, kv = (size_t)m * C * C;
-    size_t kh = (size_t)m * d->H * C;
-    mom_wm w = {p->wk + kq, p->wv + kv, d->delta ? p->wbeta + kh : NULL,
-                d->decay ? p->wdecay + kh : NULL, gp->wk + kq, gp->wv + kv,
-                d->delta ? gp->wbeta + kh : NULL, d->decay ? gp->wdecay + kh : NULL};
-    return w;
+/* Output width of projection j per row. */
+static int mom_width(int j, const mom_dims *d) {
+    return j == MOM_K ? d->Cq : j == MOM_V ? d->C : d->H;
 }
 
-/* Memory m's projections of n rows of input xm, written at row r0 of the
- * memories' blocks. */
-static void mom_project(const mom_acts *a, const mom_wm *w, const real *xm, size_t r0, int n,
-                        const mom_dims *d) {
-    const int C = d->C, H = d->H;
-    linear_forward(a->kraw + r0 * d->Cq, xm, w->wk, NULL, n, C, d->Cq);
-    linear_forward(a->v + r0 * C, xm, w->wv, NULL, n, C, C);
-    if (d->delta) linear_forward(a->beta + r0 * H, xm, w->wbeta, NULL, n, C, H);
-    if (d->decay) linear_forward(a->za + r0 * H, xm, w->wdecay, NULL, n, C, H);
+/* Memory m's block of projection j's weights in p (the parameters or their
+ * gradients); NULL when the rule has no such projection. */
+static real *mom_weight(const mom_ptrs *p, int j, int m, const mom_dims *d) {
+    real *w = j == MOM_K ? p->wk : j == MOM_V ? p->wv : j == MOM_BETA ? p->wbeta : p->wdecay;
+    return w ? w + (size_t)m * mom_width(j, d) * d->C : NULL;
 }
 
-/* Which of the memories' projections a backward is for. */
-enum { MOM_K, MOM_V, MOM_BETA, MOM_DECAY };
+/* Projection j's outputs for every memory, [NR, width]. */
+static real *mom_output(const mom_acts *a, int j) {
+    return j == MOM_K ? a->kraw : j == MOM_V ? a->v : j == MOM_BETA ? a->beta : a->za;
+}
 
-/* Backward of one of mom_project's projections for every memory, from its
- * output's gradient dy [NR, width]: the routed memories' d x into s->dxg,
- * the shared memory's into dx, each weight's gradient into its own rows. */
+/* Memory m's rows in the memories' blocks: the first, and *n of them (the
+ * routed memories' from the routing, the shared one's the last N). */
+static size_t mom_rows_of(const mom_acts *a, int m, const mom_dims *d, int *n) {
+    if (m == d->E) {
+        *n = d->N;
+        return (size_t)d->N * d->K;
+    }
+    *n = a->roff[(m + 1) * d->B] - a->roff[m * d->B];
+    return (size_t)a->roff[m * d->B];
+}
+
+/* Every memory's projections on its own rows: the routed memories' from x
+ * gathered at them (xg), the shared memory's from x. */
+static void mom_project(const mom_acts *a, const mom_ptrs *p, const real *x, const mom_dims *d) {
+    const int C = d->C;
+    for (int m = 0; m < d->Mt; m++) {
+        int n;
+        size_t r0 = mom_rows_of(a, m, d, &n);
+        const real *xm = m < d->E ? a->xg + r0 * C : x;
+        for (int j = 0; j < MOM_NPROJ; j++) {
+            const real *w = mom_weight(p, j, m, d);
+            const int width = mom_width(j, d);
+            if (w) linear_forward(mom_output(a, j) + r0 * width, xm, w, NULL, n, C, width);
+        }
+    }
+}
+
+/* Backward of projection j for every memory, from its output's gradient dy
+ * [NR, width]: the routed memories' d x into s->dxg, the shared memory's
+ * into dx, each memory's weight gradient into its own block. */
 static void mom_project_backward(real *dx, const mom_scr *s, const mom_acts *a,
                                  const mom_ptrs *p, const mom_ptrs *gp, const real *x,
-                                 const real *dy, int which, const mom_dims *d) {
-    const int C = d->C, N = d->N;
-    const int width = which == MOM_K ? d->Cq : which == MOM_V ? C : d->H;
+                                 const real *dy, int j, const mom_dims *d) {
+    const int C = d->C, width = mom_width(j, d);
     for (int m = 0; m < d->Mt; m++) {
-        mom_wm wm = mom_weights_of(p, gp, m, d);
-        const real *w = which == MOM_K ? wm.wk : which == MOM_V ? wm.wv
-                        : which == MOM_BETA ? wm.wbeta : wm.wdecay;
-        real *gw = which == MOM_K ? wm.gk : which == MOM_V ? wm.gv
-                   : which == MOM_BETA ? wm.gbeta : wm.gdecay;
-        size_t r0 = m < d->E ? (size_t)a->roff[m * d->B] : (size_t)N * d->K;
-        int n = m < d->E ? a->roff[(m + 1) * d->B] - (int)r0 : N;
+        int n;
+        size_t r0 = mom_rows_of(a, m, d, &n);
         const real *xm = m < d->E ? a->xg + r0 * C : x;
         real *dxm = m < d->E ? s->dxg + r0 * C : dx;
-        linear_backward(dxm, gw, NULL, dy + r0 * width, xm, w, n, C, width);
+        linear_backward(dxm, mom_weight(gp, j, m, d), NULL, dy + r0 * width, xm,
+                        mom_weight(p, j, m, d), n, C, width);
     }
 }
 
@@ -538,15 +551,7 @@ static void mom_forward(const mixer_call *mc, real *out, const real *x) {
      * from x gathered there, the shared memory's from every token */
     mom_route(&a, &d);
     rows_gather(a.xg, x, C, a.rtok, N * K, C);
-    for (int m = 0; m < E; m++) {
-        mom_wm wm = mom_weights_of(&p, &gp, m, &d);
-        int r0 = a.roff[m * d.B], r1 = a.roff[(m + 1) * d.B];
-        mom_project(&a, &wm, a.xg + (size_t)r0 * C, (size_t)r0, r1 - r0, &d);
-    }
-    if (c->shared) {
-        mom_wm wm = mom_weights_of(&p, &gp, E, &d);
-        mom_project(&a, &wm, x, (size_t)N * K, N, &d);
-    }
+    mom_project(&a, &p, x, &d);
     const int NR = (int)mom_nrows(c, &d);
     lf_phi_forward(a.phk, c->qk_l2norm ? a.krn : NULL, a.kraw, NR * H, d.Dk, d.Dk, d.F,
                    c->feature_map);
@@ -604,7 +609,9 @@ static void mom_backward(const mixer_call *mc, real *dx, const real *dout, const
         lf_output_backward(&st, s.dO, dx, dout, a.o, x, N);
     }
 
-    /* the routed memories: gather, backward on the compact sequence, scatter */
+    /* the memories: the gradients the rule adds into start at zero; each
+     * routed pair's q gradient comes back through its gathered rows, the
+     * rest lands in place */
     memset(s.dphq, 0, (size_t)N * HF * sizeof(real));
     memset(s.dphk, 0, NR * HF * sizeof(real));
     memset(s.dv, 0, NR * C * sizeof(real));

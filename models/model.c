@@ -610,9 +610,6 @@ void model_backward(ml_model *m) {
     if (m->count == 0 && m->aux_loss == 0.0) return;
     int on_rows = last_on_rows(m, S, N);
 
-    /* probabilities -> d logits, in place: (p - onehot) / count on kept rows.
-     * With no supervised row only the mixers' auxiliary losses have gradients. */
-    real scale = m->count > 0 ? (real)(1.0 / m->count) : 0;
     phase_mark k = phase_begin();
     int tied = c->tie_embeddings;
     const real *head = tied ? tensor(m, "wte", 0) : tensor(m, "lm_head", 0);
@@ -625,6 +622,10 @@ void model_backward(ml_model *m) {
         /* model_forward_train left d nf in place and dW in partials */
         lm_head_add_parts(dhead, h->hparts, h->hG, V, C);
     } else {
+        /* probabilities -> d logits, in place: (p - onehot) / count on kept
+         * rows. With no supervised row only the mixers' auxiliary losses have
+         * gradients. */
+        real scale = m->count > 0 ? (real)(1.0 / m->count) : 0;
         crossentropy_grad_inplace(h->logits, h->targets, S, V, scale);
         memset(d_nf, 0, sizeof(real) * (size_t)nf_rows * C);
         linear_backward(d_nf, dhead, NULL, h->logits, m->full_head || on_rows ? h->nf : h->rows,

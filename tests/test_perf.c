@@ -785,8 +785,9 @@ static void test_lm_head_threads(void) {
           "2 threads differ from 1: loss %.17g vs %.17g", loss[1], loss[0]);
     /* and both equal the unfused head: logits, cross-entropy, its gradient,
      * the linear layer's backward */
-    double *lg = malloc(sizeof(double) * (size_t)S * V), *rdy = calloc((size_t)S * C, 8);
-    double *rdw = calloc((size_t)V * C, 8), *sdw = calloc((size_t)V * C, 8);
+    double *lg = malloc(sizeof(double) * (size_t)S * V);
+    double *rdy = calloc((size_t)S * C, sizeof(double));
+    double *rdw = calloc((size_t)V * C, sizeof(double)), *sdw = calloc((size_t)V * C, sizeof(double));
     linear_forward(lg, y, W, NULL, S, C, V);
     double rl = crossentropy_forward(lg, lg, tg, S, V, NULL);
     crossentropy_grad_inplace(lg, tg, S, V, 1.0 / count);
