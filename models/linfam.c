@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "kernels.h"
+#include "parallel.h"
 
 const char *const lf_fmap_names[] = {"identity", "elu1", "relu", "silu", "taylor", NULL};
 const char *const lf_rule_names[] = {"additive", "delta", "decay", "gated_delta", NULL};
@@ -60,34 +61,116 @@ void lf_map_backward(real *dx, const real *dout, const real *x, int rows, int D,
     }
 }
 
-void lf_phi_forward(real *out, real *rn, const real *x, int rows, int D, int ldx, int ldo,
-                    int fmap) {
-    if (!rn) {
-        lf_map_forward(out, x, rows, D, ldx, ldo, fmap);
+/* Fewest elements of phi per thread worth a parallel region. */
+#define LF_PHI_MIN_WORK (1 << 15)
+
+/* One call of lf_phi_forward or lf_phi_backward, shared by its threads. */
+typedef struct lf_phi_call {
+    real *out, *rn, *dx, *tmp;
+    const real *x, *dphi, *phi, *crn;
+    int D, ldx, ldo, fmap;
+} lf_phi_call;
+
+static void lf_phi_forward_range(void *ctx, int r0, int r1, int slot) {
+    const lf_phi_call *c = ctx;
+    (void)slot;
+    const real *x = c->x + (size_t)r0 * c->ldx;
+    real *out = c->out + (size_t)r0 * c->ldo;
+    if (!c->rn) {
+        lf_map_forward(out, x, r1 - r0, c->D, c->ldx, c->ldo, c->fmap);
         return;
     }
-    for (int r = 0; r < rows; r++) {
-        real *o = out + (size_t)r * ldo;
-        lf_map_forward(o, x + (size_t)r * ldx, 1, D, ldx, ldo, fmap);
-        l2norm_forward(o, rn + r, o, 1, ldo, (real)LF_L2_EPS);
+    for (int r = 0; r < r1 - r0; r++) {
+        real *o = out + (size_t)r * c->ldo;
+        lf_map_forward(o, x + (size_t)r * c->ldx, 1, c->D, c->ldx, c->ldo, c->fmap);
+        l2norm_forward(o, c->rn + r0 + r, o, 1, c->ldo, (real)LF_L2_EPS);
     }
+}
+
+static void lf_phi_backward_range(void *ctx, int r0, int r1, int slot) {
+    const lf_phi_call *c = ctx;
+    real *tmp = c->tmp ? c->tmp + (size_t)slot * c->ldo : NULL;
+    for (int r = r0; r < r1; r++) {
+        size_t ro = (size_t)r * c->ldo;
+        real *dxr = c->dx + (size_t)r * c->ldx;
+        const real *g = c->dphi + ro;
+        if (c->crn) {
+            memset(tmp, 0, sizeof(real) * (size_t)c->ldo);
+            l2norm_backward(tmp, g, c->phi + ro, c->crn + r, 1, c->ldo);
+            g = tmp;
+        }
+        /* zeroed here, where the row is about to be in cache anyway */
+        memset(dxr, 0, sizeof(real) * (size_t)c->D);
+        lf_map_backward(dxr, g, c->x + (size_t)r * c->ldx, 1, c->D, c->ldx, c->ldo, c->fmap);
+    }
+}
+
+/* Rows are independent: a block of rows per thread (parallel.h), each
+ * computed as on one thread. */
+static int lf_phi_threads(int rows, int ldo) {
+    return ml_par_threads(rows, (double)rows * ldo, LF_PHI_MIN_WORK);
+}
+
+void lf_phi_forward(real *out, real *rn, const real *x, int rows, int D, int ldx, int ldo,
+                    int fmap) {
+    lf_phi_call c = {.out = out, .rn = rn, .x = x, .D = D, .ldx = ldx, .ldo = ldo, .fmap = fmap};
+    ml_par_ranges(rows, lf_phi_threads(rows, ldo), lf_phi_forward_range, &c);
 }
 
 void lf_phi_backward(real *dx, const real *dphi, const real *x, const real *phi, const real *rn,
                      int rows, int D, int ldx, int ldo, int fmap, real *tmp) {
-    for (int r = 0; r < rows; r++) {
-        size_t ro = (size_t)r * ldo;
-        real *dxr = dx + (size_t)r * ldx;
-        const real *g = dphi + ro;
-        if (rn) {
-            memset(tmp, 0, sizeof(real) * (size_t)ldo);
-            l2norm_backward(tmp, g, phi + ro, rn + r, 1, ldo);
-            g = tmp;
-        }
-        /* zeroed here, where the row is about to be in cache anyway */
-        memset(dxr, 0, sizeof(real) * (size_t)D);
-        lf_map_backward(dxr, g, x + (size_t)r * ldx, 1, D, ldx, ldo, fmap);
+    lf_phi_call c = {.dx = dx, .tmp = tmp, .x = x, .dphi = dphi, .phi = phi, .crn = rn, .D = D,
+                     .ldx = ldx, .ldo = ldo, .fmap = fmap};
+    ml_par_ranges(rows, lf_phi_threads(rows, ldo), lf_phi_backward_range, &c);
+}
+
+/* The tokens' q and k: token t's `rows` rows of D, D apart, start at
+ * x + t ldt; their phi rows at out + t rows ldo. A block of tokens per thread. */
+typedef struct lf_tokens_call {
+    lf_phi_call row; /* the per-row arguments, pointers at token 0 */
+    int rows, ldt;
+} lf_tokens_call;
+
+static void lf_tokens_forward_range(void *ctx, int t0, int t1, int slot) {
+    const lf_tokens_call *c = ctx;
+    lf_phi_call r = c->row;
+    for (size_t t = (size_t)t0; t < (size_t)t1; t++) {
+        r.out = c->row.out + t * c->rows * r.ldo;
+        r.rn = c->row.rn ? c->row.rn + t * c->rows : NULL;
+        r.x = c->row.x + t * c->ldt;
+        lf_phi_forward_range(&r, 0, c->rows, slot);
     }
+}
+
+static void lf_tokens_backward_range(void *ctx, int t0, int t1, int slot) {
+    const lf_tokens_call *c = ctx;
+    lf_phi_call r = c->row;
+    for (size_t t = (size_t)t0; t < (size_t)t1; t++) {
+        const size_t o = t * c->rows * r.ldo;
+        r.dx = c->row.dx + t * c->ldt;
+        r.dphi = c->row.dphi + o;
+        r.x = c->row.x + t * c->ldt;
+        r.phi = c->row.phi + o;
+        r.crn = c->row.crn ? c->row.crn + t * c->rows : NULL;
+        lf_phi_backward_range(&r, 0, c->rows, slot);
+    }
+}
+
+void lf_phi_forward_tokens(real *out, real *rn, const real *x, int N, int ldt, int rows, int D,
+                           int ldo, int fmap) {
+    lf_tokens_call c = {.row = {.out = out, .rn = rn, .x = x, .D = D, .ldx = D, .ldo = ldo,
+                                .fmap = fmap},
+                        .rows = rows, .ldt = ldt};
+    ml_par_ranges(N, lf_phi_threads(N, rows * ldo), lf_tokens_forward_range, &c);
+}
+
+void lf_phi_backward_tokens(real *dx, const real *dphi, const real *x, const real *phi,
+                            const real *rn, int N, int ldt, int rows, int D, int ldo, int fmap,
+                            real *tmp) {
+    lf_tokens_call c = {.row = {.dx = dx, .tmp = tmp, .x = x, .dphi = dphi, .phi = phi,
+                                .crn = rn, .D = D, .ldx = D, .ldo = ldo, .fmap = fmap},
+                        .rows = rows, .ldt = ldt};
+    ml_par_ranges(N, lf_phi_threads(N, rows * ldo), lf_tokens_backward_range, &c);
 }
 
 /* dt_h = exp(log dt_min + (h + 1/2)/H (log dt_max - log dt_min)), shift_h =

@@ -55,9 +55,19 @@ void lf_phi_forward(real *out, real *rn, const real *x, int rows, int D, int ldx
                     int fmap);
 /* dx = J^T dphi of lf_phi_forward, row by row (each row's D columns are
  * overwritten, the rest of ldx untouched): phi and rn what it wrote (rn NULL:
- * no norm); tmp holds ldo reals. */
+ * no norm); tmp holds ldo reals per thread slot (ml_par_slots() of them,
+ * parallel.h). Both split large calls over the threads, a block of rows each. */
 void lf_phi_backward(real *dx, const real *dphi, const real *x, const real *phi, const real *rn,
                      int rows, int D, int ldx, int ldo, int fmap, real *tmp);
+
+/* The same for the q and k of N tokens (q, k of the delta rules): token t's
+ * `rows` rows of D, D apart, start at x + t ldt (dx likewise), its phi rows
+ * at out + t rows ldo (rn + t rows). */
+void lf_phi_forward_tokens(real *out, real *rn, const real *x, int N, int ldt, int rows, int D,
+                           int ldo, int fmap);
+void lf_phi_backward_tokens(real *dx, const real *dphi, const real *x, const real *phi,
+                            const real *rn, int N, int ldt, int rows, int D, int ldo, int fmap,
+                            real *tmp);
 
 /* shift[H]: per-head softplus^{-1} of the log-spaced initial time step. */
 void lf_dt_shift(real *shift, int H, double dt_min, double dt_max);

@@ -32,6 +32,7 @@
 #include "kernels.h"
 #include "linfam.h"
 #include "mixer.h"
+#include "parallel.h"
 
 typedef struct linear_cfg {
     int heads;
@@ -268,7 +269,9 @@ static size_t linear_acts_at(const linear_cfg *c, const lf_dims *d, real *base,
         TAKE(gz, N * d->C);
         TAKE(y, N * d->C);
     }
-    TAKE(save, core_save_size(c, d));
+    /* one sequence's save after another (see lf_seq_run) */
+    lf_dims d1 = lf_dims_of(c, 1, d->T, d->C);
+    TAKE(save, (size_t)d->B * core_save_size(c, &d1));
 #undef TAKE
     return used;
 }
@@ -278,7 +281,7 @@ typedef struct linear_scr {
     real *core;   /* core scratch */
     real *shift;  /* [H] dt shift */
     real *dy, *tmp, *dO, *dgz; /* [N,C] */
-    real *dphi, *dphi_raw;     /* [N,2,H,F]; [F] one row's gradient inside the L2 norm */
+    real *dphi, *dphi_raw;     /* [N,2,H,F]; [F] per thread: a row's gradient inside the L2 norm */
     real *dqkv, *dproj;        /* [N,Cp] (dproj only with the conv) */
     real *dbeta, *dg, *dz;     /* [N,H] */
     /* with rows (S < N of them; sized N): x, core output, d core output and
@@ -300,7 +303,7 @@ static size_t linear_scr_at(const linear_cfg *c, const lf_dims *d, real *base,
     TAKE(dO, N * d->C);
     if (d->gated) TAKE(dgz, N * d->C);
     TAKE(dphi, N * 2 * d->HF);
-    if (c->qk_l2norm) TAKE(dphi_raw, d->F);
+    if (c->qk_l2norm) TAKE(dphi_raw, (size_t)ml_par_slots() * d->F);
     TAKE(dqkv, N * d->Cp);
     if (d->conv) TAKE(dproj, N * d->Cp);
     if (d->delta) TAKE(dbeta, N * d->H);
@@ -368,6 +371,108 @@ static lf_outstage linear_outstage(const linear_cfg *c, const lf_dims *d, const 
     return st;
 }
 
+/* ---- the core, sequence by sequence -------------------------------------------
+ * The feature maps, the core and, in the backward, the zeroing of the core's
+ * gradient rows and the maps' backward run one sequence at a time in one
+ * parallel region (a contiguous block of sequences per thread, parallel.h):
+ * a sequence's phi and its gradient are still in cache when the next pass
+ * reads them, and the per-token passes share the threads with the core.
+ * The core sees one sequence per call, so the save holds one sequence's save
+ * (the core's layout at B = 1) after another, and each thread hands the core
+ * its own slot of the core scratch. Each sequence computes what a call on
+ * the whole batch did, in the same order, at any thread count. */
+typedef struct lf_seq_job {
+    const linear_cfg *c;
+    lf_dims d, d1;       /* the batch; one sequence */
+    const linear_acts *a;
+    const linear_scr *s;
+    const real *qkv;     /* the core's q, k source: proj, or its short conv */
+    size_t save1, core1; /* reals of one sequence's save, one thread's core scratch */
+} lf_seq_job;
+
+static lf_seq_job lf_seq_job_of(const linear_cfg *c, const lf_dims *d, const linear_acts *a,
+                                const linear_scr *s, const real *qkv) {
+    lf_seq_job j = {.c = c, .d = *d, .a = a, .s = s, .qkv = qkv};
+    j.d1 = lf_dims_of(c, 1, d->T, d->C);
+    j.save1 = core_save_size(c, &j.d1);
+    j.core1 = core_scratch_size(c, &j.d1) / (size_t)ml_par_slots();
+    return j;
+}
+
+/* phi of sequence b's tokens, then the core on it. */
+static void lf_seq_forward(void *ctx, int b0, int b1, int slot) {
+    const lf_seq_job *j = ctx;
+    const linear_cfg *c = j->c;
+    const lf_dims *d = &j->d;
+    const int T = d->T, H = d->H;
+    real *core = j->s->core + (size_t)slot * j->core1;
+    for (int b = b0; b < b1; b++) {
+        const size_t t0 = (size_t)b * T;
+        const real *qkv = j->qkv + t0 * d->Cp;
+        real *phi = j->a->phi + t0 * 2 * d->HF;
+        real *rn = c->qk_l2norm ? j->a->rn + t0 * 2 * H : NULL;
+        lf_phi_forward_tokens(phi, rn, qkv, T, d->Cp, 2 * H, d->Dk, d->F, c->feature_map);
+        real *o = j->a->o + t0 * d->C, *save = j->a->save + (size_t)b * j->save1;
+        if (c->rule == LF_ADDITIVE) {
+            linattn_dims la = la_dims_of(c, &j->d1);
+            linattn_forward(o, save, phi, phi + d->HF, qkv + 2 * d->Cq, &la, core);
+        } else {
+            gdelta_dims gd = gd_dims_of(c, &j->d1);
+            gdelta_forward(o, save, phi, phi + d->HF, qkv + 2 * d->Cq,
+                           d->delta ? j->a->beta + t0 * H : NULL,
+                           d->decay ? j->a->g + t0 * H : NULL, &gd, core);
+        }
+    }
+}
+
+/* Sequence b's gradient rows zeroed (dphi, the v columns of dqkv, dbeta,
+ * dg), the core's backward into them, then phi's backward into the q and k
+ * columns of dqkv (which it overwrites). */
+static void lf_seq_backward(void *ctx, int b0, int b1, int slot) {
+    const lf_seq_job *j = ctx;
+    const linear_cfg *c = j->c;
+    const lf_dims *d = &j->d;
+    const linear_acts *a = j->a;
+    const linear_scr *s = j->s;
+    const int T = d->T, H = d->H;
+    real *core = s->core + (size_t)slot * j->core1;
+    real *dphi_raw = c->qk_l2norm ? s->dphi_raw + (size_t)slot * d->F : NULL;
+    for (int b = b0; b < b1; b++) {
+        const size_t t0 = (size_t)b * T;
+        const real *qkv = j->qkv + t0 * d->Cp, *phi = a->phi + t0 * 2 * d->HF;
+        real *dphi = s->dphi + t0 * 2 * d->HF, *dqkv = s->dqkv + t0 * d->Cp;
+        memset(dphi, 0, (size_t)T * 2 * d->HF * sizeof(real));
+        for (int t = 0; t < T; t++)
+            memset(dqkv + (size_t)t * d->Cp + 2 * d->Cq, 0, (size_t)d->C * sizeof(real));
+        const real *dO = s->dO + t0 * d->C, *o = a->o + t0 * d->C;
+        const real *save = a->save + (size_t)b * j->save1;
+        if (c->rule == LF_ADDITIVE) {
+            linattn_dims la = la_dims_of(c, &j->d1);
+            linattn_backward(dphi, dphi + d->HF, dqkv + 2 * d->Cq, dO, o, save, phi,
+                             phi + d->HF, qkv + 2 * d->Cq, &la, core);
+        } else {
+            gdelta_dims gd = gd_dims_of(c, &j->d1);
+            real *dbeta = d->delta ? s->dbeta + t0 * H : NULL;
+            real *dg = d->decay ? s->dg + t0 * H : NULL;
+            if (dbeta) memset(dbeta, 0, (size_t)T * H * sizeof(real));
+            if (dg) memset(dg, 0, (size_t)T * H * sizeof(real));
+            gdelta_backward(dphi, dphi + d->HF, dqkv + 2 * d->Cq, dbeta, dg, dO, save, phi,
+                            phi + d->HF, qkv + 2 * d->Cq, d->delta ? a->beta + t0 * H : NULL,
+                            d->decay ? a->g + t0 * H : NULL, &gd, core);
+        }
+        lf_phi_backward_tokens(dqkv, dphi, qkv, phi, c->qk_l2norm ? a->rn + t0 * 2 * H : NULL, T,
+                               d->Cp, 2 * H, d->Dk, d->F, c->feature_map, dphi_raw);
+    }
+}
+
+/* lf_seq_forward or lf_seq_backward over every sequence. */
+static void lf_seq_run(lf_seq_job *j, void (*fn)(void *, int, int, int)) {
+    const lf_dims *d = &j->d;
+    /* about T (F Dv + C F) multiply-adds per sequence and head */
+    double work = (double)d->N * d->H * ((double)d->F * d->Dv + (double)j->c->chunk * d->F);
+    ml_par_ranges(d->B, ml_par_threads(d->B, work, 1 << 20), fn, j);
+}
+
 static void linear_forward_mix(const mixer_call *mc, real *out, const real *x) {
     const linear_cfg *c = mc->cfg;
     lf_dims d = lf_dims_of(c, mc->B, mc->T, mc->C);
@@ -387,10 +492,6 @@ static void linear_forward_mix(const mixer_call *mc, real *out, const real *x) {
         conv1d_causal_forward(a.convd, a.proj, p.convw, NULL, d.B, d.T, d.Cp, d.conv);
         qkv = a.convd;
     }
-    /* q and k of one token are 2H contiguous rows of Dk */
-    for (int t = 0; t < N; t++)
-        lf_phi_forward(a.phi + (size_t)t * 2 * d.HF, c->qk_l2norm ? a.rn + (size_t)t * 2 * H : NULL,
-                       qkv + (size_t)t * d.Cp, 2 * H, d.Dk, d.Dk, d.F, c->feature_map);
     if (d.delta) {
         linear_forward(a.beta, x, p.wbeta, NULL, N, C, H);
         lf_beta_forward(a.beta, (size_t)N * H);
@@ -400,14 +501,9 @@ static void linear_forward_mix(const mixer_call *mc, real *out, const real *x) {
         linear_forward(a.za, x, p.wdecay, NULL, N, C, H);
         lf_decay_forward(a.g, a.za, p.A_log, p.dt_bias, s.shift, N, H, H);
     }
-    if (c->rule == LF_ADDITIVE) {
-        linattn_dims la = la_dims_of(c, &d);
-        linattn_forward(a.o, a.save, a.phi, a.phi + d.HF, qkv + 2 * d.Cq, &la, s.core);
-    } else {
-        gdelta_dims gd = gd_dims_of(c, &d);
-        gdelta_forward(a.o, a.save, a.phi, a.phi + d.HF, qkv + 2 * d.Cq, a.beta, a.g, &gd,
-                       s.core);
-    }
+    /* q and k of one token are 2H contiguous rows of Dk */
+    lf_seq_job job = lf_seq_job_of(c, &d, &a, &s, qkv);
+    lf_seq_run(&job, lf_seq_forward);
     if (mc->rows) {
         rows_gather(s.orow, a.o, C, mc->rows, S, C);
         lf_output_forward(&st, out, s.orow, s.xr, S);
@@ -428,7 +524,7 @@ static void linear_backward_mix(const mixer_call *mc, real *dx, const real *dout
     linear_scr_at(c, &d, mc->scratch, &s);
     const lf_outstage st = linear_outstage(c, &d, &p, &gp, &a, &s);
     const int N = d.N, C = d.C, H = d.H;
-    const size_t NP = (size_t)N * 2 * d.HF, NH = (size_t)N * H;
+    const size_t NH = (size_t)N * H;
     const real *qkv = d.conv ? a.convd : a.proj;
 
     /* output projection and norm: dO = d(core output); with rows, from the
@@ -440,20 +536,9 @@ static void linear_backward_mix(const mixer_call *mc, real *dx, const real *dout
         lf_output_backward(&st, s.dO, dx, dout, a.o, x, N);
     }
 
-    /* the core */
-    memset(s.dphi, 0, NP * sizeof(real));
-    memset(s.dqkv, 0, (size_t)N * d.Cp * sizeof(real));
-    if (c->rule == LF_ADDITIVE) {
-        linattn_dims la = la_dims_of(c, &d);
-        linattn_backward(s.dphi, s.dphi + d.HF, s.dqkv + 2 * d.Cq, s.dO, a.o, a.save, a.phi,
-                         a.phi + d.HF, qkv + 2 * d.Cq, &la, s.core);
-    } else {
-        gdelta_dims gd = gd_dims_of(c, &d);
-        if (d.delta) memset(s.dbeta, 0, NH * sizeof(real));
-        if (d.decay) memset(s.dg, 0, NH * sizeof(real));
-        gdelta_backward(s.dphi, s.dphi + d.HF, s.dqkv + 2 * d.Cq, s.dbeta, s.dg, s.dO, a.save,
-                        a.phi, a.phi + d.HF, qkv + 2 * d.Cq, a.beta, a.g, &gd, s.core);
-    }
+    /* the core and the feature maps, into dqkv */
+    lf_seq_job job = lf_seq_job_of(c, &d, &a, &s, qkv);
+    lf_seq_run(&job, lf_seq_backward);
 
     /* gates */
     if (d.delta) {
@@ -466,12 +551,6 @@ static void linear_backward_mix(const mixer_call *mc, real *dx, const real *dout
         linear_backward(dx, gp.wdecay, NULL, s.dz, x, p.wdecay, N, C, H);
     }
 
-    /* feature maps back to the projection */
-    for (int t = 0; t < N; t++)
-        lf_phi_backward(s.dqkv + (size_t)t * d.Cp, s.dphi + (size_t)t * 2 * d.HF,
-                        qkv + (size_t)t * d.Cp, a.phi + (size_t)t * 2 * d.HF,
-                        c->qk_l2norm ? a.rn + (size_t)t * 2 * H : NULL, 2 * H, d.Dk, d.Dk, d.F,
-                        c->feature_map, s.dphi_raw);
     const real *dproj = s.dqkv;
     if (d.conv) {
         memset(s.dproj, 0, (size_t)N * d.Cp * sizeof(real));

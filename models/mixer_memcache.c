@@ -467,7 +467,7 @@ typedef struct mc_scr {
     real *donum, *doden;          /* [N,C], [N,H] */
     real *dpoolm, *dpoolon, *du;  /* [B,nmem,PWt], [N,PWt], [N,H*Pw] */
     real *dy, *tmp, *dO, *dgz;    /* [N,C] */
-    real *dphi, *dphi_raw;        /* [N,2,H,F]; [F] one row's gradient inside the L2 norm */
+    real *dphi, *dphi_raw;        /* [N,2,H,F]; [F] per thread: a row's gradient inside the L2 norm */
     real *dqkv, *dproj;           /* [N,Cp] */
     real *dbeta, *dg, *dz;        /* [N,H] */
     /* naive path */
@@ -545,7 +545,7 @@ static size_t mc_scr_at(const memcache_cfg *c, const mc_dims *d, real *base, mc_
     TAKE(dO, N * C);
     if (d->gated) TAKE(dgz, N * C);
     TAKE(dphi, N * 2 * d->HF);
-    if (c->qk_l2norm) TAKE(dphi_raw, d->F);
+    if (c->qk_l2norm) TAKE(dphi_raw, (size_t)ml_par_slots() * d->F);
     TAKE(dqkv, N * d->Cp);
     if (d->conv) TAKE(dproj, N * d->Cp);
     if (d->delta) TAKE(dbeta, N * H);
@@ -1451,10 +1451,8 @@ static void memcache_forward(const mixer_call *mc, real *out, const real *x) {
         linear_forward(m.a.proj, x, p.wqkv, p.bqkv, N, C, d->Cp);
     if (d->conv) conv1d_causal_forward(m.a.convd, m.a.proj, p.convw, NULL, d->B, d->T, d->Cp,
                                        d->conv);
-    for (int t = 0; t < N; t++)
-        lf_phi_forward(m.a.phi + (size_t)t * 2 * d->HF,
-                       c->qk_l2norm ? m.a.rn + (size_t)t * 2 * H : NULL, m.qkv + (size_t)t * d->Cp,
-                       2 * H, d->Dk, d->Dk, d->F, c->feature_map);
+    lf_phi_forward_tokens(m.a.phi, c->qk_l2norm ? m.a.rn : NULL, m.qkv, N, d->Cp, 2 * H, d->Dk,
+                          d->F, c->feature_map);
     if (d->delta) {
         linear_forward(m.a.beta, x, p.wbeta, NULL, N, C, H);
         lf_beta_forward(m.a.beta, (size_t)N * H);
@@ -1564,11 +1562,8 @@ static void memcache_backward(const mixer_call *mc, real *dx, const real *dout, 
     }
 
     /* feature maps back to the projection */
-    for (int t = 0; t < N; t++)
-        lf_phi_backward(m.s.dqkv + (size_t)t * d->Cp, m.s.dphi + (size_t)t * 2 * d->HF,
-                        m.qkv + (size_t)t * d->Cp, m.a.phi + (size_t)t * 2 * d->HF,
-                        c->qk_l2norm ? m.a.rn + (size_t)t * 2 * H : NULL, 2 * H, d->Dk, d->Dk,
-                        d->F, c->feature_map, m.s.dphi_raw);
+    lf_phi_backward_tokens(m.s.dqkv, m.s.dphi, m.qkv, m.a.phi, c->qk_l2norm ? m.a.rn : NULL, N,
+                           d->Cp, 2 * H, d->Dk, d->F, c->feature_map, m.s.dphi_raw);
     const real *dproj = m.s.dqkv;
     if (d->conv) {
         memset(m.s.dproj, 0, (size_t)N * d->Cp * sizeof(real));

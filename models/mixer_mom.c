@@ -298,7 +298,7 @@ typedef struct mom_scr {
     real *dy, *tmp, *dO, *dgz;             /* [N,C] */
     real *dphq, *dqraw;                    /* [N,HF], [N,Cq] */
     real *dphk, *dkraw;                    /* [NR,HF], [NR,Cq] */
-    real *dph_tmp;                         /* [F] one row's gradient inside the L2 norm */
+    real *dph_tmp;                         /* [F] per thread: a row's gradient inside the L2 norm */
     real *dv;                              /* [NR,C] */
     real *dbeta, *dg, *dz;                 /* [NR,H] */
     real *dxg;                             /* [N K,C] d x at the routed rows */
@@ -330,7 +330,7 @@ static size_t mom_scr_at(const mom_cfg *c, const mom_dims *d, real *base, mom_sc
     TAKE(dphq, N * HF);
     TAKE(dqraw, N * d->Cq);
     TAKE(dphk, NR * HF);
-    if (c->qk_l2norm) TAKE(dph_tmp, (size_t)d->F);
+    if (c->qk_l2norm) TAKE(dph_tmp, (size_t)ml_par_slots() * d->F);
     TAKE(dkraw, NR * d->Cq);
     TAKE(dv, NR * C);
     if (d->delta) TAKE(dbeta, NR * H);
@@ -517,6 +517,45 @@ static lf_outstage mom_outstage(const mom_cfg *c, const mom_dims *d, const mom_p
     return st;
 }
 
+/* ---- element-wise passes over tokens, a block of rows per thread ---------- */
+
+/* Fewest reals per thread worth a parallel region for them. */
+#define MOM_ROWS_MIN_WORK (1 << 15)
+
+typedef struct mom_rows_job {
+    real *out;
+    const real *a, *b;
+    int C, K;
+} mom_rows_job;
+
+/* out[r] += a[r], rows of C. */
+static void mom_add_range(void *ctx, int r0, int r1, int slot) {
+    const mom_rows_job *j = ctx;
+    (void)slot;
+    real *o = j->out + (size_t)r0 * j->C;
+    const real *x = j->a + (size_t)r0 * j->C;
+    const size_t n = (size_t)(r1 - r0) * j->C;
+#pragma omp simd
+    for (size_t i = 0; i < n; i++) o[i] += x[i];
+}
+
+/* out[slot] = a[slot] . b[slot / K] (each routed slot's memory output
+ * against the gradient at its token), slots of C. */
+static void mom_dot_range(void *ctx, int s0, int s1, int slot) {
+    const mom_rows_job *j = ctx;
+    (void)slot;
+    for (int r = s0; r < s1; r++) {
+        const real *x = j->a + (size_t)r * j->C, *y = j->b + (size_t)(r / j->K) * j->C;
+        real v = 0;
+        for (int c = 0; c < j->C; c++) v += x[c] * y[c];
+        j->out[r] = v;
+    }
+}
+
+static void mom_rows_run(mom_rows_job *j, int rows, void (*fn)(void *, int, int, int)) {
+    ml_par_ranges(rows, ml_par_threads(rows, (double)rows * j->C, MOM_ROWS_MIN_WORK), fn, j);
+}
+
 static void mom_forward(const mixer_call *mc, real *out, const real *x) {
     const mom_cfg *c = mc->cfg;
     mom_dims d = mom_dims_of(c, mc->B, mc->T, mc->C);
@@ -575,7 +614,8 @@ static void mom_forward(const mixer_call *mc, real *out, const real *x) {
         gdelta_forward(osh, a.save + (size_t)E * d.B * a.save_one, a.phq, a.phk + r0 * d.HF,
                        a.v + r0 * C, d.delta ? a.beta + r0 * H : NULL,
                        d.decay ? a.g + r0 * H : NULL, &gd, w0.core);
-        for (size_t i = 0; i < (size_t)N * C; i++) a.o[i] += osh[i];
+        mom_rows_job add = {.out = a.o, .a = osh, .C = C};
+        mom_rows_run(&add, N, mom_add_range);
     }
 
     if (mc->rows) {
@@ -617,12 +657,8 @@ static void mom_backward(const mixer_call *mc, real *dx, const real *dout, const
     memset(s.dv, 0, NR * C * sizeof(real));
     if (d.delta) memset(s.dbeta, 0, NRH * sizeof(real));
     if (d.decay) memset(s.dg, 0, NRH * sizeof(real));
-    for (size_t slot = 0; slot < (size_t)N * K; slot++) {
-        const real *om = a.omem + slot * C, *dO = s.dO + (slot / K) * C;
-        real v = 0;
-        for (int j = 0; j < C; j++) v += om[j] * dO[j];
-        s.drw[slot] = v;
-    }
+    mom_rows_job dots = {.out = s.drw, .a = a.omem, .b = s.dO, .C = C, .K = K};
+    mom_rows_run(&dots, N * K, mom_dot_range);
     mom_task task = {.c = c, .d = &d, .a = &a, .s = &s, .backward = 1};
     mom_routed_all(&task);
     mom_ws w0;
