@@ -268,14 +268,14 @@ void lf_output_backward(const lf_outstage *st, real *dO, real *dx, const real *d
     const int C = st->H * st->Dv;
     const size_t nC = (size_t)n * C;
     const int gated = st->kind == LF_ONORM_GATED;
-    memset(dO, 0, nC * sizeof(real));
+    ml_par_zero(dO, nC * sizeof(real));
     if (st->kind == LF_ONORM_NONE) {
         linear_backward(dO, st->dwo, st->dbo, dout, o, st->wo, n, C, C);
         return;
     }
-    memset(st->dy, 0, nC * sizeof(real));
+    ml_par_zero(st->dy, nC * sizeof(real));
     linear_backward(st->dy, st->dwo, st->dbo, dout, gated ? st->y : st->on, st->wo, n, C, C);
-    if (gated) memset(st->dgz, 0, nC * sizeof(real));
+    if (gated) ml_par_zero(st->dgz, nC * sizeof(real));
     lf_outnorm_backward(dO, st->donw, st->dgz, st->dy, o, st->on, st->rstd, st->onw, st->gz, n,
                         st->H, st->Dv, st->kind, st->tmp);
     if (gated) linear_backward(dx, st->dwgate, NULL, st->dgz, x, st->wgate, n, C, C);
@@ -289,6 +289,6 @@ void lf_output_backward_rows(const lf_outstage *st, real *dO, real *dxr, real *x
     rows_gather(orow, o, C, rows, S, C);
     memset(dxr, 0, (size_t)S * C * sizeof(real));
     lf_output_backward(st, dOr, dxr, dout, orow, xr, S);
-    memset(dO, 0, (size_t)N * C * sizeof(real));
+    ml_par_zero(dO, (size_t)N * C * sizeof(real));
     rows_scatter_add(dO, dOr, rows, S, C);
 }

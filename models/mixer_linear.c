@@ -553,7 +553,7 @@ static void linear_backward_mix(const mixer_call *mc, real *dx, const real *dout
 
     const real *dproj = s.dqkv;
     if (d.conv) {
-        memset(s.dproj, 0, (size_t)N * d.Cp * sizeof(real));
+        ml_par_zero(s.dproj, (size_t)N * d.Cp * sizeof(real));
         conv1d_causal_backward(s.dproj, gp.convw, NULL, s.dqkv, a.proj, p.convw, d.B, d.T,
                                d.Cp, d.conv);
         dproj = s.dproj;

@@ -1515,8 +1515,8 @@ static void memcache_backward(const mixer_call *mc, real *dx, const real *dout, 
         lf_output_backward(&st, m.s.dO, dx, dout, m.a.o, x, N);
     }
 
-    memset(m.s.dphi, 0, NP * sizeof(real));
-    memset(m.s.dqkv, 0, (size_t)N * d->Cp * sizeof(real));
+    ml_par_zero(m.s.dphi, NP * sizeof(real));
+    ml_par_zero(m.s.dqkv, (size_t)N * d->Cp * sizeof(real));
     if (d->delta) memset(m.s.dbeta, 0, NH * sizeof(real));
     if (d->decay) memset(m.s.dg, 0, NH * sizeof(real));
     if (d->gagg) memset(m.s.du, 0, sizeof(real) * NH * d->Pw);
@@ -1566,7 +1566,7 @@ static void memcache_backward(const mixer_call *mc, real *dx, const real *dout, 
                            d->Cp, 2 * H, d->Dk, d->F, c->feature_map, m.s.dphi_raw);
     const real *dproj = m.s.dqkv;
     if (d->conv) {
-        memset(m.s.dproj, 0, (size_t)N * d->Cp * sizeof(real));
+        ml_par_zero(m.s.dproj, (size_t)N * d->Cp * sizeof(real));
         conv1d_causal_backward(m.s.dproj, gp.convw, NULL, m.s.dqkv, m.a.proj, p.convw, d->B, d->T,
                                d->Cp, d->conv);
         dproj = m.s.dproj;

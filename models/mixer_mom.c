@@ -602,7 +602,7 @@ static void mom_forward(const mixer_call *mc, real *out, const real *x) {
 
     /* the routed memories on their own tokens (sequences split among the
      * threads), then the shared one */
-    memset(a.o, 0, sizeof(real) * (size_t)N * C);
+    ml_par_zero(a.o, sizeof(real) * (size_t)N * C);
     mom_task task = {.c = c, .d = &d, .a = &a, .s = &s};
     mom_routed_all(&task);
     mom_ws w0;
@@ -652,9 +652,9 @@ static void mom_backward(const mixer_call *mc, real *dx, const real *dout, const
     /* the memories: the gradients the rule adds into start at zero; each
      * routed pair's q gradient comes back through its gathered rows, the
      * rest lands in place */
-    memset(s.dphq, 0, (size_t)N * HF * sizeof(real));
-    memset(s.dphk, 0, NR * HF * sizeof(real));
-    memset(s.dv, 0, NR * C * sizeof(real));
+    ml_par_zero(s.dphq, (size_t)N * HF * sizeof(real));
+    ml_par_zero(s.dphk, NR * HF * sizeof(real));
+    ml_par_zero(s.dv, NR * C * sizeof(real));
     if (d.delta) memset(s.dbeta, 0, NRH * sizeof(real));
     if (d.decay) memset(s.dg, 0, NRH * sizeof(real));
     mom_rows_job dots = {.out = s.drw, .a = a.omem, .b = s.dO, .C = C, .K = K};
@@ -682,7 +682,7 @@ static void mom_backward(const mixer_call *mc, real *dx, const real *dout, const
 
     /* the memories' gates, values and keys, each memory's through its own
      * rows: the routed ones' d x gathered in dxg, then added at their tokens */
-    memset(s.dxg, 0, NK * C * sizeof(real));
+    ml_par_zero(s.dxg, NK * C * sizeof(real));
     if (d.delta) {
         memset(s.dz, 0, NRH * sizeof(real));
         lf_beta_backward(s.dz, s.dbeta, a.beta, NRH);

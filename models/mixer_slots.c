@@ -85,6 +85,7 @@
 #include <string.h>
 
 #include "kernels.h"
+#include "parallel.h"
 #include "mixer.h"
 
 #define SLOT_NORM_EPS 1e-5
@@ -947,8 +948,8 @@ static void slots_backward(const mixer_call *mc, real *dx, const real *dout, con
     const slot_scratch *s = &E.s;
     int B = L->B, K = L->K, C = L->C, T = E.T, BK = B * K, N = B * T;
     size_t KC = (size_t)BK * C, bS = (size_t)L->S * 2 * C;
-    memset(s->dqkv, 0, zsize((size_t)N * 3 * C));
-    memset(s->dO, 0, zsize((size_t)N * C));
+    ml_par_zero(s->dqkv, zsize((size_t)N * 3 * C));
+    ml_par_zero(s->dO, zsize((size_t)N * C));
     memset(s->dkvc, 0, zsize(KC * 2));
     if (E.rows) {
         /* s.dkvw is free until the chunks: the rows' o and its gradient */

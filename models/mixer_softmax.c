@@ -14,6 +14,7 @@
 #include <string.h>
 
 #include "kernels.h"
+#include "parallel.h"
 #include "mixer.h"
 
 typedef struct softmax_cfg {
@@ -119,7 +120,7 @@ static void softmax_rows_backward(const mixer_call *mc, real *dx, const real *do
     softmax_ptrs p = softmax_unpack(c, mc->p);
     softmax_ptrs g = softmax_unpack(c, mc->dp);
     softmax_rows_bufs r = softmax_rows_at(mc);
-    memset(r.dkv, 0, sizeof(real) * (size_t)N * 2 * C);
+    ml_par_zero(r.dkv, sizeof(real) * (size_t)N * 2 * C);
     memset(r.dq, 0, sizeof(real) * (size_t)S * 2 * C); /* dq and dO */
     linear_backward(r.dO, g.wo, g.bo, dout, r.o, p.wo, S, C, C);
     attention_rows_backward(r.dq, r.dkv, r.dO, r.q, r.kv, r.att, mc->rows, S, B, T, H, C / H,
@@ -165,7 +166,7 @@ static void softmax_backward(const mixer_call *mc, real *dx, const real *dout,
     const real *o = att + (size_t)B * H * T * T;
     real *dqkv = mc->scratch + attention_scratch_size(T, C / H);
     real *dO = dqkv + (size_t)N * 3 * C;
-    memset(dqkv, 0, sizeof(real) * (size_t)N * 4 * C);
+    ml_par_zero(dqkv, sizeof(real) * (size_t)N * 4 * C);
     linear_backward(dO, g.wo, g.bo, dout, o, p.wo, N, C, C);
     attention_backward(dqkv, dO, qkv, att, B, T, H, C / H, c->window, mc->scratch);
     linear_backward(dx, g.wqkv, g.bqkv, dqkv, x, p.wqkv, N, C, 3 * C);

@@ -14,6 +14,7 @@
 #include <sys/mman.h>
 
 #include "kernels.h"
+#include "parallel.h"
 #include "rng.h"
 
 #define MAX_MIXER_PARAMS 32
@@ -366,7 +367,7 @@ void model_reset_stats(ml_model *m) {
     m->stat_calls = 0;
 }
 
-void model_zero_grad(ml_model *m) { memset(m->g, 0, sizeof(real) * m->n_params); }
+void model_zero_grad(ml_model *m) { ml_par_zero(m->g, sizeof(real) * m->n_params); }
 
 /* ---- the phase clock (model.h) ---- */
 
@@ -467,11 +468,11 @@ static void mlp_backward(ml_model *m, ml_layer *L, real *dres, int n) {
     const model_config *c = &m->cfg;
     int C = c->d_model, RC = c->mlp_ratio * C;
     head_bufs *h = head_of(m);
-    memset(h->d_h, 0, sizeof(real) * (size_t)n * RC);
+    ml_par_zero(h->d_h, sizeof(real) * (size_t)n * RC);
     linear_backward(h->d_h, L->g_fc2, L->g_fc2b, dres, L->gelu, L->w_fc2, n, RC, C);
-    memset(h->d_h2, 0, sizeof(real) * (size_t)n * RC);
+    ml_par_zero(h->d_h2, sizeof(real) * (size_t)n * RC);
     gelu_backward(h->d_h2, h->d_h, L->fc1, (size_t)n * RC);
-    memset(h->d_a, 0, sizeof(real) * (size_t)n * C);
+    ml_par_zero(h->d_a, sizeof(real) * (size_t)n * C);
     linear_backward(h->d_a, L->g_fc1, L->g_fc1b, h->d_h2, L->n2, L->w_fc1, n, C, RC);
     norm_bwd(m, dres, L->g_n2w, L->g_n2b, h->d_a, L->xmid, L->w_n2w, L->n2_mean, L->n2_rstd,
              n);
@@ -627,14 +628,14 @@ void model_backward(ml_model *m) {
          * gradients. */
         real scale = m->count > 0 ? (real)(1.0 / m->count) : 0;
         crossentropy_grad_inplace(h->logits, h->targets, S, V, scale);
-        memset(d_nf, 0, sizeof(real) * (size_t)nf_rows * C);
+        ml_par_zero(d_nf, sizeof(real) * (size_t)nf_rows * C);
         linear_backward(d_nf, dhead, NULL, h->logits, m->full_head || on_rows ? h->nf : h->rows,
                         head, S, C, V);
     }
     phase_end(MODEL_PH_HEAD, k);
     if (!m->full_head && !on_rows) {
         /* the final norm ran on every row: scatter the head rows back */
-        memset(h->d_a, 0, sizeof(real) * (size_t)N * C);
+        ml_par_zero(h->d_a, sizeof(real) * (size_t)N * C);
         rows_scatter_add(h->d_a, h->d_b, m->rows, S, C);
         d_nf = h->d_a;
         nf_rows = N;
@@ -642,7 +643,7 @@ void model_backward(ml_model *m) {
     /* With the last block on rows, its gradients up to the mixer are [S,C]
      * in mix_out (free in backward), then scattered into the full dres. */
     real *dtop = on_rows ? h->mix_out : dres;
-    memset(dtop, 0, sizeof(real) * (size_t)nf_rows * C);
+    ml_par_zero(dtop, sizeof(real) * (size_t)nf_rows * C);
     norm_bwd(m, dtop, tensor(m, "norm_f.w", 1), tensor(m, "norm_f.b", 1), d_nf, h->xf,
              tensor(m, "norm_f.w", 0), h->nf_mean, h->nf_rstd, nf_rows);
 
@@ -654,7 +655,7 @@ void model_backward(ml_model *m) {
         if (rows_here) {
             /* dtop is d x_{l+1} at the head rows; the MLP makes it d xmid */
             if (c->mlp) mlp_backward(m, L, dtop, S);
-            memset(dres, 0, sizeof(real) * (size_t)N * C);
+            ml_par_zero(dres, sizeof(real) * (size_t)N * C);
             rows_scatter_add(dres, dtop, m->rows, S, C);
             if (m->mixer->out_rows) {
                 mc.rows = m->rows;
@@ -667,13 +668,13 @@ void model_backward(ml_model *m) {
         }
         /* dres is now d xmid = d x_l (identity) + the mixer path. */
         const real *hin = c->conv > 0 ? L->conv : L->n1;
-        memset(h->d_a, 0, sizeof(real) * (size_t)N * C);
+        ml_par_zero(h->d_a, sizeof(real) * (size_t)N * C);
         k = phase_begin();
         m->mixer->backward(&mc, h->d_a, dmix, hin);
         phase_end(MODEL_PH_MIXER, k);
         real *d_n1 = h->d_a;
         if (c->conv > 0) {
-            memset(h->d_b, 0, sizeof(real) * (size_t)N * C);
+            ml_par_zero(h->d_b, sizeof(real) * (size_t)N * C);
             k = phase_begin();
             conv1d_causal_backward(h->d_b, L->g_convw, L->g_convb, h->d_a, L->n1, L->w_convw,
                                    B, T, C, c->conv);

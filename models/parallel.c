@@ -2,6 +2,8 @@
 #include "parallel.h"
 
 #include <cblas.h>
+#include <limits.h>
+#include <string.h>
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -68,4 +70,34 @@ void ml_par_ranges(int n, int nt, void (*fn)(void *ctx, int u0, int u1, int slot
         if (u0 < u1) fn(ctx, u0, u1, t);
     }
     openblas_set_num_threads(blas);
+}
+
+/* ml_par_zero's units, and the fewest bytes per thread worth a region (a
+ * region costs a few microseconds; 256 KiB take about 20 at one thread's
+ * rate). */
+#define ZERO_UNIT 4096
+#define ZERO_MIN_BYTES (256.0 * 1024)
+
+typedef struct zero_call {
+    char *p;
+    size_t n;
+} zero_call;
+
+static void zero_range(void *ctx, int u0, int u1, int slot) {
+    const zero_call *z = ctx;
+    (void)slot;
+    size_t a = (size_t)u0 * ZERO_UNIT, b = (size_t)u1 * ZERO_UNIT;
+    if (b > z->n) b = z->n;
+    if (a < b) memset(z->p + a, 0, b - a);
+}
+
+void ml_par_zero(void *p, size_t bytes) {
+    size_t units = (bytes + ZERO_UNIT - 1) / ZERO_UNIT;
+    int nt = units <= INT_MAX ? ml_par_threads((long)units, (double)bytes, ZERO_MIN_BYTES) : 1;
+    if (nt <= 1) {
+        if (bytes) memset(p, 0, bytes);
+        return;
+    }
+    zero_call z = {p, bytes};
+    ml_par_ranges((int)units, nt, zero_range, &z);
 }

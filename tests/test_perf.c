@@ -18,6 +18,7 @@
  *     where each output is computed by one thread in a fixed order, within
  *     rounding where a reduction is split;
  *   - a whole 2-layer model's loss and gradients with 2 threads against 1;
+ *   - ml_par_zero (parallel.c) on 2 threads: the range zero, nothing around it;
  *   - the blocked LM head (lm_head.c) with 2 threads against 1, bitwise: the
  *     threads take whole groups of rows and the partials add in group order;
  *   - the training step touches no new memory once warm (no page faults with
@@ -154,6 +155,26 @@ static int threads_set(int threads) {
     int old = openblas_get_num_threads();
     openblas_set_num_threads(threads);
     return old;
+}
+
+/* ml_par_zero on 2 threads: every byte of the range zero and the bytes
+ * around it untouched, for sizes below, at and above the size a second
+ * thread takes, not multiples of its 4 KiB units, at an odd address. */
+static void test_par_zero(void) {
+    const size_t sizes[] = {0, 1, 4095, 4097, 300001, (size_t)1 << 20, ((size_t)3 << 20) + 13};
+    int old = threads_set(2);
+    for (size_t k = 0; k < sizeof sizes / sizeof *sizes; k++) {
+        const size_t n = sizes[k], pad = 33;
+        unsigned char *buf = malloc(n + 2 * pad);
+        memset(buf, 0xab, n + 2 * pad);
+        ml_par_zero(buf + pad, n);
+        size_t bad = 0;
+        for (size_t i = 0; i < pad; i++) bad += (buf[i] != 0xab) + (buf[pad + n + i] != 0xab);
+        for (size_t i = 0; i < n; i++) bad += buf[pad + i] != 0;
+        CHECK(bad == 0, "ml_par_zero of %zu bytes: %zu bytes wrong", n, bad);
+        free(buf);
+    }
+    threads_set(old);
 }
 
 /* ---- the caller's floating-point mode in every thread -------------------------------- */
@@ -1121,6 +1142,7 @@ const test_case tests_perf[] = {
     {"perf/model_threads", test_model_threads},
     {"perf/lm_head_threads", test_lm_head_threads},
     {"perf/fp_mode_threads", test_fp_mode_threads},
+    {"perf/par_zero_threads", test_par_zero},
     {"perf/step_allocates_nothing", test_step_allocates_nothing},
     {"perf/flop_formulas", test_flop_formulas},
     {NULL, NULL},
