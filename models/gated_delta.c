@@ -32,11 +32,9 @@
  * KK, A, X = [U | Wk] and W (delta), so that the backward does not form them
  * again (forming them, once each way, took 15% of a gated DeltaNet training
  * step at d_model 256, L 256 in a perf profile; PyTorch's autograd keeps them
- * too). The
- * last chunk's, when shorter, are packed with its own length as leading
- * dimension, in a full chunk's slot. Feature maps,
- * normalisation of q and k, the gates' parametrisation and the projections
- * belong to the mixers. */
+ * too). The last chunk's, when shorter, are packed with its own length as
+ * leading dimension, in a full chunk's slot. Feature maps, normalisation of q
+ * and k, the gates' parametrisation and the projections belong to the mixers. */
 #include <math.h>
 #include <stdint.h>
 #include <string.h>

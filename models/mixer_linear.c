@@ -411,6 +411,7 @@ static void lf_seq_forward(void *ctx, int b0, int b1, int slot) {
         const real *qkv = j->qkv + t0 * d->Cp;
         real *phi = j->a->phi + t0 * 2 * d->HF;
         real *rn = c->qk_l2norm ? j->a->rn + t0 * 2 * H : NULL;
+        /* q and k of one token are 2H contiguous rows of Dk */
         lf_phi_forward_tokens(phi, rn, qkv, T, d->Cp, 2 * H, d->Dk, d->F, c->feature_map);
         real *o = j->a->o + t0 * d->C, *save = j->a->save + (size_t)b * j->save1;
         if (c->rule == LF_ADDITIVE) {
@@ -501,7 +502,6 @@ static void linear_forward_mix(const mixer_call *mc, real *out, const real *x) {
         linear_forward(a.za, x, p.wdecay, NULL, N, C, H);
         lf_decay_forward(a.g, a.za, p.A_log, p.dt_bias, s.shift, N, H, H);
     }
-    /* q and k of one token are 2H contiguous rows of Dk */
     lf_seq_job job = lf_seq_job_of(c, &d, &a, &s, qkv);
     lf_seq_run(&job, lf_seq_forward);
     if (mc->rows) {

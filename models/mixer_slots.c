@@ -85,8 +85,8 @@
 #include <string.h>
 
 #include "kernels.h"
-#include "parallel.h"
 #include "mixer.h"
+#include "parallel.h"
 
 #define SLOT_NORM_EPS 1e-5
 

@@ -14,8 +14,8 @@
 #include <string.h>
 
 #include "kernels.h"
-#include "parallel.h"
 #include "mixer.h"
+#include "parallel.h"
 
 typedef struct softmax_cfg {
     int heads;
