@@ -31,9 +31,12 @@
  * Summation order: every element of C sums its k block's pairs in ascending
  * order in one float chain starting at zero, then C = alpha sum + beta C for
  * the first k block (C not read when beta is 0) and C = alpha sum + C for the
- * others, in k block order. Neither depends on M, N or where the element sits
- * in its tile or block, so a product split into row or column blocks gives the
- * same bits. */
+ * others, in k block order. The AMX kernel, when alpha is 1 and beta 0 or 1
+ * (the products that accumulate gradients), runs the chain on from C's value
+ * instead (from zero for the first k block when beta is 0) and stores the
+ * tiles straight to C, with no pass over the sums. Neither order depends on
+ * M, N or where the element sits in its tile or block, so a product split into
+ * row or column blocks gives the same bits. */
 #include "gemm_bf16.h"
 
 #include <stdint.h>
@@ -283,7 +286,11 @@ static void micro_cols(int K2, const uint32_t *a, const uint32_t *b, float *C, i
  * the same way. k is padded with zero pairs to a whole tile (B rows, A
  * columns) and rows of A to a whole block (GB_TR). Each thread loads the tile
  * configuration when it enters gemm_bf16 and releases the tiles on leaving,
- * so no tile state outlives a call. Linux hands out the tile registers only
+ * so no tile state outlives a call. Where alpha is 1 and beta 0 or 1 the
+ * accumulator tiles are loaded from C and stored to it (a block cut by C's
+ * edge goes through a whole block on the stack); otherwise they start from
+ * zero and the sums go through the epilogue. Linux hands out the tile
+ * registers only
  * on request (arch_prctl ARCH_REQ_XCOMP_PERM), asked once per process. */
 
 #define GB_TR 32         /* rows of C per AMX block */
@@ -358,14 +365,24 @@ const char *gemm_bf16_kernel(void) {
     return gemm_bf16_amx() ? "AMX" : gemm_bf16_available() ? "AVX-512 BF16" : "none";
 }
 
-/* acc[32][32] = A rows [0, 32) (word [i][k2], row stride GB_KW) times the B
- * panel b (word [k2][j], row stride GB_NR), over K2p pairs (a whole number of
- * tiles). */
-AMX_TARGET static void amx_block(int K2p, const uint32_t *a, const uint32_t *b, float *acc) {
-    _tile_zero(0);
-    _tile_zero(1);
-    _tile_zero(2);
-    _tile_zero(3);
+/* c[32][32] (row stride ldc floats) += A rows [0, 32) (word [i][k2], row
+ * stride GB_KW) times the B panel b (word [k2][j], row stride GB_NR), over K2p
+ * pairs (a whole number of tiles): the tiles start from c (load) or from zero
+ * (not load: c is not read) and are stored back to c. */
+AMX_TARGET static void amx_block(int K2p, const uint32_t *a, const uint32_t *b, float *c, int ldc,
+                                 int load) {
+    const size_t s = (size_t)ldc * sizeof(float);
+    if (load) {
+        _tile_loadd(0, c, s);
+        _tile_loadd(1, c + 16, s);
+        _tile_loadd(2, c + (size_t)16 * ldc, s);
+        _tile_loadd(3, c + (size_t)16 * ldc + 16, s);
+    } else {
+        _tile_zero(0);
+        _tile_zero(1);
+        _tile_zero(2);
+        _tile_zero(3);
+    }
     for (int k = 0; k < K2p; k += GB_TK) {
         _tile_loadd(4, a + k, GB_KW * 4);
         _tile_loadd(5, a + (size_t)16 * GB_KW + k, GB_KW * 4);
@@ -376,10 +393,25 @@ AMX_TARGET static void amx_block(int K2p, const uint32_t *a, const uint32_t *b, 
         _tile_dpbf16ps(2, 5, 6);
         _tile_dpbf16ps(3, 5, 7);
     }
-    _tile_stored(0, acc, GB_TR * 4);
-    _tile_stored(1, acc + 16, GB_TR * 4);
-    _tile_stored(2, acc + 16 * GB_TR, GB_TR * 4);
-    _tile_stored(3, acc + 16 * GB_TR + 16, GB_TR * 4);
+    _tile_stored(0, c, s);
+    _tile_stored(1, c + 16, s);
+    _tile_stored(2, c + (size_t)16 * ldc, s);
+    _tile_stored(3, c + (size_t)16 * ldc + 16, s);
+}
+
+/* amx_block on a block of C cut by its edge (mr rows, nr columns), through a
+ * whole block in acc: the same sums as a whole block's, so an element's bits
+ * do not depend on where the edges fall. */
+static void amx_edge(int K2p, const uint32_t *a, const uint32_t *b, float *C, int ldc, int mr,
+                     int nr, int load, float *acc) {
+    if (load) {
+        memset(acc, 0, sizeof(float) * GB_TR * GB_TR);
+        for (int i = 0; i < mr; i++)
+            memcpy(acc + (size_t)i * GB_TR, C + (size_t)i * ldc, sizeof(float) * (size_t)nr);
+    }
+    amx_block(K2p, a, b, acc, GB_TR, load);
+    for (int i = 0; i < mr; i++)
+        memcpy(C + (size_t)i * ldc, acc + (size_t)i * GB_TR, sizeof(float) * (size_t)nr);
 }
 
 /* C[0:mr, 0:nr] = alpha acc + (first ? beta C : C), as micro's epilogue. */
@@ -398,8 +430,8 @@ static void amx_store(const float *acc, float *C, int ldc, int mr, int nr, float
 static void pack_a_trows(uint32_t *dst, const float *A, int lda, int i0, int mc, int k0,
                          int kc) {
     const int K2 = (kc + 1) / 2, rows = (mc + GB_TR - 1) / GB_TR * GB_TR;
-    for (int ib = 0; ib < rows; ib += 16)
-        for (int kb = 0; kb < K2; kb += GB_TK) {
+    for (int kb = 0; kb < K2; kb += GB_TK) /* the rows of A read along their length */
+        for (int ib = 0; ib < rows; ib += 16) {
             __m512i r[16];
             for (int q = 0; q < 16; q++) {
                 const int k = 2 * (kb + q);
@@ -419,12 +451,18 @@ static void block_panel(int amx, int ta, int mc, int nr, int K2, const uint32_t 
                         int ldc, float alpha, float beta, int first) {
     float acc[GB_TR * GB_TR] __attribute__((aligned(64)));
     const int step = amx ? GB_TR : GB_MR;
+    /* C = sum + C or C = sum: the tiles sum straight into C */
+    const int direct = alpha == 1.0f && (!first || beta == 0.0f || beta == 1.0f);
+    const int load = !first || beta != 0.0f;
     for (int ir = 0; ir < mc; ir += step) {
         const int mr = mc - ir < step ? mc - ir : step;
         const uint32_t *ap = pack_a + (size_t)ir * GB_KW;
         float *c = cp + (size_t)ir * ldc;
-        if (amx) {
-            amx_block(K2, ap, bp, acc);
+        if (amx && direct) {
+            if (mr == GB_TR && nr == GB_TR) amx_block(K2, ap, bp, c, ldc, load);
+            else amx_edge(K2, ap, bp, c, ldc, mr, nr, load, acc);
+        } else if (amx) {
+            amx_block(K2, ap, bp, acc, GB_TR, 0);
             amx_store(acc, c, ldc, mr, nr, alpha, beta, first);
         } else if (ta) {
             micro_cols(K2, ap, bp, c, ldc, mr, nr, alpha, beta, first);

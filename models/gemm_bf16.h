@@ -6,7 +6,8 @@
  * element of op(A) and op(B) is rounded to bfloat16 (8 significant bits, round
  * to nearest even, as VCVTNEPS2BF16), the products are summed in float
  * (VDPBF16PS, two products per lane and step, k in ascending order), then
- * scaled by alpha and added to beta C (C is not read when beta is 0). Each
+ * scaled by alpha and added to beta C (C is not read when beta is 0; the AMX
+ * kernel sums C = op(A) op(B) + C on from C's value, gemm_bf16.c). Each
  * element of C is computed the same way whatever the shape around it, so a
  * product split into row or column blocks gives the same bits. The float
  * build's ml_gemm sends its products here when the matmul precision is bf16

@@ -1007,7 +1007,9 @@ static float bf_rand(unsigned *s) {
 
 /* gemm_bf16 against the exact sum of the bfloat16-rounded products (double),
  * every transpose, strides past the width, beta 0 (C holding NaN, which must
- * not be read) and not, shapes at and around the tile and block edges; the
+ * not be read) and not, alpha 1 with beta 0 and 1 (the AMX kernel's sums
+ * straight into C) and alpha 0.75 with beta 0 and -0.5 (its epilogue),
+ * shapes at and around the tile and block edges; the
  * columns past N untouched; one product cut into row and column blocks
  * (as matmul.c's threads cut it) bitwise equal to the whole; the rounding. */
 static void gemm_bf16_kernel_matches_ref(const char *kernel) {
@@ -1020,7 +1022,10 @@ static void gemm_bf16_kernel_matches_ref(const char *kernel) {
     for (size_t sh = 0; sh < sizeof shapes / sizeof shapes[0]; sh++)
         for (int ta = 0; ta < 2; ta++)
             for (int tb = 0; tb < 2; tb++)
-                for (int bz = 0; bz < 2; bz++) {
+                for (int ab = 0; ab < 4; ab++) {
+                    static const float alphas[4] = {0.75f, 0.75f, 1.0f, 1.0f};
+                    static const float betas[4] = {-0.5f, 0.0f, 0.0f, 1.0f};
+                    const int bz = betas[ab] == 0.0f;
                     int M = shapes[sh][0], N = shapes[sh][1], K = shapes[sh][2];
                     int lda = (ta ? M : K) + 3, ldb = (tb ? K : N) + 1, ldc = N + 2;
                     size_t na = (size_t)(ta ? K : M) * lda, nb = (size_t)(tb ? N : K) * ldb;
@@ -1033,7 +1038,7 @@ static void gemm_bf16_kernel_matches_ref(const char *kernel) {
                     for (size_t i = 0; i < nc; i++) C0[i] = C[i] = bz ? NAN : bf_rand(&seed);
                     for (int i = 0; i < M; i++) /* the padding columns hold numbers */
                         for (int j = N; j < ldc; j++) C0[(size_t)i * ldc + j] = C[(size_t)i * ldc + j] = 7.0f;
-                    float alpha = 0.75f, beta = bz ? 0.0f : -0.5f;
+                    float alpha = alphas[ab], beta = betas[ab];
                     gemm_bf16(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
                     double worst = 0;
                     int pad = 0;
@@ -1053,8 +1058,9 @@ static void gemm_bf16_kernel_matches_ref(const char *kernel) {
                         for (int j = N; j < ldc; j++) pad += C[(size_t)i * ldc + j] != 7.0f;
                     }
                     /* float sums of K terms: a few units of 2^-24 per term */
-                    CHECK(worst <= (K + 2) * 6e-8, "%s M%d N%d K%d ta%d tb%d beta0 %d: error %.3g",
-                          kernel, M, N, K, ta, tb, bz, worst);
+                    CHECK(worst <= (K + 2) * 6e-8,
+                          "%s M%d N%d K%d ta%d tb%d alpha %g beta %g: error %.3g", kernel, M, N,
+                          K, ta, tb, alpha, beta, worst);
                     CHECK(pad == 0, "%s M%d N%d K%d: %d padding elements written", kernel, M, N, K,
                           pad);
                     /* rows [0,16) and [16,M), then columns [0,32) and [32,N) */
@@ -1070,8 +1076,9 @@ static void gemm_bf16_kernel_matches_ref(const char *kernel) {
                                   tb ? B + (size_t)32 * ldb : B + 32, ldb, beta, Q + 32, ldc);
                         CHECK(memcmp(R, C, nc * sizeof(float)) == 0 &&
                                   memcmp(Q, C, nc * sizeof(float)) == 0,
-                              "%s M%d N%d K%d ta%d tb%d: blocks differ from the whole product",
-                              kernel, M, N, K, ta, tb);
+                              "%s M%d N%d K%d ta%d tb%d alpha %g beta %g: blocks differ from "
+                              "the whole product",
+                              kernel, M, N, K, ta, tb, alpha, beta);
                         free(R), free(Q);
                     }
                     free(A), free(B), free(C), free(C0);
