@@ -229,6 +229,11 @@ typedef enum { FMAP_IDENTITY = 0, FMAP_ELU1 = 1, FMAP_RELU = 2 } fmap_kind;
 void featuremap_forward(real *out, const real *x, size_t n, fmap_kind f);
 /* dx[i] += dout[i] * phi'(x[i]). */
 void featuremap_backward(real *dx, const real *dout, const real *x, size_t n, fmap_kind f);
+/* dx[i] = dout[i] * phi'(x[i]) (dx overwritten), with phi = featuremap_forward's
+ * output at x: elu+1's derivative below 0 is phi itself, so no exp is
+ * recomputed. The same numbers as featuremap_backward into a zeroed dx. */
+void featuremap_backward_set(real *dx, const real *dout, const real *x, const real *phi, size_t n,
+                             fmap_kind f);
 
 /* ---- linear attention core ----------------------------------------------- */
 /* Per (b,h): S_t = S_{t-1} + k_t v_t^T, num_t = S_t^T q_t; with normalize,

@@ -94,6 +94,24 @@ void featuremap_backward(real *dx, const real *dout, const real *x, size_t n, fm
     }
 }
 
+void featuremap_backward_set(real *dx, const real *dout, const real *x, const real *phi, size_t n,
+                             fmap_kind f) {
+    switch (f) {
+    case FMAP_ELU1:
+#pragma omp simd
+        for (size_t i = 0; i < n; i++) dx[i] = dout[i] * (x[i] > 0 ? 1 : phi[i]);
+        break;
+    case FMAP_RELU:
+#pragma omp simd
+        for (size_t i = 0; i < n; i++) dx[i] = x[i] > 0 ? dout[i] : 0;
+        break;
+    case FMAP_IDENTITY:
+    default:
+        memcpy(dx, dout, n * sizeof(real));
+        break;
+    }
+}
+
 /* ---- shared pieces -------------------------------------------------------- */
 
 /* Chunk length actually used: chunks longer than T are one chunk of T. */

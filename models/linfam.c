@@ -99,9 +99,15 @@ static void lf_phi_backward_range(void *ctx, int r0, int r1, int slot) {
             l2norm_backward(tmp, g, c->phi + ro, c->crn + r, 1, c->ldo);
             g = tmp;
         }
+        const real *xr = c->x + (size_t)r * c->ldx;
+        if (!c->crn && c->fmap != LF_SILU && c->fmap != LF_TAYLOR) {
+            /* phi is the map's own output here: written, not added */
+            featuremap_backward_set(dxr, g, xr, c->phi + ro, (size_t)c->D, lf_kind(c->fmap));
+            continue;
+        }
         /* zeroed here, where the row is about to be in cache anyway */
         memset(dxr, 0, sizeof(real) * (size_t)c->D);
-        lf_map_backward(dxr, g, c->x + (size_t)r * c->ldx, 1, c->D, c->ldx, c->ldo, c->fmap);
+        lf_map_backward(dxr, g, xr, 1, c->D, c->ldx, c->ldo, c->fmap);
     }
 }
 

@@ -470,6 +470,18 @@ static void test_featuremap_gradcheck(void) {
         diff_into(g, g, pre, n);
         gc_tensor t = {"x", c.x, g, n};
         gradcheck_expect(names[k], fmap_loss, &c, &t, 1);
+        /* the overwriting backward that reads phi: the same numbers as the
+         * accumulating one into zeros, the kink included, nothing of dx read */
+        double *zero = dalloc(n), *set = dalloc(n);
+        c.x[3] = 0;
+        featuremap_forward(c.y, c.x, n, kinds[k]);
+        featuremap_backward(zero, c.w, c.x, n, kinds[k]);
+        for (size_t i = 0; i < n; i++) set[i] = NAN;
+        featuremap_backward_set(set, c.w, c.x, c.y, n, kinds[k]);
+        CHECK(memcmp(set, zero, n * sizeof(double)) == 0,
+              "%s: featuremap_backward_set differs from featuremap_backward into zeros",
+              names[k]);
+        free(zero), free(set);
         free(c.x), free(c.y), free(c.w), free(pre), free(g);
     }
 }
