@@ -1516,7 +1516,9 @@ static void memcache_backward(const mixer_call *mc, real *dx, const real *dout, 
     }
 
     ml_par_zero(m.s.dphi, NP * sizeof(real));
-    ml_par_zero(m.s.dqkv, (size_t)N * d->Cp * sizeof(real));
+    /* only v's columns: the feature maps' backward below writes q's and k's */
+    ml_par_zero_rows(m.s.dqkv + 2 * d->Cq, (size_t)N, (size_t)d->Cp * sizeof(real),
+                     (size_t)C * sizeof(real));
     if (d->delta) memset(m.s.dbeta, 0, NH * sizeof(real));
     if (d->decay) memset(m.s.dg, 0, NH * sizeof(real));
     if (d->gagg) memset(m.s.du, 0, sizeof(real) * NH * d->Pw);

@@ -80,7 +80,7 @@ void ml_par_ranges(int n, int nt, void (*fn)(void *ctx, int u0, int u1, int slot
 
 typedef struct zero_call {
     char *p;
-    size_t n;
+    size_t n, stride, bytes; /* ml_par_zero_rows: n rows, stride, bytes per row */
 } zero_call;
 
 static void zero_range(void *ctx, int u0, int u1, int slot) {
@@ -98,6 +98,24 @@ void ml_par_zero(void *p, size_t bytes) {
         if (bytes) memset(p, 0, bytes);
         return;
     }
-    zero_call z = {p, bytes};
+    zero_call z = {p, bytes, 0, 0};
     ml_par_ranges((int)units, nt, zero_range, &z);
+}
+
+static void zero_rows_range(void *ctx, int r0, int r1, int slot) {
+    const zero_call *z = ctx;
+    (void)slot;
+    for (size_t r = (size_t)r0; r < (size_t)r1; r++) memset(z->p + r * z->stride, 0, z->bytes);
+}
+
+void ml_par_zero_rows(void *p, size_t rows, size_t stride, size_t bytes) {
+    if (!rows || !bytes) return;
+    double total = (double)rows * (double)bytes;
+    int nt = rows <= INT_MAX ? ml_par_threads((long)rows, total, ZERO_MIN_BYTES) : 1;
+    if (nt <= 1) {
+        for (size_t r = 0; r < rows; r++) memset((char *)p + r * stride, 0, bytes);
+        return;
+    }
+    zero_call z = {p, rows, stride, bytes};
+    ml_par_ranges((int)rows, nt, zero_rows_range, &z);
 }

@@ -40,6 +40,11 @@ void ml_par_ranges(int n, int nt, void (*fn)(void *ctx, int u0, int u1, int slot
  * Inside a parallel region, one memset. */
 void ml_par_zero(void *p, size_t bytes);
 
+/* The first `bytes` of each of `rows` rows `stride` bytes apart set to zero
+ * (a block of columns of a row-major matrix), rows split among the threads
+ * as ml_par_zero splits bytes. */
+void ml_par_zero_rows(void *p, size_t rows, size_t stride, size_t bytes);
+
 /* The calling thread's floating-point mode (denormal flushing; 0 without
  * SSE). The mode is per thread: a kernel with its own parallel region
  * sets the caller's mode in each of its threads, as ml_par_ranges does. */

@@ -174,6 +174,22 @@ static void test_par_zero(void) {
         CHECK(bad == 0, "ml_par_zero of %zu bytes: %zu bytes wrong", n, bad);
         free(buf);
     }
+    /* ml_par_zero_rows: a block of columns zero, the other columns untouched,
+     * from one row to enough rows for both threads */
+    const size_t rows[] = {0, 1, 7, 3000, 20000};
+    for (size_t k = 0; k < sizeof rows / sizeof *rows; k++) {
+        const size_t n = rows[k], stride = 97, off = 40, w = 33;
+        unsigned char *buf = malloc(n * stride + 1);
+        memset(buf, 0xab, n * stride + 1);
+        ml_par_zero_rows(buf + off, n, stride, w);
+        size_t bad = buf[n * stride] != 0xab;
+        for (size_t i = 0; i < n * stride; i++) {
+            size_t col = i % stride;
+            bad += col >= off && col < off + w ? buf[i] != 0 : buf[i] != 0xab;
+        }
+        CHECK(bad == 0, "ml_par_zero_rows of %zu rows: %zu bytes wrong", n, bad);
+        free(buf);
+    }
     threads_set(old);
 }
 
