@@ -32,7 +32,7 @@
  * order in one float chain starting at zero, then C = alpha sum + beta C for
  * the first k block (C not read when beta is 0) and C = alpha sum + C for the
  * others, in k block order. The AMX kernel, when alpha is 1 and beta 0 or 1
- * (the products that accumulate gradients), runs the chain on from C's value
+ * (the projections, the LM head and their gradients), runs the chain on from C's value
  * instead (from zero for the first k block when beta is 0) and stores the
  * tiles straight to C, with no pass over the sums. Neither order depends on
  * M, N or where the element sits in its tile or block, so a product split into
@@ -290,8 +290,8 @@ static void micro_cols(int K2, const uint32_t *a, const uint32_t *b, float *C, i
  * accumulator tiles are loaded from C and stored to it (a block cut by C's
  * edge goes through a whole block on the stack); otherwise they start from
  * zero and the sums go through the epilogue. Linux hands out the tile
- * registers only
- * on request (arch_prctl ARCH_REQ_XCOMP_PERM), asked once per process. */
+ * registers only on request (arch_prctl ARCH_REQ_XCOMP_PERM), asked once per
+ * process. */
 
 #define GB_TR 32         /* rows of C per AMX block */
 #define GB_TK 16         /* pairs of k per tile */

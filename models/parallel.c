@@ -102,20 +102,21 @@ void ml_par_zero(void *p, size_t bytes) {
     ml_par_ranges((int)units, nt, zero_range, &z);
 }
 
+/* Rows [r0, r1) of an ml_par_zero_rows call. */
+static void zero_rows(const zero_call *z, size_t r0, size_t r1) {
+    for (size_t r = r0; r < r1; r++) memset(z->p + r * z->stride, 0, z->bytes);
+}
+
 static void zero_rows_range(void *ctx, int r0, int r1, int slot) {
-    const zero_call *z = ctx;
     (void)slot;
-    for (size_t r = (size_t)r0; r < (size_t)r1; r++) memset(z->p + r * z->stride, 0, z->bytes);
+    zero_rows(ctx, (size_t)r0, (size_t)r1);
 }
 
 void ml_par_zero_rows(void *p, size_t rows, size_t stride, size_t bytes) {
     if (!rows || !bytes) return;
+    zero_call z = {p, rows, stride, bytes};
     double total = (double)rows * (double)bytes;
     int nt = rows <= INT_MAX ? ml_par_threads((long)rows, total, ZERO_MIN_BYTES) : 1;
-    if (nt <= 1) {
-        for (size_t r = 0; r < rows; r++) memset((char *)p + r * stride, 0, bytes);
-        return;
-    }
-    zero_call z = {p, rows, stride, bytes};
-    ml_par_ranges((int)rows, nt, zero_rows_range, &z);
+    if (nt <= 1) zero_rows(&z, 0, rows);
+    else ml_par_ranges((int)rows, nt, zero_rows_range, &z);
 }
