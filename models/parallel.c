@@ -3,6 +3,7 @@
 
 #include <cblas.h>
 #include <limits.h>
+#include <stdatomic.h>
 #include <string.h>
 #ifdef _OPENMP
 #include <omp.h>
@@ -11,10 +12,20 @@
 #include <xmmintrin.h>
 #endif
 
+/* Read once: omp_get_num_procs() asks the kernel for the affinity mask on
+ * every call (a system call; the kernels ask before every product and
+ * parallel region, thousands of times a step), and a count that changed with
+ * the mask would no longer match the scratch sized by it. */
 int ml_par_slots(void) {
 #ifdef _OPENMP
+    static _Atomic int slots;
+    int n = atomic_load_explicit(&slots, memory_order_relaxed);
+    if (n) return n;
     int p = omp_get_num_procs();
-    return p < 1 ? 1 : p > ML_PAR_MAX_SLOTS ? ML_PAR_MAX_SLOTS : p;
+    n = p < 1 ? 1 : p > ML_PAR_MAX_SLOTS ? ML_PAR_MAX_SLOTS : p;
+    int expect = 0;
+    if (!atomic_compare_exchange_strong(&slots, &expect, n)) n = expect;
+    return n;
 #else
     return 1;
 #endif

@@ -19,6 +19,7 @@
  *     rounding where a reduction is split;
  *   - a whole 2-layer model's loss and gradients with 2 threads against 1;
  *   - ml_par_zero (parallel.c) on 2 threads: the range zero, nothing around it;
+ *   - ml_par_slots (parallel.c) read once: a narrower CPU set leaves it as it was;
  *   - the blocked LM head (lm_head.c) with 2 threads against 1, bitwise: the
  *     threads take whole groups of rows and the partials add in group order;
  *   - the training step touches no new memory once warm (no page faults with
@@ -30,12 +31,18 @@
 #error "test_perf.c is built with the double-precision kernels (-DMEMLAB_DOUBLE)"
 #endif
 
+#define _GNU_SOURCE
+#include <errno.h>
 #include <float.h>
 #include <math.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 #include "bench.h"
 #include "fasterf.h"
@@ -191,6 +198,32 @@ static void test_par_zero(void) {
         free(buf);
     }
     threads_set(old);
+}
+
+/* ml_par_slots() is read once: narrowing this thread's CPU set (which
+ * omp_get_num_procs() follows) leaves it, and so every scratch size taken from
+ * it, as it was. On a single-CPU machine there is nothing to narrow. */
+static void test_par_slots_fixed(void) {
+    const int slots = ml_par_slots();
+    cpu_set_t was, one;
+    if (sched_getaffinity(0, sizeof was, &was) || CPU_COUNT(&was) < 2) {
+        printf("    (one CPU in this process's set: nothing to narrow)\n");
+        return;
+    }
+    int cpu = 0;
+    while (!CPU_ISSET(cpu, &was)) cpu++;
+    CPU_ZERO(&one);
+    CPU_SET(cpu, &one);
+    CHECK(sched_setaffinity(0, sizeof one, &one) == 0, "sched_setaffinity: %s", strerror(errno));
+#ifdef _OPENMP
+    const int procs = omp_get_num_procs();
+#else
+    const int procs = 1;
+#endif
+    const int now = ml_par_slots();
+    sched_setaffinity(0, sizeof was, &was);
+    CHECK(procs == 1, "omp_get_num_procs() on one CPU: %d", procs);
+    CHECK(now == slots, "ml_par_slots() moved from %d to %d with the CPU set", slots, now);
 }
 
 /* ---- the caller's floating-point mode in every thread -------------------------------- */
@@ -1166,6 +1199,7 @@ const test_case tests_perf[] = {
     {"perf/lm_head_threads", test_lm_head_threads},
     {"perf/fp_mode_threads", test_fp_mode_threads},
     {"perf/par_zero_threads", test_par_zero},
+    {"perf/par_slots_fixed", test_par_slots_fixed},
     {"perf/step_allocates_nothing", test_step_allocates_nothing},
     {"perf/flop_formulas", test_flop_formulas},
     {NULL, NULL},
