@@ -90,18 +90,10 @@ static void xa_forward_range(void *ctx, int b0, int b1, int slot) {
             for (int i = 0; i < Tq; i++) {
                 real *a = A + (size_t)i * Tk;
                 int hi = xattn_hi(d, i);
-                if (hi >= 0) {
-                    real mx = a[0];
-                    for (int j = 1; j <= hi; j++) mx = a[j] > mx ? a[j] : mx;
-                    real sum = 0;
-                    for (int j = 0; j <= hi; j++) {
-                        a[j] = REXP(a[j] - mx);
-                        sum += a[j];
-                    }
-                    real inv = 1 / sum;
-                    for (int j = 0; j <= hi; j++) a[j] *= inv;
-                }
-                memset(a + hi + 1, 0, sizeof(real) * (size_t)(Tk - hi - 1));
+                if (hi >= 0)
+                    softmax_row(a, 0, hi, Tk);
+                else
+                    memset(a, 0, sizeof(real) * (size_t)Tk);
             }
             if (Tp) {
                 const xattn_prefix *p = d->pre;

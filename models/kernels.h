@@ -181,6 +181,10 @@ double grad_clip(real *g, size_t n, double max_norm);
 double grad_clip_scale(const real *g, size_t n, double max_norm, real *scale);
 
 /* ---- causal softmax attention ------------------------------------------- */
+/* Softmax of row a[lo..i] in place (scores already scaled; lo <= i < T),
+ * vectorised with the float build's exp (fastexp.h); the rest of the row
+ * a[0..T) becomes exact zeros. Shared by the attention kernels. */
+void softmax_row(real *a, int lo, int i, int T);
 /* qkv [B,T,3,H,D] packed (q, k, v blocks of H*D per token); out [B,T,H,D];
  * att [B,H,T,T] saved probabilities (entries outside the mask are 0).
  * Scale 1/sqrt(D). window 0: full causal; window w > 0: query i sees keys j

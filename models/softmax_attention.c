@@ -82,9 +82,8 @@ size_t attention_scratch_size(int T, int D) {
     return (size_t)ml_par_slots() * att_slot_size(T);
 }
 
-/* Softmax of row a[lo..i] in place (scores already scaled); the rest of the
- * row a[0..T) becomes exact zeros. */
-static void att_softmax_row(real *a, int lo, int i, int T) {
+/* Softmax of one row of scores: contract in kernels.h. */
+void softmax_row(real *a, int lo, int i, int T) {
     real mx = a[lo];
 #pragma omp simd reduction(max : mx)
     for (int j = lo; j <= i; j++) mx = a[j] > mx ? a[j] : mx;
@@ -114,7 +113,7 @@ static void att_forward_pair(real *O, real *A, const real *Q, const real *K, con
         int c0 = att_lo(r0, window), M = r1 - r0, N = r1 - c0;
         real *Ab = A + (size_t)r0 * T + c0;
         ml_gemm(0, 1, M, N, D, scale, Q + (size_t)r0 * ld, ld, K + (size_t)c0 * ld, ld, 0, Ab, T);
-        for (int i = r0; i < r1; i++) att_softmax_row(A + (size_t)i * T, att_lo(i, window), i, T);
+        for (int i = r0; i < r1; i++) softmax_row(A + (size_t)i * T, att_lo(i, window), i, T);
         ml_gemm(0, 0, M, D, N, 1, Ab, T, V + (size_t)c0 * ld, ld, 0, O + (size_t)r0 * ldo, ldo);
     }
 }
@@ -282,7 +281,7 @@ static void attr_pair(const attr_call *c, int b, int h, real *dP) {
             ml_gemm(0, 1, M, N, D, scale, c->q + qo, ldq, K + ko, ldk, 0, A + c0, T);
             for (int s = a0; s < a1; s++) {
                 int t = c->rows[s] % T;
-                att_softmax_row(A + (size_t)(s - a0) * T, att_lo(t, c->window), t, T);
+                softmax_row(A + (size_t)(s - a0) * T, att_lo(t, c->window), t, T);
             }
             ml_gemm(0, 0, M, D, N, 1, A + c0, T, V + ko, ldk, 0, c->out + qo, ldq);
             continue;
