@@ -39,6 +39,7 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "fastexp.h"
 #include "kernels.h"
 #include "parallel.h"
 
@@ -310,6 +311,15 @@ static void gd_rec_backward(real *dq, real *dk, real *dv, real *dbeta, real *dg,
 
 /* ---- chunkwise form ----------------------------------------------------------- */
 
+/* The decay factors' exp: every argument is a sum of gates g <= 0, so <= 0,
+ * where the float build's vectorising exp (fastexp.h) is accurate; the
+ * double build keeps libm's. */
+#ifdef MEMLAB_DOUBLE
+#define GD_EXP(x) exp(x)
+#else
+#define GD_EXP(x) expf_fast(x)
+#endif
+
 /* The decay's per-token factors of a chunk: G, Gam and gam. */
 static void gd_gates(gd_work *w, const gd_rows *r, int L, const gdelta_dims *d) {
     if (!d->decay) return;
@@ -319,9 +329,11 @@ static void gd_gates(gd_work *w, const gd_rows *r, int L, const gdelta_dims *d) 
         acc += r->g[(size_t)i * gs];
         w->G[i] = (real)acc;
     }
+    const real last = w->G[L - 1];
+#pragma omp simd
     for (int i = 0; i < L; i++) {
-        w->Gam[i] = REXP(w->G[i]);
-        w->gam[i] = REXP(w->G[L - 1] - w->G[i]);
+        w->Gam[i] = GD_EXP(w->G[i]);
+        w->gam[i] = GD_EXP(last - w->G[i]);
     }
 }
 
@@ -333,8 +345,12 @@ static void gd_prep(gd_work *w, const gd_rows *r, const real *S0, int L,
     const int Dk = d->Dk, Dv = d->Dv, Dx = Dk + Dv, gs = d->gate_stride;
     gd_gates(w, r, L, d);
     if (d->decay)
-        for (int i = 0; i < L; i++)
-            for (int j = 0; j <= i; j++) w->M[(size_t)i * L + j] = REXP(w->G[i] - w->G[j]);
+        for (int i = 0; i < L; i++) {
+            real *Mi = w->M + (size_t)i * L;
+            const real Gi = w->G[i];
+#pragma omp simd
+            for (int j = 0; j <= i; j++) Mi[j] = GD_EXP(Gi - w->G[j]);
+        }
     ml_gemm(0, 1, L, L, Dk, 1, r->q, d->q_stride, r->k, d->k_stride, 0, w->P, L);
     for (int i = 0; i < L; i++) {
         real *Pi = w->P + (size_t)i * L;
