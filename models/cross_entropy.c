@@ -35,12 +35,6 @@ double crossentropy_forward_ref(real *probs, const real *logits, const int *targ
 /* Fewest logits per thread worth a parallel region. */
 #define CE_MIN_WORK (1 << 16)
 
-#ifdef MEMLAB_DOUBLE
-#define SOFTMAX_EXP(x) exp(x)
-#else
-#define SOFTMAX_EXP(x) expf_fast(x)
-#endif
-
 /* Threads for S rows of V logits (parallel.h): 1 when the work is too
  * small to pay for a parallel region. */
 static int ce_threads(int S, int V) {
@@ -55,7 +49,7 @@ static double ce_row(real *p, const real *l, int tgt, int V) {
     /* read before p (possibly the same memory) is written */
     double zt = tgt >= 0 ? (double)l[tgt] - (double)mx : 0.0;
 #pragma omp simd
-    for (int v = 0; v < V; v++) p[v] = SOFTMAX_EXP(l[v] - mx);
+    for (int v = 0; v < V; v++) p[v] = ML_EXP(l[v] - mx);
     /* a second pass for the sum (the row is in L1): a float -> double
      * reduction fused into the exp loop would not vectorise */
     double sum = 0.0;

@@ -7,7 +7,7 @@
  * results below FLT_MIN (x < -87.3) are 0, NaN stays NaN. Meant for x <= 0
  * (scores minus their max, -|x|); above 88 it saturates at exp(88) instead of
  * overflowing. The double build keeps libm's exp (gradient checks); the
- * kernels choose with MEMLAB_DOUBLE. tests/test_perf.c checks it against
+ * kernels choose through ML_EXP (below). tests/test_perf.c checks it against
  * libm. */
 #ifndef MEMLAB_FASTEXP_H
 #define MEMLAB_FASTEXP_H
@@ -40,5 +40,15 @@ static inline float expf_fast(float x) {
     y = y * s.f;
     return x < lo ? 0.0f : y;
 }
+
+/* The kernels' exp, for arguments <= 0 (shifted scores, -|x|, sums of decay
+ * gates): libm's in the double build (gradient checks), expf_fast in the float
+ * build, where the element-wise loops vectorise with it. A file using it
+ * includes math.h. */
+#ifdef MEMLAB_DOUBLE
+#define ML_EXP(x) exp(x)
+#else
+#define ML_EXP(x) expf_fast(x)
+#endif
 
 #endif

@@ -311,16 +311,8 @@ static void gd_rec_backward(real *dq, real *dk, real *dv, real *dbeta, real *dg,
 
 /* ---- chunkwise form ----------------------------------------------------------- */
 
-/* The decay factors' exp: every argument is a sum of gates g <= 0, so <= 0,
- * where the float build's vectorising exp (fastexp.h) is accurate; the
- * double build keeps libm's. */
-#ifdef MEMLAB_DOUBLE
-#define GD_EXP(x) exp(x)
-#else
-#define GD_EXP(x) expf_fast(x)
-#endif
-
-/* The decay's per-token factors of a chunk: G, Gam and gam. */
+/* The decay's per-token factors of a chunk: G, Gam and gam. Every exp here
+ * and in gd_prep takes a sum of gates g <= 0 (ML_EXP, fastexp.h). */
 static void gd_gates(gd_work *w, const gd_rows *r, int L, const gdelta_dims *d) {
     if (!d->decay) return;
     const int gs = d->gate_stride;
@@ -332,8 +324,8 @@ static void gd_gates(gd_work *w, const gd_rows *r, int L, const gdelta_dims *d) 
     const real last = w->G[L - 1];
 #pragma omp simd
     for (int i = 0; i < L; i++) {
-        w->Gam[i] = GD_EXP(w->G[i]);
-        w->gam[i] = GD_EXP(last - w->G[i]);
+        w->Gam[i] = ML_EXP(w->G[i]);
+        w->gam[i] = ML_EXP(last - w->G[i]);
     }
 }
 
@@ -349,7 +341,7 @@ static void gd_prep(gd_work *w, const gd_rows *r, const real *S0, int L,
             real *Mi = w->M + (size_t)i * L;
             const real Gi = w->G[i];
 #pragma omp simd
-            for (int j = 0; j <= i; j++) Mi[j] = GD_EXP(Gi - w->G[j]);
+            for (int j = 0; j <= i; j++) Mi[j] = ML_EXP(Gi - w->G[j]);
         }
     ml_gemm(0, 1, L, L, Dk, 1, r->q, d->q_stride, r->k, d->k_stride, 0, w->P, L);
     for (int i = 0; i < L; i++) {

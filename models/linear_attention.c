@@ -42,13 +42,6 @@
 
 /* ---- feature maps ------------------------------------------------------- */
 
-
-#ifdef MEMLAB_DOUBLE
-#define FMAP_EXP(x) exp(x)
-#else
-#define FMAP_EXP(x) expf_fast(x)
-#endif
-
 /* phi(x): identity, elu(x)+1 (= x+1 above 0, e^x below), relu. One loop per
  * map so that each vectorises; exp only ever sees min(x, 0). */
 void featuremap_forward(real *out, const real *x, size_t n, fmap_kind f) {
@@ -56,7 +49,7 @@ void featuremap_forward(real *out, const real *x, size_t n, fmap_kind f) {
     case FMAP_ELU1:
 #pragma omp simd
         for (size_t i = 0; i < n; i++) {
-            real v = x[i], e = FMAP_EXP(v < 0 ? v : 0);
+            real v = x[i], e = ML_EXP(v < 0 ? v : 0);
             out[i] = v > 0 ? v + 1 : e;
         }
         break;
@@ -79,7 +72,7 @@ void featuremap_backward(real *dx, const real *dout, const real *x, size_t n, fm
     case FMAP_ELU1:
 #pragma omp simd
         for (size_t i = 0; i < n; i++) {
-            real v = x[i], e = FMAP_EXP(v < 0 ? v : 0);
+            real v = x[i], e = ML_EXP(v < 0 ? v : 0);
             dx[i] += dout[i] * (v > 0 ? 1 : e);
         }
         break;

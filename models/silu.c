@@ -10,16 +10,10 @@
 #include "fastexp.h"
 #include "kernels.h"
 
-#ifdef MEMLAB_DOUBLE
-#define SILU_EXP(x) exp(x)
-#else
-#define SILU_EXP(x) expf_fast(x)
-#endif
-
 /* sigmoid without overflow for large |x|: e = exp(-|x|) <= 1, then 1/(1+e)
  * or e/(1+e); branch-free so that the loops below vectorise. */
 static inline real sigmoid_of(real x) {
-    real e = SILU_EXP(-RABS(x));
+    real e = ML_EXP(-RABS(x));
     real r = 1 / (1 + e);
     return x >= 0 ? r : e * r;
 }

@@ -62,12 +62,6 @@ double attention_band_pairs(int T, int D, int window) {
     return n;
 }
 
-#ifdef MEMLAB_DOUBLE
-#define ATT_EXP(x) exp(x)
-#else
-#define ATT_EXP(x) expf_fast(x)
-#endif
-
 /* Reals of one slot: a block of dP [rows, T] for backward (rows: the
  * tallest block att_rows picks). */
 static size_t att_slot_size(int T) {
@@ -90,7 +84,7 @@ void softmax_row(real *a, int lo, int i, int T) {
     real sum = 0;
 #pragma omp simd reduction(+ : sum)
     for (int j = lo; j <= i; j++) {
-        real e = ATT_EXP(a[j] - mx);
+        real e = ML_EXP(a[j] - mx);
         a[j] = e;
         sum += e;
     }
