@@ -147,6 +147,12 @@ static void print_error(const ml_error *e) {
     fprintf(stderr, "memlab: %s\n", buf);
 }
 
+/* print_warnings: the sweep's warnings on stderr, before anything runs. */
+static void print_warnings(const ml_sweep *s) {
+    char buf[4096];
+    if (sweep_warnings(s, buf, sizeof buf)) fputs(buf, stderr);
+}
+
 /* One line per key: name, default, help, and the choices of an enum. */
 static void print_fields(const ml_field *f) {
     for (; f->key; f++) {
@@ -264,6 +270,8 @@ static int cmd_train(int argc, char **argv) {
         print_error(&e);
         return 1;
     }
+    char why[1024];
+    if (spec_caution(&cfg, why, sizeof why)) fprintf(stderr, "memlab: warning: %s\n", why);
     openblas_set_num_threads(threads);
     ml_db *db = NULL;
     if (!no_db && db_open(&db, db_path, &e)) {
@@ -462,6 +470,7 @@ static int cmd_run(int argc, char **argv) {
         print_error(&e);
         return 1;
     }
+    print_warnings(s);
     /* The shard (flag, else environment) and its own database. */
     ml_shard shard;
     char shard_db[1100];
@@ -816,6 +825,7 @@ static int cmd_slurm(int argc, char **argv) {
         print_error(&e);
         return 1;
     }
+    print_warnings(s);
     so.runs = sweep_size(s);
     so.sweep_name = sweep_name(s);
     so.array_size = array_size ? array_size : (so.runs < 32 ? so.runs : 32);

@@ -54,6 +54,7 @@
 #include "task.h"
 
 #define MAX_PROBLEMS 16
+#define MAX_WARNINGS 8
 #define PROBLEM_MSG 400
 #define PROBLEM_CONTEXT 96
 #define MAX_KEYS 256                /* key positions remembered for cross checks */
@@ -149,6 +150,15 @@ static void qualify(int section, const char *msg, char *out, size_t cap) {
         snprintf(out, cap, "%s: %s", section_names[section], msg);
     else
         snprintf(out, cap, "%s", msg);
+}
+
+int spec_caution(const run_config *cfg, char *msg, size_t cap) {
+    const ml_mixer *m = mixer_find(cfg->model.mixer);
+    char raw[PROBLEM_MSG];
+    if (!m || !m->caution || !m->caution(&cfg->model.mixer_cfg, cfg->model.d_model, raw, sizeof raw))
+        return 0;
+    qualify(SEC_MODEL, raw, msg, cap);
+    return 1;
 }
 
 int spec_validate(const run_config *cfg, ml_error *e) {
@@ -268,6 +278,8 @@ struct spec_doc {
     uint64_t dropped[DROPPED_SLOTS]; /* signatures of problems beyond the cap, 0 = free */
     int n_dropped;
     char context[PROBLEM_CONTEXT];
+    spec_problem warnings[MAX_WARNINGS]; /* mixers' cautions, each message once */
+    int n_warnings, n_warn_dropped;
 };
 
 /* arena_alloc: n zeroed bytes, aligned for any type; NULL (and d->oom) when
@@ -388,6 +400,24 @@ void spec_doc_report(spec_doc *d, const spec_node *at, const char *fmt, ...) {
     va_end(ap);
 }
 
+/* warn_at: record a warning at node `at` (NULL: no position). A message
+ * already recorded (by any run of a sweep) is not recorded again. */
+static void warn_at(spec_doc *d, const spec_node *at, const char *msg) {
+    for (int i = 0; i < d->n_warnings; i++)
+        if (!strcmp(d->warnings[i].msg, msg)) return;
+    if (d->n_warnings == MAX_WARNINGS) {
+        d->n_warn_dropped++;
+        return;
+    }
+    spec_problem *q = &d->warnings[d->n_warnings];
+    q->file = at ? at->file : d->main_file;
+    q->line = at ? at->line : 0;
+    q->column = at ? at->column : 0;
+    q->order = d->n_warnings++;
+    snprintf(q->msg, sizeof q->msg, "%s", msg);
+    snprintf(q->context, sizeof q->context, "%s", d->context);
+}
+
 void spec_doc_context(spec_doc *d, const char *context) {
     snprintf(d->context, sizeof d->context, "%s", context ? context : "");
 }
@@ -412,6 +442,26 @@ static void problem_text(const spec_problem *q, char *buf, size_t cap) {
         snprintf(buf, cap, "%s (%s)", q->msg, q->context);
     else
         snprintf(buf, cap, "%s", q->msg);
+}
+
+int spec_doc_warnings(const spec_doc *d, char *buf, size_t cap) {
+    size_t used = 0;
+    if (cap) buf[0] = '\0';
+    for (int i = 0; i < d->n_warnings && used < cap; i++) {
+        const spec_problem *q = &d->warnings[i];
+        char text[PROBLEM_MSG + PROBLEM_CONTEXT + 8];
+        problem_text(q, text, sizeof text);
+        if (q->line)
+            used += (size_t)snprintf(buf + used, cap - used, "%.500s:%d:%d: warning: %s\n",
+                                     q->file, q->line, q->column, text);
+        else
+            used += (size_t)snprintf(buf + used, cap - used, "%.500s: warning: %s\n", q->file,
+                                     text);
+    }
+    if (d->n_warn_dropped && used < cap)
+        snprintf(buf + used, cap - used, "%.400s: warning: %d more warning%s not shown\n",
+                 d->main_file, d->n_warn_dropped, d->n_warn_dropped == 1 ? "" : "s");
+    return d->n_warnings;
 }
 
 int spec_doc_finish(const spec_doc *d, ml_error *e) {
@@ -1479,26 +1529,37 @@ static void parse_root(spec_parse *p, const spec_node *root) {
     }
 }
 
+/* message_at: where a cross-check message of section s points: the key
+ * it names when the run set it, else the section. */
+static const spec_node *message_at(const spec_parse *p, int s, const char *msg) {
+    char key[64];
+    message_key(msg, key, sizeof key);
+    for (int i = 0; key[0] && i < p->n_keys; i++)
+        if (p->keys[i].section == s && !strcmp(p->keys[i].key, key)) return p->keys[i].at;
+    return p->sec_at[s];
+}
+
 /* run_cross_checks: every cross check whose section parsed cleanly, each
- * reported at the key its message names. */
+ * reported at the key its message names; then the mixer's caution, as a
+ * warning, for a run without problems. */
 static void run_cross_checks(spec_parse *p) {
+    char msg[PROBLEM_MSG];
     for (int c = 0; c < CROSS_COUNT; c++) {
         int s = cross_section[c];
         if (p->sec_bad[s] || (c == CROSS_TASK && !p->task) || (c == CROSS_MIXER && !p->mixer))
             continue;
         ml_error sub;
         if (!cross_check(&p->cfg, c, &sub)) continue;
-        char key[64], msg[PROBLEM_MSG];
-        message_key(sub.msg, key, sizeof key);
-        const spec_node *at = p->sec_at[s];
-        for (int i = 0; key[0] && i < p->n_keys; i++) {
-            if (p->keys[i].section == s && !strcmp(p->keys[i].key, key)) {
-                at = p->keys[i].at;
-                break;
-            }
-        }
         qualify(s, sub.msg, msg, sizeof msg);
-        report(p, at, "%s", msg);
+        report(p, message_at(p, s, sub.msg), "%s", msg);
+    }
+    if (p->failed) return;
+    const ml_mixer *m = mixer_find(p->cfg.model.mixer);
+    char raw[PROBLEM_MSG];
+    if (m && m->caution && m->caution(&p->cfg.model.mixer_cfg, p->cfg.model.d_model, raw,
+                                      sizeof raw)) {
+        qualify(SEC_MODEL, raw, msg, sizeof msg);
+        warn_at(p->d, message_at(p, SEC_MODEL, raw), msg);
     }
 }
 

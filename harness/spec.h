@@ -42,6 +42,10 @@ int spec_load_string(const char *text, size_t len, const char *name, run_config 
 int spec_set(run_config *cfg, const char *assignment, ml_error *e);
 /* Cross-key validation of a whole config (task and mixer validate, sizes). */
 int spec_validate(const run_config *cfg, ml_error *e);
+/* spec_caution: for a valid config that is known to fail (the mixer's
+ * caution, mixer.h), the warning "model.key: ..." into msg[cap] and 1; else
+ * 0. The document loaders below record it at the key, as a warning. */
+int spec_caution(const run_config *cfg, char *msg, size_t cap);
 
 /* Canonical JSON of the config (keys in schema order; a mixer's and a task's
  * own keys only for the chosen ones). Returns the length, or -1 if cap is too
@@ -140,6 +144,10 @@ void spec_doc_report(spec_doc *d, const spec_node *at, const char *fmt, ...)
 void spec_doc_context(spec_doc *d, const char *context);
 /* Whether any problem has been recorded. */
 int spec_doc_failed(const spec_doc *d);
+/* spec_doc_warnings: the warnings recorded (each message once), one line
+ * each, "file:line:column: warning: model.key: ..." into buf[cap]; returns
+ * how many. */
+int spec_doc_warnings(const spec_doc *d, char *buf, size_t cap);
 /* spec_doc_finish: 0 when no problem was recorded; otherwise -1 with every
  * problem in e, sorted by file and position (the format of spec.h's top). */
 int spec_doc_finish(const spec_doc *d, ml_error *e);

@@ -476,6 +476,9 @@ void sweep_free(ml_sweep *s) {
 const char *sweep_name(const ml_sweep *s) { return s->name; }
 long sweep_size(const ml_sweep *s) { return s->n_runs; }
 long sweep_expanded(const ml_sweep *s) { return s->n_expanded; }
+int sweep_warnings(const ml_sweep *s, char *buf, size_t cap) {
+    return spec_doc_warnings(s->doc, buf, cap);
+}
 const char *sweep_hash(const ml_sweep *s, long i) { return s->hash[i]; }
 long sweep_position(const ml_sweep *s, long i) { return s->pos[i]; }
 int sweep_n_keys(const ml_sweep *s) { return s->n_keys; }

@@ -56,6 +56,9 @@ const char *sweep_name(const ml_sweep *s);
 /* Distinct runs, and runs of the expansion before merging duplicates. */
 long sweep_size(const ml_sweep *s);
 long sweep_expanded(const ml_sweep *s);
+/* The warnings of the spec's runs (spec_doc_warnings: valid configs known to
+ * fail), one line each into buf[cap]; returns how many. */
+int sweep_warnings(const ml_sweep *s, char *buf, size_t cap);
 /* The resolved config of run i (0 <= i < sweep_size), name set to the
  * sweep's name when the spec gives none. Returns 0 or -1. */
 int sweep_config(const ml_sweep *s, long i, run_config *out, ml_error *e);

@@ -7,6 +7,7 @@
 #include "linfam.h"
 
 #include <math.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "kernels.h"
@@ -21,6 +22,23 @@ int lf_rule_delta(int rule) { return rule == LF_DELTA || rule == LF_GATED_DELTA;
 int lf_rule_decay(int rule) { return rule == LF_DECAY || rule == LF_GATED_DELTA; }
 
 int lf_fmap_width(int fmap, int D) { return fmap == LF_TAYLOR ? taylor_width(D) : D; }
+
+/* The delta update S <- (I - beta phi phi^T) S + beta phi v^T scales the
+ * state along phi by 1 - beta |phi|^2, so it grows once beta |phi|^2 > 2.
+ * elu(x)+1 is near 1 in every coordinate of small pre-activations, which is
+ * where training starts: |phi|^2 is about F and beta (a sigmoid of a small
+ * projection) about 1/2, and with F > 4 the state grows geometrically along
+ * the sequence from the first step (the other maps start near 0). */
+int lf_delta_caution(int rule, int fmap, int qk_l2norm, int F, char *msg, size_t cap) {
+    if (!lf_rule_delta(rule) || qk_l2norm || fmap != LF_ELU1 || F <= 4) return 0;
+    snprintf(msg, cap,
+             "rule: %s with feature_map elu1 and qk_l2norm false diverges in the first step: "
+             "elu(x)+1 is near 1 in each of the %d key coordinates, so beta |phi(k)|^2 starts "
+             "near %d and every token's update multiplies the state along phi(k) by about %d; "
+             "set qk_l2norm: true (or feature_map identity, relu or silu)",
+             lf_rule_names[rule], F, F / 2, 1 - F / 2);
+    return 1;
+}
 
 /* The elementwise maps of linear_attention.c by their lf index. */
 static fmap_kind lf_kind(int fmap) {

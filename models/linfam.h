@@ -40,6 +40,10 @@ int lf_rule_delta(int rule);
 int lf_rule_decay(int rule);
 /* Width of the feature map's output for input width D (taylor: 1+D+D(D+1)/2). */
 int lf_fmap_width(int fmap, int D);
+/* The mixers' caution (mixer.h) for a delta rule on keys of width F that
+ * nothing bounds: elu1 without qk_l2norm. Returns 1 with the warning in
+ * msg[cap], or 0. */
+int lf_delta_caution(int rule, int fmap, int qk_l2norm, int F, char *msg, size_t cap);
 
 /* phi of `rows` rows of width D (row r at x + r*ldx) into out + r*ldo. */
 void lf_map_forward(real *out, const real *x, int rows, int D, int ldx, int ldo, int fmap);

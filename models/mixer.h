@@ -72,6 +72,12 @@ typedef struct ml_mixer {
      * "variant"); NULL when it does not. The spec validator refuses such a
      * config with a task that declares no boundary, naming that key. */
     const char *(*needs_context)(const void *cfg);
+    /* Optional (NULL = none): for a legal config known to fail (a run that
+     * diverges in its first step, say), a warning "key: why; what to set"
+     * into msg[cap] and 1; else 0. The spec loaders print it at the key
+     * (file:line:column) before any run starts, and the runs still go ahead:
+     * an ablation may want exactly that config. */
+    int (*caution)(const void *cfg, int C, char *msg, size_t cap);
     /* Set when forward and backward take mixer_call.rows: the model's last
      * layer then asks only for the rows its LM head reads (the others cost
      * nothing downstream), and the mixer may skip work that only they need

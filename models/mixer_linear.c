@@ -140,6 +140,12 @@ static int linear_validate(const void *cfg, int C, ml_error *e) {
     return 0;
 }
 
+static int linear_caution(const void *cfg, int C, char *msg, size_t cap) {
+    const linear_cfg *c = cfg;
+    lf_dims d = lf_dims_of(c, 1, 1, C);
+    return lf_delta_caution(c->rule, c->feature_map, c->qk_l2norm, d.F, msg, cap);
+}
+
 static void linear_declare(const void *cfg, int C, ml_param_sink *s) {
     const linear_cfg *c = cfg;
     lf_dims d = lf_dims_of(c, 1, 1, C);
@@ -575,7 +581,7 @@ static long linear_state_size(const void *cfg, int C, int T) {
 #define LINFAM_MIXER(NAME, FIELDS, HELP)                                                        \
     {                                                                                          \
         .name = NAME, .help = HELP, .fields = FIELDS, .cfg_size = sizeof(linear_cfg),          \
-        .validate = linear_validate, .declare = linear_declare,                                \
+        .validate = linear_validate, .caution = linear_caution, .declare = linear_declare,     \
         .act_size = linear_act_size, .scratch_size = linear_scratch_size,                      \
         .forward = linear_forward_mix, .backward = linear_backward_mix,                        \
         .state_size = linear_state_size, .out_rows = 1,                                        \

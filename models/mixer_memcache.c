@@ -290,6 +290,12 @@ static int memcache_validate(const void *cfg, int C, ml_error *e) {
     return 0;
 }
 
+static int memcache_caution(const void *cfg, int C, char *msg, size_t cap) {
+    const memcache_cfg *c = cfg;
+    mc_dims d = mc_dims_of(c, 1, 1, C);
+    return lf_delta_caution(c->rule, c->feature_map, c->qk_l2norm, d.F, msg, cap);
+}
+
 static void memcache_declare(const void *cfg, int C, ml_param_sink *s) {
     const memcache_cfg *c = cfg;
     mc_dims d = mc_dims_of(c, 1, 1, C);
@@ -1605,6 +1611,7 @@ const ml_mixer mixer_memcache = {
     .fields = memcache_fields,
     .cfg_size = sizeof(memcache_cfg),
     .validate = memcache_validate,
+    .caution = memcache_caution,
     .declare = memcache_declare,
     .act_size = memcache_act_size,
     .scratch_size = memcache_scratch_size,

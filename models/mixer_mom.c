@@ -151,6 +151,12 @@ static int mom_validate(const void *cfg, int C, ml_error *e) {
     return 0;
 }
 
+static int mom_caution(const void *cfg, int C, char *msg, size_t cap) {
+    const mom_cfg *c = cfg;
+    mom_dims d = mom_dims_of(c, 1, 1, C);
+    return lf_delta_caution(c->rule, c->feature_map, c->qk_l2norm, d.F, msg, cap);
+}
+
 static void mom_declare(const void *cfg, int C, ml_param_sink *s) {
     mom_dims d = mom_dims_of(cfg, 1, 1, C);
     param_declare(s, "wq", d.Cq, C, INIT_NORMAL, 1);
@@ -730,6 +736,7 @@ const ml_mixer mixer_mom = {
     .fields = mom_fields,
     .cfg_size = sizeof(mom_cfg),
     .validate = mom_validate,
+    .caution = mom_caution,
     .declare = mom_declare,
     .act_size = mom_act_size,
     .scratch_size = mom_scratch_size,

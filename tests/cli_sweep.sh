@@ -66,6 +66,13 @@ check "dry run creates no database" test ! -e "$db"
 check "--preset: 4 runs" grep -q ': 4 runs;' "$tmp/dry"
 "$memlab" run "$tmp/s.yaml" --db "$db" --dry-run --set sweep.grid.model.d_model=[8,16,16] >"$tmp/dry"
 check "duplicates merged and counted" grep -q ': 8 runs (12 expanded, 4 duplicates merged)' "$tmp/dry"
+"$memlab" run "$tmp/s.yaml" --db "$db" --dry-run --set model.mixer=linear --set model.rule=delta \
+    --set model.normalize=false >"$tmp/dry" 2>"$tmp/err"
+check "a config known to diverge: warned at its key, before the runs, and still listed" \
+    bash -c "grep -q '^--set model.rule=delta:1:[0-9]*: warning: model.rule: delta with feature_map elu1 and qk_l2norm false diverges' '$tmp/err' && grep -q ': 8 runs; 0 already done, 8 to run' '$tmp/dry'"
+"$memlab" run "$tmp/s.yaml" --db "$db" --dry-run --set model.mixer=linear --set model.rule=delta \
+    --set model.normalize=false --set model.qk_l2norm=true >"$tmp/dry" 2>"$tmp/err"
+check "no warning with qk_l2norm true" bash -c "! grep -q warning '$tmp/err'"
 
 # --- a parallel run recorded in full --------------------------------------
 "$memlab" run "$tmp/s.yaml" --db "$db" --jobs 2 2>"$tmp/err"

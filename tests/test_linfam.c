@@ -823,6 +823,68 @@ static void test_models_training_learns(void) {
     }
 }
 
+/* The delta-rule caution (mixer.h's caution, linfam.c's lf_delta_caution)
+ * is issued exactly for the configs it describes, and what it says holds:
+ * those runs diverge in their first steps, and the settings it suggests
+ * train. Each mixer that takes a rule: linear, MoM and Memory Caching. */
+static void test_delta_caution(void) {
+    static const char *const base[] = {
+        "task.vocab_size=512", "task.seq_len=256", "task.num_kv_pairs=8", "model.d_model=64",
+        "model.n_layers=2",   "model.mlp=false",  "train.steps=2",       "train.batch_size=2",
+        "train.warmup=1",     "train.train_examples=0", "eval.every=2",  "eval.examples=4",
+        "eval.batch_size=4",  NULL};
+    /* {mixer settings..., NULL}: elu1 keys of width 64, not normalised */
+    static const char *const warned[][5] = {
+        {"model.mixer=linear", "model.rule=delta", "model.normalize=false", NULL},
+        {"model.mixer=linear", "model.rule=gated_delta", "model.normalize=false", NULL},
+        {"model.mixer=mom", "model.feature_map=elu1", "model.qk_l2norm=false", NULL},
+        {"model.mixer=memcache", "model.rule=delta", "model.normalize=false", NULL},
+    };
+    /* what the caution suggests, and configs it must leave alone */
+    static const char *const fixes[] = {"model.qk_l2norm=true", "model.feature_map=silu"};
+    static const char *const quiet[][5] = {
+        {"model.mixer=linear", NULL},                              /* additive */
+        {"model.mixer=linear", "model.rule=decay", "model.normalize=false", NULL},
+        {"model.mixer=linear", "model.rule=delta", "model.normalize=false", "model.heads=16",
+         NULL},                                                   /* width 4 */
+        {"model.mixer=deltanet", "model.feature_map=elu1", NULL}, /* qk_l2norm */
+        {"model.mixer=mom", NULL},
+    };
+    ml_error e;
+    char msg[1024];
+    for (int i = 0; i < 4; i++) {
+        for (int f = -1; f < 2; f++) {
+            run_config cfg;
+            const char *const fix[] = {f >= 0 ? fixes[f] : NULL, NULL};
+            if (make_cfg(&cfg, base) || apply_sets(&cfg, warned[i]) || apply_sets(&cfg, fix))
+                return;
+            int warns = spec_caution(&cfg, msg, sizeof msg);
+            train_outcome o;
+            train_opts opts = {0};
+            CHECK(train_run(&cfg, NULL, &opts, &o, &e) == 0, "train: %s", e.msg);
+            if (f < 0) {
+                CHECK(warns && !strncmp(msg, "model.rule: ", 12) &&
+                          strstr(msg, "qk_l2norm: true") && strstr(msg, " 64 key "),
+                      "%s %s: caution %d '%s'", warned[i][0], warned[i][1], warns,
+                      warns ? msg : "");
+                CHECK(!strcmp(o.status, "diverged"), "%s %s: cautioned run %s, not diverged",
+                      warned[i][0], warned[i][1], o.status);
+            } else {
+                CHECK(!warns, "%s %s with %s: caution '%s'", warned[i][0], warned[i][1],
+                      fixes[f], msg);
+                CHECK(!strcmp(o.status, "finished"), "%s %s with %s: run %s", warned[i][0],
+                      warned[i][1], fixes[f], o.status);
+            }
+        }
+    }
+    for (int i = 0; i < 5; i++) {
+        run_config cfg;
+        if (make_cfg(&cfg, base) || apply_sets(&cfg, quiet[i])) return;
+        CHECK(!spec_caution(&cfg, msg, sizeof msg), "%s %s: caution '%s'", quiet[i][0],
+              quiet[i][1] ? quiet[i][1] : "", msg);
+    }
+}
+
 const test_case tests_linfam[] = {
     {"linfam: silu, l2norm, taylor values", test_maps_values},
     {"linfam: silu, l2norm, taylor gradient check", test_maps_gradcheck},
@@ -837,5 +899,6 @@ const test_case tests_linfam[] = {
     {"linfam: state sizes", test_models_state_size},
     {"linfam: mixer table and validation", test_models_table_and_validate},
     {"linfam: short MQAR runs learn", test_models_training_learns},
+    {"linfam: delta-rule caution, issued where runs diverge", test_delta_caution},
     {NULL, NULL},
 };

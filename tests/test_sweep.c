@@ -840,11 +840,59 @@ static void test_sweep_csv_quoting(void) {
     }
 }
 
+/* A valid config that is known to fail (the mixer's caution) loads, with a
+ * warning at the key that chose it: once however many runs share it, again
+ * for a run whose message differs, none when no run is affected. */
+static void test_sweep_warnings(void) {
+    static const char spec[] = "name: w\n"
+                               "model:\n"
+                               "  mixer: linear\n"
+                               "  normalize: false\n"
+                               "  rule: delta\n"
+                               "sweep:\n"
+                               "  grid:\n"
+                               "    train.lr: [0.001, 0.01]\n"
+                               "    model.d_model: [32, 64]\n"
+                               "    model.qk_l2norm: [false, true]\n";
+    ml_error e;
+    char buf[4096];
+    ml_sweep *s = load(spec, NULL, &e);
+    CHECK(s && sweep_size(s) == 8, "sweep with a caution refused or wrong: %s", e.msg);
+    int n = s ? sweep_warnings(s, buf, sizeof buf) : -1;
+    /* d_model 32 and 64 give different widths: two messages, each once */
+    const char *w32 = strstr(buf, "t.yaml:5:3: warning: model.rule: delta with feature_map "
+                                  "elu1 and qk_l2norm false diverges");
+    CHECK(n == 2 && w32 && strstr(buf, " 32 key ") && strstr(buf, " 64 key "),
+          "warnings %d:\n%s", n, buf);
+    int lines = 0;
+    for (const char *c = buf; *c; c++) lines += *c == '\n';
+    CHECK(lines == 2, "%d warning lines, want 2:\n%s", lines, buf);
+    sweep_free(s);
+    /* pinned to qk_l2norm true: nothing to warn about */
+    const char *const sets[] = {"model.qk_l2norm=true"};
+    sweep_opts o = {.sets = sets, .n_sets = 1};
+    s = load(spec, &o, &e);
+    n = s ? sweep_warnings(s, buf, sizeof buf) : -1;
+    CHECK(n == 0 && !buf[0], "qk_l2norm pinned true: %d warnings: %s", n, buf);
+    sweep_free(s);
+    /* set from the command line: the warning points there */
+    const char *const sets2[] = {"model.rule=gated_delta", "model.qk_l2norm=false"};
+    o.sets = sets2;
+    o.n_sets = 2;
+    s = load(spec, &o, &e);
+    n = s ? sweep_warnings(s, buf, sizeof buf) : -1;
+    CHECK(n == 2 && strstr(buf, "--set model.rule=gated_delta:1:") &&
+              strstr(buf, "warning: model.rule: gated_delta with"),
+          "warnings of --set: %d:\n%s", n, buf);
+    sweep_free(s);
+}
+
 const test_case tests_sweep[] = {
     {"sweep_grid_zip_seeds", test_sweep_grid_zip_seeds},
     {"sweep_groups_and_duplicates", test_sweep_groups_and_duplicates},
     {"sweep_presets", test_sweep_presets},
     {"sweep_overrides", test_sweep_overrides},
+    {"sweep_warnings", test_sweep_warnings},
     {"sweep_all_problems", test_sweep_all_problems},
     {"sweep_base", test_sweep_base},
     {"sweep_bad_corpus", test_sweep_bad_corpus},
