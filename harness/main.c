@@ -292,13 +292,20 @@ static int cmd_train(int argc, char **argv) {
         print_error(&e);
         return 1;
     }
-    if (!quiet)
+    const char *where = no_db ? "(no database)" : db_path;
+    if (quiet) {
+    } else if (!strcmp(out.status, "finished")) {
         fprintf(stderr,
                 "%s: %s %s/%s step %ld  test accuracy %.4f  test loss %.4f  %.0f tokens/s  "
                 "%.1fs  run %lld in %s\n",
                 spec, out.status, cfg.model.mixer, cfg.task, out.step, out.test_accuracy,
-                out.test_loss, out.tokens_per_s, out.wall_s, out.run_id,
-                no_db ? "(no database)" : db_path);
+                out.test_loss, out.tokens_per_s, out.wall_s, out.run_id, where);
+    } else {
+        /* no test metrics: the run stopped before its final evaluation */
+        fprintf(stderr, "%s: %s %s/%s at step %ld%s%s  %.1fs  run %lld in %s\n", spec,
+                out.status, cfg.model.mixer, cfg.task, out.step, out.why[0] ? ": " : "",
+                out.why, out.wall_s, out.run_id, where);
+    }
     if (!strcmp(out.status, "diverged")) return 3;
     if (!strcmp(out.status, "interrupted")) return 130;
     return 0;

@@ -494,6 +494,7 @@ static int train_run_body(const run_config *cfg, ml_db *db, const train_opts *o,
                db_run_end(db, run, status, step, err_text[0] ? err_text : NULL, e)))
         goto done;
     snprintf(out->status, sizeof out->status, "%s", status);
+    snprintf(out->why, sizeof out->why, "%s", diverged_what);
     rc = 0;
 done:
     if (rc && db && run) {

@@ -38,6 +38,7 @@ typedef struct train_outcome {
     double test_accuracy, test_loss;
     double tokens_per_s, wall_s;
     long n_params, state_size;
+    char why[96];      /* diverged: what was not finite ("loss is nan"); else "" */
 } train_outcome;
 
 /* Run one training run. db may be NULL (nothing recorded). Returns 0 when the

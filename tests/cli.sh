@@ -104,10 +104,13 @@ bad "d_model not divisible by heads" "bad.yaml:[0-9]+:[0-9]+: .*divisible" $'mod
 check "missing spec file: exit 1 with the path" bash -c "grep -q missing.yaml '$tmp/err'"
 
 # --- divergence and interruption are outcomes ------------------------------
-"$memlab" train "$tmp/tiny.yaml" --db "$tmp/div.db" --quiet --set train.lr=1e30 \
-    --set train.grad_clip=0 --set train.warmup=0 --set train.weight_decay=0.9 --set model.init_std=1
+"$memlab" train "$tmp/tiny.yaml" --db "$tmp/div.db" --set train.lr=1e30 \
+    --set train.grad_clip=0 --set train.warmup=0 --set train.weight_decay=0.9 \
+    --set model.init_std=1 2>"$tmp/err"
 rc=$?
 check "a diverging run exits 3" test $rc -eq 3
+check "a diverging run's closing line says what was not finite, and no test metrics" \
+    bash -c "grep -Eq '^$tmp/tiny.yaml: diverged softmax/mqar at step [0-9]+: (loss|gradient norm) is|weights not finite' '$tmp/err' && ! grep -q 'test accuracy' '$tmp/err'"
 check "a diverging run is recorded as diverged with its step" \
     test "$(q "$tmp/div.db" "select status||':'||(step<40)||':'||(error like 'diverged at step%') from runs")" = "diverged:1:1"
 
