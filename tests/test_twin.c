@@ -327,22 +327,32 @@ static int same_shape(const fx_entry *x, const ml_param *p) {
 
 /* Is name one of the entries every fixture holds besides parameters? */
 static int is_fixed_entry(const char *name) {
-    static const char *const fixed[] = {"spec", "input", "target", "loss", "logits"};
+    static const char *const fixed[] = {"spec", "input", "target", "loss", "logits", "aux"};
     for (size_t i = 0; i < sizeof fixed / sizeof fixed[0]; i++)
         if (!strcmp(name, fixed[i])) return 1;
     return 0;
 }
 
-/* Loss and every gradient of the model on the fixture's batch, against the
- * twin. Returns the worst relative difference seen. */
+/* The mixers' auxiliary loss inside the fixture's loss ("aux", MoM's
+ * load-balancing loss; 0 when the fixture has none). */
+static double fixture_aux(const fixture *f) {
+    const fx_entry *a = fixture_get(f, "aux");
+    return a && a->kind == FX_F64 && a->n == 1 ? a->f64[0] : 0.0;
+}
+
+/* Loss, its auxiliary part and every gradient of the model on the fixture's
+ * batch, against the twin. Returns the worst relative difference seen. */
 static double compare_loss_grads(ml_model *m, const fixture *f, const int *input,
                                  const int *target, int B, int T, const char *tag) {
     const fx_entry *fl = fixture_get(f, "loss");
-    double want = fl->f64[0];
+    double want = fl->f64[0], aux = fixture_aux(f);
     double loss = model_forward(m, input, target, B, T, NULL);
     double worst = fabs(loss - want) / fabs(want);
     CHECK(fabs(loss - want) <= TWIN_RTOL * fabs(want), "%s: loss %.17g, twin %.17g", tag, loss,
           want);
+    double da = fabs(m->aux_loss - aux) / (aux != 0 ? fabs(aux) : 1.0);
+    if (!(da <= worst)) worst = da;
+    CHECK(da <= TWIN_RTOL, "%s: auxiliary loss %.17g, twin %.17g", tag, m->aux_loss, aux);
     model_zero_grad(m);
     model_backward(m);
     for (int i = 0; i < m->n_tensors; i++) {
@@ -375,7 +385,7 @@ static double compare_logits(ml_model *m, const fx_entry *lg, const int *input, 
             for (int i = 0; i < B * T; i++) probe[i] = -1;
             for (int v = 0; v < V; v++) {
                 probe[b * T + t] = v;
-                double got = -model_forward(m, input, probe, B, T, NULL);
+                double got = -(model_forward(m, input, probe, B, T, NULL) - m->aux_loss);
                 double want = z[v] - lse;
                 double d = fabs(got - want);
                 if (!(d <= num)) num = d;
@@ -464,10 +474,10 @@ static int check_fixture(const char *path) {
         CHECK(0, "%s: tokens out of range or nothing supervised", path);
         goto done;
     }
-    double self = fixture_loss(lg, target, B * T, V);
+    double self = fixture_loss(lg, target, B * T, V) + fixture_aux(&f);
     CHECK(fabs(self - fl->f64[0]) <= 1e-12 * fabs(fl->f64[0]),
-          "%s: the fixture's loss %.17g disagrees with its logits (%.17g)", path, fl->f64[0],
-          self);
+          "%s: the fixture's loss %.17g disagrees with its logits and aux (%.17g)", path,
+          fl->f64[0], self);
 
     if (model_build(&m, &cfg.model, V, L, B, &e)) {
         CHECK(0, "%s: model_build: %s", path, e.msg);

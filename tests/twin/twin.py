@@ -18,14 +18,17 @@ three forms the spec names, every other rule runs token by token from its
 definition (whatever form the spec names for the C side), Based's feature map
 keeps all d^2 products as the Based code does (the C map keeps the upper
 triangle), MoM keeps one explicit state per memory and freezes the unselected
-ones with torch.where, and gradients come from torch.autograd. MoM cases set
-aux_coef to 0: test_twin.c compares the loss with the cross-entropy of the
-logits, and the load-balancing loss is checked by the C tests instead. It does not parse
+ones with torch.where, and gradients come from torch.autograd. The loss includes
+the MoM load-balancing loss, whose value MoM fixtures also hold apart ("aux");
+most MoM cases set aux_coef to 0, mom_e weighs it enough (0.5) that its
+gradient through the router shows. It does not parse
 YAML (the specs are written here from the same dicts that build the model) and
 it does not generate MQAR data (inputs and targets are random tokens).
 
 Usage:
-    /usr/bin/python3 tests/twin/twin.py OUTDIR     write OUTDIR/twin_<mixer>_<letter>.fx
+    /usr/bin/python3 tests/twin/twin.py OUTDIR [CASE...]
+                                                write OUTDIR/twin_<mixer>_<letter>.fx
+                                                (every case, or the named ones)
     /usr/bin/python3 tests/twin/twin.py --check    self-checks (slow-ish, not for CI):
         conv taps and the attention window against plain loops, the three
         linear-attention forms agree on every linear case, the upper-triangle
@@ -37,7 +40,8 @@ Fixture format (little-endian): b"MLFX", u32 version (1), u32 entry count; per
 entry: u32 name length, name bytes, u32 kind (0 float64, 1 int32, 2 UTF-8 text),
 u32 ndim, u32 dims[ndim], then the data (text: ndim 1, dims[0] = byte length).
 Entries: spec, input [B,T], target [B,T] (-1 = unsupervised), loss [1],
-logits [B,T,V], every parameter by name, and grad.<name> for each.
+logits [B,T,V], aux [1] (MoM: the load-balancing loss inside loss), every
+parameter by name, and grad.<name> for each.
 
 Only torch and the standard library are used.
 """
@@ -180,6 +184,7 @@ CASES = [
               qk_l2norm=False, out_norm="none", heads=1)),
     ("mom_d", 404, model_keys(mixer="mom", conv=4), mom_keys(rule="decay", memories=3, chunk=3,
                                                           dt_min=0.02, dt_max=0.6)),
+    ("mom_e", 405, model_keys(mixer="mom", mlp=False), mom_keys(aux_coef=0.5, topk=1)),
 ]
 
 RULE_DELTA = ("delta", "gated_delta")
@@ -602,8 +607,10 @@ def mixer_forward(h, p, pre, model, mixer, form=None, aux=None):
     return F.linear(merge_heads(o), p[pre + "wo"], p[pre + "bo"])
 
 
-def forward(p, tok, tgt, model, mixer, form=None):
-    """Logits [B,T,V] and the mean cross-entropy over positions with target >= 0."""
+def forward(p, tok, tgt, model, mixer, form=None, aux_out=None):
+    """Logits [B,T,V] and the loss: the mean cross-entropy over positions with
+    target >= 0 plus the mixers' auxiliary losses, whose sum is appended to
+    aux_out (a list) when given."""
     Tn = tok.shape[1]
     aux = [0.0]
     x = p["wte"][tok]
@@ -625,6 +632,8 @@ def forward(p, tok, tgt, model, mixer, form=None):
     V = logits.shape[-1]
     loss = F.cross_entropy(logits.reshape(-1, V), tgt.reshape(-1), ignore_index=-1,
                            reduction="mean")
+    if aux_out is not None:
+        aux_out.append(float(aux[0]))
     return logits, loss + aux[0]
 
 
@@ -655,7 +664,8 @@ def run_case(case):
     spec, p, tok, tgt, model, mixer = build_case(case)
     for t in p.values():
         t.requires_grad_(True)
-    logits, loss = forward(p, tok, tgt, model, mixer)
+    aux = []
+    logits, loss = forward(p, tok, tgt, model, mixer, aux_out=aux)
     loss.backward()
     V = logits.shape[-1]
     ent = [
@@ -665,6 +675,8 @@ def run_case(case):
         ("loss", KIND_F64, [1], [loss.item()]),
         ("logits", KIND_F64, [B, T, V], logits.detach().flatten().tolist()),
     ]
+    if model["mixer"] == "mom":
+        ent.append(("aux", KIND_F64, [1], aux))
     for name, t in p.items():
         ent.append((name, KIND_F64, list(t.shape), t.detach().flatten().tolist()))
     for name, t in p.items():
@@ -698,17 +710,22 @@ def encode(entries):
     return b"".join(out)
 
 
-def write_all(outdir):
-    """Write every case's fixture into outdir (created if missing)."""
+def write_all(outdir, stems=None):
+    """Write every case's fixture (or those of the named stems) into outdir
+    (created if missing)."""
+    cases = [c for c in CASES if not stems or c[0] in stems]
+    unknown = set(stems or ()) - {c[0] for c in CASES}
+    if unknown:
+        raise SystemExit("twin: no case named %s" % ", ".join(sorted(unknown)))
     os.makedirs(outdir, exist_ok=True)
     total = 0
-    for case in CASES:
+    for case in cases:
         blob = encode(run_case(case))
         path = os.path.join(outdir, "twin_%s.fx" % case[0])
         with open(path, "wb") as f:
             f.write(blob)
         total += len(blob)
-    print("twin: wrote %d fixtures (%d bytes) to %s" % (len(CASES), total, outdir))
+    print("twin: wrote %d fixtures (%d bytes) to %s" % (len(cases), total, outdir))
 
 
 def check_semantics():
@@ -806,10 +823,10 @@ def main(argv):
         check_taylor()
         check_gradients({"softmax_b", "linear_a", "gated_deltanet_a", "mom_a"})
         return 0
-    if len(argv) != 2 or argv[1].startswith("-"):
-        sys.stderr.write("usage: twin.py OUTDIR | --check\n")
+    if len(argv) < 2 or argv[1].startswith("-"):
+        sys.stderr.write("usage: twin.py OUTDIR [CASE...] | --check\n")
         return 2
-    write_all(argv[1])
+    write_all(argv[1], argv[2:])
     return 0
 
 
