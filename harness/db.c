@@ -132,6 +132,7 @@ struct ml_db {
 
 /* The schema version this code writes: the last migration's. */
 static int db_code_version(void) { return migrations[N_MIGRATIONS - 1].version; }
+int db_schema_version(void) { return db_code_version(); }
 
 /* Fail with "what: sqlite message (path)" and, if the failure left a
  * transaction open, roll it back so the invariant in the header holds.
@@ -547,6 +548,11 @@ static int owner_alive(const char *owner, double age_s) {
 
 /* Contract in db.h. */
 int db_open_readonly(ml_db **out, const char *path, ml_error *e) {
+    return db_open_readonly_from(out, path, db_code_version(), NULL, e);
+}
+
+int db_open_readonly_from(ml_db **out, const char *path, int min_version, int *version_out,
+                          ml_error *e) {
     *out = NULL;
     struct stat sb;
     if (!path || !*path) return ML_FAIL(e, "database path is empty");
@@ -585,11 +591,12 @@ int db_open_readonly(ml_db **out, const char *path, ml_error *e) {
                 path, version, db_code_version());
         goto fail;
     }
-    if (version < db_code_version()) {
+    if (version < min_version) {
         ML_FAIL(e, "database %s has schema version %d; `memlab run` or `memlab train` on it "
                 "upgrades it to %d", path, version, db_code_version());
         goto fail;
     }
+    if (version_out) *version_out = version;
     *out = db;
     return 0;
 fail:

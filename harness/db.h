@@ -44,6 +44,13 @@ int db_commit(ml_db *db, ml_error *e);
 /* Open an existing file for reading only: nothing is created or migrated,
  * and a file of another schema version is refused with what to do. */
 int db_open_readonly(ml_db **out, const char *path, ml_error *e);
+/* The same for a reader that needs only the tables of schema min_version
+ * (runs' states and owners: 2): an older file down to that version opens
+ * too, as it is, and *version (may be NULL) gets the file's version. */
+int db_open_readonly_from(ml_db **out, const char *path, int min_version, int *version,
+                          ml_error *e);
+/* The schema version this code writes (and migrates older files to). */
+int db_schema_version(void);
 
 /* This process as a run owner: "host:pid:start" into buf. */
 void db_owner_self(char *buf, size_t cap);

@@ -556,7 +556,11 @@ static const char *state_name(db_state st) {
 int runner_dry_run(const ml_sweep *s, const char *db_path, const ml_shard *shard, FILE *out,
                    ml_error *e) {
     ml_db *db = NULL;
-    if (access(db_path, F_OK) == 0 && db_open_readonly(&db, db_path, e)) return -1;
+    int version = 0;
+    /* runs' states and owners are in every file from schema 2 on; an older
+     * file is read as it is (the run itself upgrades it) */
+    if (access(db_path, F_OK) == 0 && db_open_readonly_from(&db, db_path, 2, &version, e))
+        return -1;
     long n = sweep_size(s), counts[6] = {0}, owned = shard ? shard_size(shard, n) : n;
     db_state *states = malloc(sizeof *states * (size_t)(n ? n : 1));
     if (!states) {
@@ -586,6 +590,9 @@ int runner_dry_run(const ml_sweep *s, const char *db_path, const ml_shard *shard
     long done = counts[DB_FINISHED] + counts[DB_DIVERGED];
     fprintf(out, "; %ld already done, %ld to run", done, owned - done);
     if (counts[DB_RUNNING]) fprintf(out, " (%ld running elsewhere)", counts[DB_RUNNING]);
+    if (version && version < db_schema_version())
+        fprintf(out, " (database at schema version %d: the run upgrades it to %d)", version,
+                db_schema_version());
     fprintf(out, "\n");
     for (long i = 0; i < n; i++) {
         char desc[600];

@@ -101,6 +101,11 @@ check "rerun: all 8 already done" grep -q '8 runs, 8 already done; now 0 finishe
 "$memlab" run "$tmp/s.yaml" --db "$db" --dry-run --set model.d_model=8 >"$tmp/dry"
 check "--set pins a swept key: 4 runs, all done (same hashes as the grid's)" \
     grep -q ': 4 runs; 4 already done, 0 to run' "$tmp/dry"
+cp "$db" "$tmp/v2.db"
+q "$tmp/v2.db" "DROP TABLE fits; UPDATE schema_version SET version = 2"
+"$memlab" run "$tmp/s.yaml" --db "$tmp/v2.db" --dry-run >"$tmp/dry" 2>"$tmp/err"
+check "dry run on a schema-2 database: its runs counted, the upgrade announced, the file untouched" \
+    bash -c "grep -q ': 8 runs; 8 already done, 0 to run (database at schema version 2: the run upgrades it to ' '$tmp/dry' && test \"\$(sqlite3 '$tmp/v2.db' 'select version from schema_version')\" = 2"
 
 # --- status and export ----------------------------------------------------
 "$memlab" status --db "$db" >"$tmp/status"
