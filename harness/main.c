@@ -293,14 +293,13 @@ static int cmd_train(int argc, char **argv) {
         return 1;
     }
     const char *where = no_db ? "(no database)" : db_path;
-    if (quiet) {
-    } else if (!strcmp(out.status, "finished")) {
+    if (!quiet && !strcmp(out.status, "finished")) {
         fprintf(stderr,
                 "%s: %s %s/%s step %ld  test accuracy %.4f  test loss %.4f  %.0f tokens/s  "
                 "%.1fs  run %lld in %s\n",
                 spec, out.status, cfg.model.mixer, cfg.task, out.step, out.test_accuracy,
                 out.test_loss, out.tokens_per_s, out.wall_s, out.run_id, where);
-    } else {
+    } else if (!quiet) {
         /* no test metrics: the run stopped before its final evaluation */
         fprintf(stderr, "%s: %s %s/%s at step %ld%s%s  %.1fs  run %lld in %s\n", spec,
                 out.status, cfg.model.mixer, cfg.task, out.step, out.why[0] ? ": " : "",

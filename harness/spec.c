@@ -152,11 +152,17 @@ static void qualify(int section, const char *msg, char *out, size_t cap) {
         snprintf(out, cap, "%s", msg);
 }
 
-int spec_caution(const run_config *cfg, char *msg, size_t cap) {
+/* mixer_caution: the mixer's caution for cfg as it says it ("key: ..."),
+ * into raw[PROBLEM_MSG]; 1 when there is one. */
+static int mixer_caution(const run_config *cfg, char *raw) {
     const ml_mixer *m = mixer_find(cfg->model.mixer);
+    return m && m->caution &&
+           m->caution(&cfg->model.mixer_cfg, cfg->model.d_model, raw, PROBLEM_MSG);
+}
+
+int spec_caution(const run_config *cfg, char *msg, size_t cap) {
     char raw[PROBLEM_MSG];
-    if (!m || !m->caution || !m->caution(&cfg->model.mixer_cfg, cfg->model.d_model, raw, sizeof raw))
-        return 0;
+    if (!mixer_caution(cfg, raw)) return 0;
     qualify(SEC_MODEL, raw, msg, cap);
     return 1;
 }
@@ -1553,11 +1559,8 @@ static void run_cross_checks(spec_parse *p) {
         qualify(s, sub.msg, msg, sizeof msg);
         report(p, message_at(p, s, sub.msg), "%s", msg);
     }
-    if (p->failed) return;
-    const ml_mixer *m = mixer_find(p->cfg.model.mixer);
     char raw[PROBLEM_MSG];
-    if (m && m->caution && m->caution(&p->cfg.model.mixer_cfg, p->cfg.model.d_model, raw,
-                                      sizeof raw)) {
+    if (!p->failed && mixer_caution(&p->cfg, raw)) {
         qualify(SEC_MODEL, raw, msg, sizeof msg);
         warn_at(p->d, message_at(p, SEC_MODEL, raw), msg);
     }
